@@ -1,0 +1,117 @@
+//! TLS 1.3 configuration for QUIC: rustls with the *ring* provider only, ALPN pinned to
+//! [`ALPN`](crate::control::ALPN), spokes trusting only the configured CA (no system roots),
+//! and certificate validity checked against the state machine's own wall clock.
+
+use std::sync::Arc;
+
+use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+
+use crate::clock::WallClock;
+use crate::control::ALPN;
+
+/// Why a TLS identity or trust store could not be loaded or used.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// The PEM data holds no certificate.
+    #[error("no certificate found in the PEM data")]
+    NoCertificate,
+    /// The PEM data holds no private key.
+    #[error("no private key found in the PEM data")]
+    NoPrivateKey,
+    /// The PEM data could not be parsed.
+    #[error("invalid PEM data: {0}")]
+    Pem(#[from] rustls::pki_types::pem::Error),
+    /// rustls refused the certificate, key or trust anchor.
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A CA certificate could not be used as a trust anchor.
+    #[error("CA certificate unusable as a trust anchor: {0}")]
+    TrustAnchor(#[from] rustls::client::VerifierBuilderError),
+}
+
+/// A certificate chain and its private key: the hub's TLS identity.
+#[derive(Debug)]
+pub struct CertifiedKey {
+    /// End-entity certificate first, then any intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key of the end-entity certificate.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl CertifiedKey {
+    /// Parses a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        let chain = parse_certificates(cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+            rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey,
+            e => TlsError::Pem(e),
+        })?;
+        Ok(Self { chain, key })
+    }
+}
+
+impl Clone for CertifiedKey {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// Parses every certificate in PEM data (for example a CA bundle); at least one is required.
+pub fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate);
+    }
+    Ok(certs)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The hub's QUIC TLS configuration.
+pub(crate) fn server_config(
+    identity: &CertifiedKey,
+    clock: Arc<WallClock>,
+) -> Result<Arc<QuicServerConfig>, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_details(provider(), clock)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    // Sessions are short-lived relative to reconnects and tokens authenticate every session:
+    // resumption would only add state.
+    config.send_tls13_tickets = 0;
+    let config = QuicServerConfig::try_from(config)
+        .map_err(|_| rustls::Error::General("no TLS_AES_128_GCM_SHA256 suite".into()))?;
+    Ok(Arc::new(config))
+}
+
+/// The spoke's QUIC TLS configuration: trusts exactly `trust_anchors`.
+pub(crate) fn client_config(
+    trust_anchors: &[CertificateDer<'static>],
+    clock: Arc<WallClock>,
+) -> Result<Arc<QuicClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in trust_anchors {
+        roots.add(cert.clone())?;
+    }
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()?;
+    let mut config = rustls::ClientConfig::builder_with_details(provider(), clock)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_webpki_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    let config = QuicClientConfig::try_from(config)
+        .map_err(|_| rustls::Error::General("no TLS_AES_128_GCM_SHA256 suite".into()))?;
+    Ok(Arc::new(config))
+}
