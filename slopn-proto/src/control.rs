@@ -86,6 +86,21 @@ pub enum Capsule {
     },
 }
 
+impl Capsule {
+    /// The capsule type's name, as in docs/PROTOCOL.md.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::AddressAssign(_) => "ADDRESS_ASSIGN",
+            Self::AddressRequest(_) => "ADDRESS_REQUEST",
+            Self::RouteAdvertisement(_) => "ROUTE_ADVERTISEMENT",
+            Self::Hello { .. } => "HELLO",
+            Self::Welcome { .. } => "WELCOME",
+            Self::Error { .. } => "ERROR",
+            Self::Goodbye { .. } => "GOODBYE",
+        }
+    }
+}
+
 /// An address (or prefix) assigned to the receiver, as in RFC 9484's ADDRESS_ASSIGN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AssignedAddress {

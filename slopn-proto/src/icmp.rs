@@ -1,6 +1,7 @@
 //! ICMP and ICMPv6 error messages, built as a router builds them (RFC 1812, RFC 4443).
 
 use std::net::IpAddr;
+use std::time::Instant;
 
 use crate::packet::{self, IpHeader, PROTO_ICMP, PROTO_ICMPV6};
 
@@ -41,6 +42,45 @@ impl IcmpError {
             Self::HostUnreachable => (1, 3),
             Self::NetUnreachable => (1, 0),
             Self::AdminProhibited => (1, 1),
+        }
+    }
+}
+
+/// A token bucket bounding how many ICMP errors one sender can trigger, so that a flood of
+/// bad packets neither amplifies nor crowds out other traffic.
+#[derive(Clone, Copy, Debug)]
+pub struct IcmpRateLimit {
+    tokens: u32,
+    last: Option<Instant>,
+}
+
+impl IcmpRateLimit {
+    /// Errors allowed in a burst.
+    pub const BURST: u32 = 50;
+    /// Errors allowed per second on average.
+    pub const PER_SECOND: u32 = 100;
+
+    /// Whether one more error may be sent at `now` (and takes a token if so).
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let last = *self.last.get_or_insert(now);
+        let refill = now.saturating_duration_since(last).as_millis() as u64 * u64::from(Self::PER_SECOND) / 1000;
+        if refill > 0 {
+            self.tokens = (u64::from(self.tokens) + refill).min(u64::from(Self::BURST)) as u32;
+            self.last = Some(now);
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+impl Default for IcmpRateLimit {
+    fn default() -> Self {
+        Self {
+            tokens: Self::BURST,
+            last: None,
         }
     }
 }

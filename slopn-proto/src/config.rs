@@ -1,0 +1,224 @@
+//! Configuration of the hub and the spoke, and the QUIC transport settings they share.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use rustls::pki_types::CertificateDer;
+
+use crate::tls::CertifiedKey;
+
+/// QUIC transport settings.
+#[derive(Clone, Debug)]
+pub struct TransportSettings {
+    /// A connection with no packet received for this long is dead. Hub and spoke each
+    /// propose one; the smaller wins.
+    pub idle_timeout: Duration,
+    /// How often an otherwise idle connection sends a keep-alive (spoke only; `None` for never).
+    pub keep_alive_interval: Option<Duration>,
+    /// UDP payload size used from the start. Larger values give a larger tunnel MTU at once;
+    /// if the path cannot carry it, QUIC falls back to 1200 bytes (black-hole detection).
+    pub initial_mtu: u16,
+    /// Upper bound for path MTU discovery (UDP payload bytes).
+    pub max_mtu: u16,
+    /// Round-trip estimate before the first sample.
+    pub initial_rtt: Duration,
+    /// Bytes of IP packets queued per connection before the oldest are dropped.
+    pub datagram_queue_bytes: usize,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(8),
+            keep_alive_interval: Some(Duration::from_secs(2)),
+            initial_mtu: 1200,
+            // 1500-byte links less an IPv6 and a UDP header.
+            max_mtu: 1452,
+            initial_rtt: Duration::from_millis(100),
+            datagram_queue_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Datagrams quinn may hold beyond our own queue: one GSO batch of the largest packets.
+pub(crate) const QUINN_DATAGRAM_BUFFER: usize = 96 * 1024;
+
+impl TransportSettings {
+    pub(crate) fn quinn(&self, keep_alive: bool, bidi_streams: u32) -> Arc<TransportConfig> {
+        let mut t = TransportConfig::default();
+        let idle = IdleTimeout::try_from(self.idle_timeout)
+            .unwrap_or_else(|_| IdleTimeout::from(VarInt::MAX));
+        t.max_idle_timeout(Some(idle));
+        t.keep_alive_interval(if keep_alive {
+            self.keep_alive_interval
+        } else {
+            None
+        });
+        t.initial_mtu(self.initial_mtu.max(1200));
+        let mut mtud = MtuDiscoveryConfig::default();
+        mtud.upper_bound(self.max_mtu.max(self.initial_mtu).max(1200));
+        t.mtu_discovery_config(Some(mtud));
+        t.initial_rtt(self.initial_rtt);
+        // One control stream, opened by the spoke; nothing else.
+        t.max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams));
+        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        // The control stream carries a few small capsules: small windows bound memory.
+        t.stream_receive_window(VarInt::from_u32(128 * 1024));
+        t.receive_window(VarInt::from_u32(256 * 1024));
+        t.send_window(256 * 1024);
+        t.datagram_receive_buffer_size(Some(1024 * 1024));
+        t.datagram_send_buffer_size(QUINN_DATAGRAM_BUFFER);
+        Arc::new(t)
+    }
+}
+
+/// One address pool of the hub and the hub's own address in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// The network spokes get addresses from (e.g. 10.100.0.0/24 or fd00:100::/64).
+    pub network: IpNet,
+    /// The hub's own address in that network.
+    pub hub_address: IpAddr,
+}
+
+impl PoolConfig {
+    /// A pool over `network` with the hub on its first host address (e.g. 10.100.0.1).
+    pub fn new(network: IpNet) -> Self {
+        let network = network.trunc();
+        let hub_address = match network {
+            IpNet::V4(n) => IpAddr::V4((u32::from(n.network()).saturating_add(1)).into()),
+            IpNet::V6(n) => IpAddr::V6((u128::from(n.network()).saturating_add(1)).into()),
+        };
+        Self {
+            network,
+            hub_address,
+        }
+    }
+}
+
+/// A spoke the hub accepts: its identity and access token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    /// The spoke's name; it keys the sticky address and appears in logs.
+    pub identity: String,
+    /// The secret token the spoke presents in its HELLO.
+    pub token: String,
+}
+
+/// Everything a [`Hub`](crate::Hub) needs.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// The hub's TLS certificate chain and key.
+    pub identity: CertifiedKey,
+    /// Address pools: at most one IPv4 and one IPv6.
+    pub pools: Vec<PoolConfig>,
+    /// Further networks the hub advertises to spokes (reachable through the hub's TUN side).
+    pub routes: Vec<IpNet>,
+    /// Refuse spoke-to-spoke traffic (answered with ICMP "administratively prohibited").
+    pub isolate_spokes: bool,
+    /// The spokes allowed in.
+    pub credentials: Vec<Credential>,
+    /// QUIC settings.
+    pub transport: TransportSettings,
+    /// Time a connected spoke has to authenticate and get an address.
+    pub hello_timeout: Duration,
+    /// Most simultaneous QUIC connections; further ones are refused.
+    pub max_connections: usize,
+    /// Seed for all randomness (connection IDs, tokens). Use fresh OS randomness in
+    /// production; fixed values make simulations reproducible.
+    pub seed: [u8; 32],
+    /// Key for QUIC stateless resets. Derive it from a secret that survives restarts (e.g.
+    /// the hub's private key) so that a restarted hub resets its old connections at once and
+    /// spokes reconnect without waiting for their idle timeout. Defaults to one from `seed`.
+    pub stateless_reset_key: Option<[u8; 32]>,
+}
+
+impl HubConfig {
+    /// A configuration with defaults for everything but identity, pools and credentials.
+    pub fn new(identity: CertifiedKey, pools: Vec<PoolConfig>, credentials: Vec<Credential>) -> Self {
+        Self {
+            identity,
+            pools,
+            routes: Vec::new(),
+            isolate_spokes: false,
+            credentials,
+            transport: TransportSettings::default(),
+            hello_timeout: Duration::from_secs(10),
+            max_connections: 65_536,
+            seed: [0; 32],
+            stateless_reset_key: None,
+        }
+    }
+}
+
+/// How a spoke retries after losing its session.
+#[derive(Clone, Debug)]
+pub struct ReconnectPolicy {
+    /// Delay before the second and later consecutive attempts; doubles each time. (The first
+    /// retry after an established session ends is immediate.)
+    pub min_delay: Duration,
+    /// Cap on the delay between attempts.
+    pub max_delay: Duration,
+    /// An attempt that has heard nothing from the hub for this long is abandoned and a new
+    /// one started, so that a hub coming back is found quickly.
+    pub attempt_timeout: Duration,
+    /// Delay after the hub reported its address pool full.
+    pub pool_exhausted_delay: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            attempt_timeout: Duration::from_secs(1),
+            pool_exhausted_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a [`Spoke`](crate::Spoke) needs.
+#[derive(Clone, Debug)]
+pub struct SpokeConfig {
+    /// The hub's UDP address.
+    pub hub: SocketAddr,
+    /// The name the hub's certificate must carry (DNS name or IP address).
+    pub server_name: String,
+    /// CA certificates the spoke trusts for the hub; nothing else is trusted.
+    pub trust_anchors: Vec<CertificateDer<'static>>,
+    /// The access token.
+    pub token: String,
+    /// Addresses to ask for (static addressing); empty asks for any IPv4 and IPv6 address.
+    pub requested_addresses: Vec<IpAddr>,
+    /// QUIC settings.
+    pub transport: TransportSettings,
+    /// Retry behaviour.
+    pub reconnect: ReconnectPolicy,
+    /// Seed for all randomness (connection IDs, backoff jitter).
+    pub seed: [u8; 32],
+}
+
+impl SpokeConfig {
+    /// A configuration with defaults for everything but where the hub is, whom to trust and
+    /// the token.
+    pub fn new(
+        hub: SocketAddr,
+        server_name: impl Into<String>,
+        trust_anchors: Vec<CertificateDer<'static>>,
+        token: impl Into<String>,
+    ) -> Self {
+        Self {
+            hub,
+            server_name: server_name.into(),
+            trust_anchors,
+            token: token.into(),
+            requested_addresses: Vec::new(),
+            transport: TransportSettings::default(),
+            reconnect: ReconnectPolicy::default(),
+            seed: [0; 32],
+        }
+    }
+}

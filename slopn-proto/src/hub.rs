@@ -1,0 +1,1116 @@
+//! The hub: accepts spokes, authenticates them, assigns addresses and routes their packets.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use quinn_proto::{EcnCodepoint, EndpointConfig, Event, StreamEvent, Transmit, VarInt};
+use rustc_hash::FxHashMap;
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::arena::PacketArena;
+use crate::clock::WallClock;
+use crate::config::{HubConfig, PoolConfig};
+use crate::control::{
+    AssignedAddress, Capsule, CloseCode, IpPrefix, IpRange, PROTOCOL_VERSION, RequestedAddress,
+    normalize_ranges,
+};
+use crate::icmp::{self, IcmpError, IcmpRateLimit};
+use crate::link::{ControlError, Received, Transport};
+use crate::packet::{self, IpHeader};
+use crate::pool::{AddressPool, PoolError};
+use crate::route::{Route, RouteTable};
+use crate::session::{DisconnectReason, SessionId};
+use crate::stats::{DropCounters, DropReason, HubStats, SpokeStats, TrafficCounters};
+use crate::tls::{self, TlsError};
+use crate::{clamp_mtu, derive_key, token_hash};
+
+/// Why a hub could not be built from its configuration.
+#[derive(Debug, Error)]
+pub enum HubError {
+    /// The TLS identity is unusable.
+    #[error("hub TLS identity: {0}")]
+    Tls(#[from] TlsError),
+    /// An address pool is invalid.
+    #[error("address pool: {0}")]
+    Pool(#[from] PoolError),
+    /// The configuration contradicts itself.
+    #[error("hub configuration: {0}")]
+    Config(String),
+}
+
+/// Something the driver may want to log or show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HubEvent {
+    /// A spoke finished the QUIC handshake.
+    Connected {
+        /// The session.
+        id: SessionId,
+        /// Its UDP address.
+        remote: SocketAddr,
+    },
+    /// A spoke authenticated and holds addresses.
+    Assigned {
+        /// The session.
+        id: SessionId,
+        /// Who it is.
+        identity: String,
+        /// Its tunnel addresses.
+        addresses: Vec<IpAddr>,
+    },
+    /// A session ended; its addresses are free again.
+    Disconnected {
+        /// The session.
+        id: SessionId,
+        /// Who it was, if it had authenticated.
+        identity: Option<String>,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A spoke was refused: bad credential or unsupported version.
+    AuthFailed {
+        /// The session.
+        id: SessionId,
+        /// Its UDP address.
+        remote: SocketAddr,
+        /// What was wrong (for the operator; the spoke is told only "authentication failed").
+        reason: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// QUIC handshake in progress.
+    Handshaking,
+    /// Connected; waiting for HELLO.
+    AwaitingHello,
+    /// Authenticated; waiting for an address request.
+    Authenticated,
+    /// Holds addresses; packets flow.
+    Active,
+    /// Ending: the final capsule is on its way, then the connection closes.
+    Closing { code: CloseCode },
+    /// The connection is closed; waiting for quinn to drain it.
+    Closed,
+}
+
+/// Per-connection state at the hub.
+struct Session {
+    id: SessionId,
+    phase: Phase,
+    identity: Option<Arc<str>>,
+    addresses: Vec<IpAddr>,
+    traffic: TrafficCounters,
+    drops: DropCounters,
+    icmp: IcmpRateLimit,
+    close_reason: Option<String>,
+    /// Whether the end of this session was reported (addresses freed, event sent).
+    ended: bool,
+}
+
+/// How long a closing session waits for its last capsule to be acknowledged.
+const CLOSE_GRACE_MAX: Duration = Duration::from_secs(1);
+
+/// The sans-IO hub.
+///
+/// Feed it UDP payloads ([`handle_udp`](Self::handle_udp)), packets from its TUN side
+/// ([`handle_tun_packet`](Self::handle_tun_packet)) and timer expiries
+/// ([`handle_timeout`](Self::handle_timeout)). After every input, drain the outputs in this
+/// order until each is empty: [`poll_transmit`](Self::poll_transmit),
+/// [`poll_tun_packet`](Self::poll_tun_packet), [`poll_event`](Self::poll_event); then arm a
+/// timer for [`poll_timeout`](Self::poll_timeout).
+pub struct Hub {
+    transport: Transport<Session>,
+    clock: Arc<WallClock>,
+    pools: Vec<AddressPool>,
+    routes: RouteTable<usize>,
+    tokens: FxHashMap<[u8; 32], Arc<str>>,
+    by_identity: FxHashMap<Arc<str>, usize>,
+    isolate_spokes: bool,
+    hello_timeout: Duration,
+    max_connections: usize,
+    extra_routes: Vec<IpNet>,
+    closing: bool,
+    next_session: u64,
+    events: VecDeque<HubEvent>,
+    tun_out: VecDeque<Bytes>,
+    arena: PacketArena,
+    tun_icmp: IcmpRateLimit,
+    scratch: Vec<u8>,
+    frag_scratch: Vec<u8>,
+    capsules: Vec<Capsule>,
+    stats: HubStats,
+}
+
+impl Hub {
+    /// Builds a hub. `now` and `wall_clock` are the same moment on the driver's monotonic
+    /// clock and on the calendar (certificate validity is checked against the latter).
+    pub fn new(config: HubConfig, now: Instant, wall_clock: SystemTime) -> Result<Self, HubError> {
+        if config.pools.is_empty() {
+            return Err(HubError::Config(
+                "at least one address pool is required".into(),
+            ));
+        }
+        for family in [true, false] {
+            if config
+                .pools
+                .iter()
+                .filter(|p| p.network.addr().is_ipv4() == family)
+                .count()
+                > 1
+            {
+                return Err(HubError::Config(
+                    "at most one IPv4 and one IPv6 pool are allowed".into(),
+                ));
+            }
+        }
+        let mut tokens = FxHashMap::default();
+        let mut identities = rustc_hash::FxHashSet::default();
+        for cred in &config.credentials {
+            if cred.identity.is_empty() || cred.identity.len() > crate::control::MAX_IDENTITY_LEN {
+                return Err(HubError::Config(format!(
+                    "identity {:?} must be 1 to 255 bytes long",
+                    cred.identity
+                )));
+            }
+            if !identities.insert(cred.identity.clone()) {
+                return Err(HubError::Config(format!(
+                    "identity {:?} is listed twice",
+                    cred.identity
+                )));
+            }
+            let identity: Arc<str> = cred.identity.as_str().into();
+            if tokens
+                .insert(token_hash(cred.token.as_bytes()), identity)
+                .is_some()
+            {
+                return Err(HubError::Config(format!(
+                    "the token of {:?} is also used by another spoke",
+                    cred.identity
+                )));
+            }
+        }
+        let pools = config
+            .pools
+            .iter()
+            .map(|p: &PoolConfig| AddressPool::new(p.network, &[p.hub_address]))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let clock = Arc::new(WallClock::new(wall_clock, now));
+        let crypto = tls::server_config(&config.identity, clock.clone())?;
+        let token_key = derive_key(&config.seed, b"slopn retry token key");
+        let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&token_key);
+        let mut server = quinn_proto::ServerConfig::new(crypto, Arc::new(token_key));
+        server.transport_config(config.transport.quinn(false, 1));
+        server.time_source(clock.clone());
+        server.migration(true);
+        let reset_key = config
+            .stateless_reset_key
+            .unwrap_or_else(|| derive_key(&config.seed, b"slopn stateless reset key"));
+        let mut endpoint_config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &reset_key,
+        )));
+        endpoint_config.rng_seed(Some(derive_key(&config.seed, b"slopn endpoint rng")));
+        let endpoint =
+            quinn_proto::Endpoint::new(Arc::new(endpoint_config), Some(Arc::new(server)), true, None);
+
+        let hub_addresses = config.pools.iter().map(|p| p.hub_address).collect();
+        let networks: Vec<IpNet> = config.pools.iter().map(|p| p.network).collect();
+        let advertised = advertised_ranges(&networks, &config.routes);
+        Ok(Self {
+            transport: Transport::new(endpoint, config.transport.datagram_queue_bytes),
+            clock,
+            pools,
+            routes: RouteTable::new(hub_addresses, networks, advertised),
+            tokens,
+            by_identity: FxHashMap::default(),
+            isolate_spokes: config.isolate_spokes,
+            hello_timeout: config.hello_timeout,
+            max_connections: config.max_connections,
+            extra_routes: config.routes,
+            closing: false,
+            next_session: 1,
+            events: VecDeque::new(),
+            tun_out: VecDeque::new(),
+            arena: PacketArena::default(),
+            tun_icmp: IcmpRateLimit::default(),
+            scratch: Vec::new(),
+            frag_scratch: Vec::new(),
+            capsules: Vec::new(),
+            stats: HubStats::default(),
+        })
+    }
+
+    // ----- inputs -----
+
+    /// Handles one UDP payload received from `remote` (on local address `local_ip`, if
+    /// known). Bad packets are dropped and counted inside QUIC; nothing here fails.
+    pub fn handle_udp(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local_ip: Option<IpAddr>,
+        ecn: Option<EcnCodepoint>,
+        payload: &[u8],
+    ) {
+        self.clock.advance(now);
+        match self
+            .transport
+            .handle_udp(now, remote, local_ip, ecn, payload)
+        {
+            Received::Nothing => {}
+            Received::Connection(idx) => self.process(now, idx),
+            Received::New(incoming) => {
+                if self.closing || self.transport.len() >= self.max_connections {
+                    self.transport.refuse(incoming);
+                    return;
+                }
+                let id = SessionId(self.next_session);
+                let session = Session {
+                    id,
+                    phase: Phase::Handshaking,
+                    identity: None,
+                    addresses: Vec::new(),
+                    traffic: TrafficCounters::default(),
+                    drops: DropCounters::default(),
+                    icmp: IcmpRateLimit::default(),
+                    close_reason: None,
+                    ended: false,
+                };
+                match self.transport.accept(incoming, now, session) {
+                    Ok(idx) => {
+                        self.next_session += 1;
+                        debug!(%id, %remote, "incoming connection");
+                        self.process(now, idx);
+                    }
+                    Err(e) => debug!(%remote, error = %e, "connection not accepted"),
+                }
+            }
+        }
+    }
+
+    /// Handles an IP packet read from the hub's TUN device: routes it to the spoke that owns
+    /// its destination. Returns why it was dropped, if it was.
+    pub fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) -> Result<(), DropReason> {
+        self.clock.advance(now);
+        self.stats.tun_in_packets += 1;
+        let result = self.route_from_tun(now, packet);
+        if let Err(reason) = result {
+            self.stats.drops.add(reason);
+        }
+        result
+    }
+
+    /// Runs every timer that is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock.advance(now);
+        while let Some(idx) = self.transport.pop_expired(now) {
+            let due = self
+                .transport
+                .get_mut(idx)
+                .and_then(|e| e.deadline.filter(|(at, _)| *at <= now).map(|_| e));
+            if let Some(entry) = due {
+                entry.deadline = None;
+                self.on_deadline(now, idx);
+            }
+            self.process(now, idx);
+        }
+    }
+
+    // ----- commands -----
+
+    /// Says goodbye to every spoke (they may reconnect to the next hub at once) and stops
+    /// accepting new ones. Keep driving the hub until [`is_closed`](Self::is_closed).
+    pub fn close(&mut self, now: Instant, reason: &str) {
+        self.closing = true;
+        for idx in self.transport.indices() {
+            self.begin_close(now, idx, CloseCode::SHUTTING_DOWN, reason, false);
+            self.process(now, idx);
+        }
+    }
+
+    /// Whether [`close`](Self::close) has finished: every connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.closing && self.transport.len() == 0
+    }
+
+    /// Ends one spoke's session with `code` and `reason`. Returns false if no such session.
+    pub fn disconnect(&mut self, now: Instant, id: SessionId, code: CloseCode, reason: &str) -> bool {
+        let Some(idx) = self.find(id) else {
+            return false;
+        };
+        self.begin_close(now, idx, code, reason, code != CloseCode::NO_ERROR);
+        self.process(now, idx);
+        true
+    }
+
+    /// Replaces the extra advertised routes and sends the new full route list to every
+    /// authenticated spoke.
+    pub fn set_routes(&mut self, now: Instant, routes: Vec<IpNet>) {
+        self.extra_routes = routes;
+        let networks: Vec<IpNet> = self.pools.iter().map(|p| p.net()).collect();
+        self.routes
+            .set_advertised(advertised_ranges(&networks, &self.extra_routes));
+        let capsule = Capsule::RouteAdvertisement(self.routes.advertised().to_vec());
+        for idx in self.transport.indices() {
+            let authenticated = self.transport.get(idx).is_some_and(|e| {
+                matches!(e.state.phase, Phase::Authenticated | Phase::Active)
+            });
+            if authenticated {
+                self.send_capsule(now, idx, &capsule);
+                self.process(now, idx);
+            }
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next UDP datagram(s) to send: writes them into `buf` and says where they go.
+    /// With `max_datagrams > 1` several equal-sized datagrams may come at once (GSO), each
+    /// `segment_size` long.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
+        let (transmit, idx) = self.transport.poll_transmit(now, max_datagrams, buf)?;
+        if let Some(idx) = idx {
+            self.process(now, idx);
+        }
+        Some(transmit)
+    }
+
+    /// The next IP packet to write to the hub's TUN device.
+    pub fn poll_tun_packet(&mut self) -> Option<Bytes> {
+        self.tun_out.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<HubEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next, and why.
+    pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        self.transport.next_timeout()
+    }
+
+    // ----- getters -----
+
+    /// Counters of the whole hub.
+    pub fn stats(&self) -> HubStats {
+        let mut stats = self.stats.clone();
+        stats.connections = self.transport.len();
+        stats.spokes_assigned = self
+            .transport
+            .iter()
+            .filter(|(_, e)| e.state.phase == Phase::Active)
+            .count();
+        stats
+    }
+
+    /// A snapshot of every session.
+    pub fn spokes(&mut self) -> Vec<SpokeStats> {
+        let mut out = Vec::new();
+        for idx in self.transport.indices() {
+            let Some(entry) = self.transport.get_mut(idx) else {
+                continue;
+            };
+            let s = &entry.state;
+            let (id, identity, addresses, traffic, drops) = (
+                s.id,
+                s.identity.as_deref().map(str::to_owned),
+                s.addresses.clone(),
+                s.traffic,
+                s.drops,
+            );
+            out.push(SpokeStats {
+                id,
+                identity,
+                addresses,
+                remote: entry.link.conn.remote_address(),
+                rtt: entry.link.conn.rtt(),
+                max_packet: entry.link.max_packet(),
+                traffic,
+                drops,
+            });
+        }
+        out
+    }
+
+    /// The address pools' networks.
+    pub fn pool_networks(&self) -> Vec<IpNet> {
+        self.pools.iter().map(AddressPool::net).collect()
+    }
+
+    /// The routes advertised to spokes.
+    pub fn advertised_routes(&self) -> &[IpRange] {
+        self.routes.advertised()
+    }
+
+    // ----- internals -----
+
+    fn find(&self, id: SessionId) -> Option<usize> {
+        self.transport
+            .iter()
+            .find(|(_, e)| e.state.id == id)
+            .map(|(idx, _)| idx)
+    }
+
+    /// Reacts to everything quinn reports for one connection, then re-arms its timer.
+    fn process(&mut self, now: Instant, idx: usize) {
+        loop {
+            let Some(entry) = self.transport.get_mut(idx) else {
+                return;
+            };
+            let Some(event) = entry.link.conn.poll() else {
+                break;
+            };
+            self.on_quinn_event(now, idx, event);
+        }
+        if self.transport.shuttle_events(idx) {
+            self.remove(idx);
+            return;
+        }
+        if let Some(entry) = self.transport.get_mut(idx)
+            && let Err(e) = entry.link.flush()
+        {
+            self.on_control_error(now, idx, e);
+        }
+        self.transport.mark_ready(idx);
+        self.transport.update_timer(idx);
+    }
+
+    fn on_quinn_event(&mut self, now: Instant, idx: usize, event: Event) {
+        match event {
+            Event::Connected => self.on_connected(now, idx),
+            Event::ConnectionLost { reason } => {
+                self.end_session(idx, DisconnectReason::from_quinn(&reason));
+                if let Some(entry) = self.transport.get_mut(idx) {
+                    entry.state.phase = Phase::Closed;
+                    entry.deadline = None;
+                }
+            }
+            Event::Stream(StreamEvent::Opened { .. }) => {
+                let result = match self.transport.get_mut(idx) {
+                    Some(entry) => entry.link.accept_control(),
+                    None => return,
+                };
+                match result {
+                    Ok(()) => self.read_control(now, idx),
+                    Err(e) => self.on_control_error(now, idx, e),
+                }
+            }
+            Event::Stream(StreamEvent::Readable { .. }) => self.read_control(now, idx),
+            Event::Stream(StreamEvent::Finished { .. }) => {
+                // Our final capsule was acknowledged: close now.
+                if let Some(entry) = self.transport.get_mut(idx)
+                    && let Phase::Closing { code } = entry.state.phase
+                {
+                    entry.deadline = None;
+                    self.close_connection(now, idx, code);
+                }
+            }
+            Event::Stream(StreamEvent::Stopped { .. }) => {
+                self.on_control_error(now, idx, ControlError::Stream("control stream stopped"));
+            }
+            Event::DatagramReceived => self.read_datagrams(now, idx),
+            Event::HandshakeDataReady
+            | Event::DatagramsUnblocked
+            | Event::Stream(StreamEvent::Writable { .. } | StreamEvent::Available { .. }) => {}
+        }
+    }
+
+    fn on_connected(&mut self, now: Instant, idx: usize) {
+        let Some(entry) = self.transport.get_mut(idx) else {
+            return;
+        };
+        let alpn_ok = entry
+            .link
+            .conn
+            .crypto_session()
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn_proto::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.protocol)
+            .is_some_and(|p| p == crate::control::ALPN);
+        let id = entry.state.id;
+        let remote = entry.link.conn.remote_address();
+        if !alpn_ok {
+            entry.state.phase = Phase::Closed;
+            self.close_connection(now, idx, CloseCode::PROTOCOL_ERROR);
+            return;
+        }
+        entry.state.phase = Phase::AwaitingHello;
+        entry.deadline = Some((now + self.hello_timeout, "hello timeout"));
+        self.events.push_back(HubEvent::Connected { id, remote });
+    }
+
+    fn on_deadline(&mut self, now: Instant, idx: usize) {
+        let Some(entry) = self.transport.get(idx) else {
+            return;
+        };
+        match entry.state.phase {
+            Phase::AwaitingHello | Phase::Authenticated => self.begin_close(
+                now,
+                idx,
+                CloseCode::HELLO_TIMEOUT,
+                "no hello and address request in time",
+                true,
+            ),
+            Phase::Closing { code } => self.close_connection(now, idx, code),
+            _ => {}
+        }
+    }
+
+    fn read_control(&mut self, now: Instant, idx: usize) {
+        let mut capsules = std::mem::take(&mut self.capsules);
+        let result = match self.transport.get_mut(idx) {
+            Some(entry) => entry.link.read(&mut capsules),
+            None => Ok(()),
+        };
+        for capsule in capsules.drain(..) {
+            let closing = self
+                .transport
+                .get(idx)
+                .is_none_or(|e| matches!(e.state.phase, Phase::Closing { .. } | Phase::Closed));
+            if closing {
+                break;
+            }
+            self.on_capsule(now, idx, capsule);
+        }
+        self.capsules = capsules;
+        if let Err(e) = result {
+            self.on_control_error(now, idx, e);
+        }
+    }
+
+    fn on_control_error(&mut self, now: Instant, idx: usize, error: ControlError) {
+        let reason = match &error {
+            ControlError::Decode(e) => e.to_string(),
+            ControlError::Stream(what) => (*what).to_owned(),
+            ControlError::Backlog => "control stream backlog: the spoke does not read".into(),
+        };
+        self.protocol_error(now, idx, &reason);
+    }
+
+    fn protocol_error(&mut self, now: Instant, idx: usize, reason: &str) {
+        let open = self
+            .transport
+            .get(idx)
+            .is_some_and(|e| !matches!(e.state.phase, Phase::Closing { .. } | Phase::Closed));
+        if open {
+            debug!(idx, reason, "protocol error");
+            self.begin_close(now, idx, CloseCode::PROTOCOL_ERROR, reason, true);
+        }
+    }
+
+    fn on_capsule(&mut self, now: Instant, idx: usize, capsule: Capsule) {
+        let Some(phase) = self.transport.get(idx).map(|e| e.state.phase) else {
+            return;
+        };
+        match (phase, capsule) {
+            (
+                Phase::AwaitingHello,
+                Capsule::Hello {
+                    version,
+                    credential,
+                },
+            ) => self.on_hello(now, idx, version, &credential),
+            (Phase::Authenticated | Phase::Active, Capsule::AddressRequest(requests)) => {
+                self.on_address_request(now, idx, &requests)
+            }
+            (_, Capsule::Goodbye { code, reason } | Capsule::Error { code, reason }) => {
+                // The spoke is leaving: echo its code and close at once.
+                self.end_session(
+                    idx,
+                    DisconnectReason::Remote {
+                        code,
+                        reason: reason.clone(),
+                    },
+                );
+                self.close_connection(now, idx, code);
+            }
+            (Phase::AwaitingHello, other) => {
+                self.protocol_error(now, idx, &format!("expected HELLO, got {}", other.name()))
+            }
+            (_, other) => {
+                self.protocol_error(now, idx, &format!("unexpected {} capsule", other.name()))
+            }
+        }
+    }
+
+    fn on_hello(&mut self, now: Instant, idx: usize, version: u64, credential: &[u8]) {
+        let Some(entry) = self.transport.get(idx) else {
+            return;
+        };
+        let (id, remote) = (entry.state.id, entry.link.conn.remote_address());
+        if version != PROTOCOL_VERSION {
+            self.stats.auth_failures += 1;
+            self.events.push_back(HubEvent::AuthFailed {
+                id,
+                remote,
+                reason: format!("unsupported protocol version {version}"),
+            });
+            let reason = format!("this hub speaks protocol version {PROTOCOL_VERSION}");
+            self.begin_close(now, idx, CloseCode::UNSUPPORTED_VERSION, &reason, true);
+            return;
+        }
+        let Some(identity) = self.tokens.get(&token_hash(credential)).cloned() else {
+            self.stats.auth_failures += 1;
+            warn!(%id, %remote, "authentication failed: unknown token");
+            self.events.push_back(HubEvent::AuthFailed {
+                id,
+                remote,
+                reason: "unknown token".into(),
+            });
+            self.begin_close(now, idx, CloseCode::AUTH_FAILED, "authentication failed", true);
+            return;
+        };
+        // A spoke that restarted reconnects before its old session timed out: the new
+        // session replaces the old one and inherits its address.
+        if let Some(&old) = self.by_identity.get(&identity)
+            && old != idx
+        {
+            info!(%identity, "new session replaces the previous one");
+            self.begin_close(
+                now,
+                old,
+                CloseCode::REPLACED,
+                "replaced by a newer session of the same identity",
+                false,
+            );
+            self.process(now, old);
+        }
+        self.by_identity.insert(identity.clone(), idx);
+        let hub_addresses = self.routes.hub_addresses().to_vec();
+        let routes = self.routes.advertised().to_vec();
+        if let Some(entry) = self.transport.get_mut(idx) {
+            entry.state.identity = Some(identity.clone());
+            entry.state.phase = Phase::Authenticated;
+        }
+        self.send_capsule(
+            now,
+            idx,
+            &Capsule::Welcome {
+                version: PROTOCOL_VERSION,
+                identity: identity.to_string(),
+                hub_addresses,
+            },
+        );
+        self.send_capsule(now, idx, &Capsule::RouteAdvertisement(routes));
+    }
+
+    fn on_address_request(&mut self, now: Instant, idx: usize, requests: &[RequestedAddress]) {
+        let Some(entry) = self.transport.get_mut(idx) else {
+            return;
+        };
+        let session = &mut entry.state;
+        let identity = session.identity.clone().expect("authenticated");
+        let mut answers: Vec<AssignedAddress> = Vec::with_capacity(requests.len());
+        let mut exhausted = None;
+        for req in requests {
+            let v4 = req.prefix.addr().is_ipv4();
+            if let Some(have) = session.addresses.iter().find(|a| a.is_ipv4() == v4) {
+                answers.push(AssignedAddress {
+                    request_id: req.request_id,
+                    prefix: IpPrefix::host(*have),
+                });
+                continue;
+            }
+            let Some(pool) = self.pools.iter_mut().find(|p| p.net().addr().is_ipv4() == v4) else {
+                answers.push(AssignedAddress {
+                    request_id: req.request_id,
+                    prefix: IpPrefix::rejection(!v4),
+                });
+                continue;
+            };
+            let wanted = (!req.prefix.is_unspecified()).then(|| req.prefix.addr());
+            match pool.allocate(&identity, wanted) {
+                Ok(addr) => {
+                    session.addresses.push(addr);
+                    self.routes.insert(addr, idx);
+                    answers.push(AssignedAddress {
+                        request_id: req.request_id,
+                        prefix: IpPrefix::host(addr),
+                    });
+                }
+                Err(e) => {
+                    exhausted = Some(e.to_string());
+                    answers.push(AssignedAddress {
+                        request_id: req.request_id,
+                        prefix: IpPrefix::rejection(!v4),
+                    });
+                }
+            }
+        }
+        // The full current list: every address held, tagged with the request it answers.
+        for addr in &session.addresses {
+            if !answers.iter().any(|a| a.prefix.addr() == *addr) {
+                answers.push(AssignedAddress {
+                    request_id: 0,
+                    prefix: IpPrefix::host(*addr),
+                });
+            }
+        }
+        let newly_active = session.phase == Phase::Authenticated && !session.addresses.is_empty();
+        let (id, addresses) = (session.id, session.addresses.clone());
+        self.send_capsule(now, idx, &Capsule::AddressAssign(answers));
+        if addresses.is_empty() {
+            if let Some(why) = exhausted {
+                warn!(%identity, "{why}");
+                self.begin_close(
+                    now,
+                    idx,
+                    CloseCode::POOL_EXHAUSTED,
+                    "pool exhausted: the hub has no free address; try again later",
+                    true,
+                );
+            }
+            return;
+        }
+        if newly_active && let Some(entry) = self.transport.get_mut(idx) {
+            entry.state.phase = Phase::Active;
+            entry.deadline = None;
+            self.stats.sessions_assigned_total += 1;
+            info!(%id, %identity, ?addresses, "spoke assigned");
+            self.events.push_back(HubEvent::Assigned {
+                id,
+                identity: identity.to_string(),
+                addresses,
+            });
+        }
+    }
+
+    fn send_capsule(&mut self, now: Instant, idx: usize, capsule: &Capsule) {
+        let result = match self.transport.get_mut(idx) {
+            Some(entry) => entry.link.send(capsule),
+            None => return,
+        };
+        if let Err(e) = result {
+            self.on_control_error(now, idx, e);
+        }
+    }
+
+    /// Starts ending a session: frees its addresses, sends an ERROR (`error`) or GOODBYE with
+    /// `code`, and closes the connection once that is acknowledged or after a grace period.
+    fn begin_close(&mut self, now: Instant, idx: usize, code: CloseCode, reason: &str, error: bool) {
+        let Some(entry) = self.transport.get_mut(idx) else {
+            return;
+        };
+        if matches!(entry.state.phase, Phase::Closing { .. } | Phase::Closed) {
+            return;
+        }
+        entry.state.close_reason = Some(reason.to_owned());
+        if !entry.link.has_control() {
+            self.end_session(
+                idx,
+                DisconnectReason::Local {
+                    code,
+                    reason: reason.to_owned(),
+                },
+            );
+            self.close_connection(now, idx, code);
+            return;
+        }
+        let capsule = if error {
+            Capsule::Error {
+                code,
+                reason: reason.to_owned(),
+            }
+        } else {
+            Capsule::Goodbye {
+                code,
+                reason: reason.to_owned(),
+            }
+        };
+        let _ = entry.link.send(&capsule);
+        entry.link.finish();
+        entry.link.clear_datagrams();
+        let grace = (entry.link.conn.rtt() * 3).clamp(Duration::from_millis(50), CLOSE_GRACE_MAX);
+        entry.state.phase = Phase::Closing { code };
+        entry.deadline = Some((now + grace, "close grace"));
+        self.end_session(
+            idx,
+            DisconnectReason::Local {
+                code,
+                reason: reason.to_owned(),
+            },
+        );
+        self.transport.mark_ready(idx);
+        self.transport.update_timer(idx);
+    }
+
+    /// Closes the QUIC connection now (after any goodbye had its chance).
+    fn close_connection(&mut self, now: Instant, idx: usize, code: CloseCode) {
+        let Some(entry) = self.transport.get_mut(idx) else {
+            return;
+        };
+        if entry.state.phase == Phase::Closed && entry.link.conn.is_closed() {
+            return;
+        }
+        let reason = entry.state.close_reason.clone().unwrap_or_default();
+        entry.state.phase = Phase::Closed;
+        entry.deadline = None;
+        entry.link.clear_datagrams();
+        entry.link.conn.close(
+            now,
+            VarInt::from_u64(code.0).unwrap_or(VarInt::MAX),
+            Bytes::from(reason.into_bytes()),
+        );
+        self.transport.mark_ready(idx);
+        self.transport.update_timer(idx);
+    }
+
+    /// Frees a session's addresses and routes and reports it gone (once).
+    fn end_session(&mut self, idx: usize, reason: DisconnectReason) {
+        let Some(entry) = self.transport.get_mut(idx) else {
+            return;
+        };
+        let session = &mut entry.state;
+        if std::mem::replace(&mut session.ended, true) {
+            return;
+        }
+        for addr in session.addresses.drain(..) {
+            self.routes.remove(addr);
+            if let Some(pool) = self.pools.iter_mut().find(|p| p.net().contains(&addr)) {
+                pool.release(addr);
+            }
+        }
+        if let Some(identity) = &session.identity
+            && self.by_identity.get(identity) == Some(&idx)
+        {
+            self.by_identity.remove(identity);
+        }
+        if session.phase == Phase::Handshaking && reason_is_quiet(&reason) {
+            return;
+        }
+        let (id, identity) = (session.id, session.identity.as_deref().map(str::to_owned));
+        info!(%id, identity = identity.as_deref().unwrap_or("-"), %reason, "spoke disconnected");
+        self.events.push_back(HubEvent::Disconnected {
+            id,
+            identity,
+            reason,
+        });
+    }
+
+    fn remove(&mut self, idx: usize) {
+        // Normally ended already; this covers connections closed without a lost event.
+        let code = match self.transport.get(idx).map(|e| e.state.phase) {
+            Some(Phase::Closing { code }) => code,
+            _ => CloseCode::NO_ERROR,
+        };
+        let reason = self
+            .transport
+            .get(idx)
+            .and_then(|e| e.state.close_reason.clone())
+            .unwrap_or_default();
+        self.end_session(idx, DisconnectReason::Local { code, reason });
+        self.transport.remove(idx);
+    }
+
+    fn read_datagrams(&mut self, now: Instant, idx: usize) {
+        while let Some(entry) = self.transport.get_mut(idx) {
+            let Some(datagram) = entry.link.conn.datagrams().recv() else {
+                break;
+            };
+            entry.state.traffic.rx(datagram.len());
+            self.stats.traffic.rx(datagram.len());
+            if let Err(reason) = self.route_from_spoke(now, idx, datagram) {
+                self.stats.drops.add(reason);
+                if let Some(entry) = self.transport.get_mut(idx) {
+                    entry.state.drops.add(reason);
+                }
+            }
+        }
+    }
+
+    /// Routes one packet a spoke sent.
+    fn route_from_spoke(&mut self, now: Instant, from: usize, data: Bytes) -> Result<(), DropReason> {
+        let entry = self.transport.get(from).ok_or(DropReason::NotAssigned)?;
+        if entry.state.phase != Phase::Active {
+            return Err(DropReason::NotAssigned);
+        }
+        let header = IpHeader::parse(&data).map_err(|_| DropReason::Malformed)?;
+        if !entry.state.addresses.contains(&header.src) {
+            return Err(DropReason::SpoofedSource);
+        }
+        match self.routes.lookup(header.dst, header.protocol) {
+            Route::Hub | Route::Tun => {
+                self.deliver_to_tun(data);
+                Ok(())
+            }
+            Route::Spoke(to) => {
+                if self.isolate_spokes && to != from {
+                    self.icmp_to_spoke(now, from, &data, &header, IcmpError::AdminProhibited);
+                    return Err(DropReason::Isolated);
+                }
+                if header.ttl <= 1 {
+                    self.icmp_to_spoke(now, from, &data, &header, IcmpError::TimeExceeded);
+                    return Err(DropReason::TtlExpired);
+                }
+                let mut packet = self.arena.copy_mut(&data);
+                packet::decrement_ttl(&mut packet);
+                let max = self.max_packet(to)?;
+                if packet.len() > max {
+                    if header.dont_fragment {
+                        let mtu = IcmpError::PacketTooBig { mtu: clamp_mtu(max) };
+                        self.icmp_to_spoke(now, from, &data, &header, mtu);
+                        return Err(DropReason::TooLarge { max });
+                    }
+                    return self.send_fragments(to, &packet, &header, max);
+                }
+                self.send_to_spoke(to, packet.freeze());
+                Ok(())
+            }
+            Route::Unassigned => {
+                self.icmp_to_spoke(now, from, &data, &header, IcmpError::HostUnreachable);
+                Err(DropReason::NoRoute)
+            }
+            Route::PoolBroadcast => Err(DropReason::NoRoute),
+            Route::Unrouted => {
+                self.icmp_to_spoke(now, from, &data, &header, IcmpError::NetUnreachable);
+                Err(DropReason::NoRoute)
+            }
+        }
+    }
+
+    /// Routes one packet from the TUN side.
+    fn route_from_tun(&mut self, now: Instant, data: &[u8]) -> Result<(), DropReason> {
+        let header = IpHeader::parse(data).map_err(|_| DropReason::Malformed)?;
+        let to = match self.routes.lookup(header.dst, header.protocol) {
+            Route::Spoke(to) => to,
+            Route::Unassigned => {
+                self.icmp_to_tun(now, data, &header, IcmpError::HostUnreachable);
+                return Err(DropReason::NoRoute);
+            }
+            Route::Hub | Route::Tun | Route::Unrouted | Route::PoolBroadcast => {
+                return Err(DropReason::NoRoute);
+            }
+        };
+        let max = self.max_packet(to)?;
+        if data.len() > max {
+            if header.dont_fragment {
+                let mtu = IcmpError::PacketTooBig { mtu: clamp_mtu(max) };
+                self.icmp_to_tun(now, data, &header, mtu);
+                return Err(DropReason::TooLarge { max });
+            }
+            return self.send_fragments(to, data, &header, max);
+        }
+        let packet = self.arena.copy(data);
+        self.send_to_spoke(to, packet);
+        Ok(())
+    }
+
+    fn max_packet(&mut self, idx: usize) -> Result<usize, DropReason> {
+        self.transport
+            .get_mut(idx)
+            .and_then(|e| e.link.max_packet())
+            .ok_or(DropReason::NotAssigned)
+    }
+
+    fn send_fragments(
+        &mut self,
+        to: usize,
+        packet: &[u8],
+        header: &IpHeader,
+        max: usize,
+    ) -> Result<(), DropReason> {
+        let mut fragments = Vec::new();
+        let arena = &mut self.arena;
+        let ok = packet::fragment_v4(packet, header, max, &mut self.frag_scratch, |f| {
+            fragments.push(arena.copy(f));
+        });
+        if !ok {
+            return Err(DropReason::TooLarge { max });
+        }
+        for fragment in fragments {
+            self.send_to_spoke(to, fragment);
+        }
+        Ok(())
+    }
+
+    fn send_to_spoke(&mut self, to: usize, packet: Bytes) {
+        let Some(entry) = self.transport.get_mut(to) else {
+            return;
+        };
+        entry.state.traffic.tx(packet.len());
+        self.stats.traffic.tx(packet.len());
+        let dropped = entry.link.queue_datagram(packet);
+        for _ in 0..dropped {
+            entry.state.drops.add(DropReason::Congested);
+            self.stats.drops.add(DropReason::Congested);
+        }
+        self.transport.mark_ready(to);
+    }
+
+    fn deliver_to_tun(&mut self, packet: Bytes) {
+        self.stats.tun_out_packets += 1;
+        self.tun_out.push_back(packet);
+    }
+
+    /// Answers a spoke's packet with an ICMP error, rate-limited per spoke.
+    fn icmp_to_spoke(&mut self, now: Instant, to: usize, original: &[u8], header: &IpHeader, kind: IcmpError) {
+        let Some(from) = self.routes.hub_address(header.is_ipv4()) else {
+            return;
+        };
+        let Some(entry) = self.transport.get_mut(to) else {
+            return;
+        };
+        let Some(max) = entry.link.max_packet() else {
+            return;
+        };
+        if !entry.state.icmp.allow(now) {
+            return;
+        }
+        if icmp::build_error(original, header, from, kind, max, &mut self.scratch) {
+            let packet = self.arena.copy(&self.scratch);
+            self.send_to_spoke(to, packet);
+        }
+    }
+
+    /// Answers a TUN-side packet with an ICMP error, written back to the TUN side.
+    fn icmp_to_tun(&mut self, now: Instant, original: &[u8], header: &IpHeader, kind: IcmpError) {
+        let Some(from) = self.routes.hub_address(header.is_ipv4()) else {
+            return;
+        };
+        if !self.tun_icmp.allow(now) {
+            return;
+        }
+        if icmp::build_error(original, header, from, kind, usize::MAX, &mut self.scratch) {
+            let packet = self.arena.copy(&self.scratch);
+            self.deliver_to_tun(packet);
+        }
+    }
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("connections", &self.transport.len())
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The routes a hub advertises: its pools plus the configured extra networks.
+fn advertised_ranges(pools: &[IpNet], extra: &[IpNet]) -> Vec<IpRange> {
+    normalize_ranges(
+        pools
+            .iter()
+            .chain(extra)
+            .map(|n| IpRange::from_net(n.trunc()))
+            .collect(),
+    )
+}
+
+/// Failed handshakes (scanners, wrong CA) are not worth an event each.
+fn reason_is_quiet(reason: &DisconnectReason) -> bool {
+    !matches!(reason, DisconnectReason::Transport { tls: true, .. })
+}
+

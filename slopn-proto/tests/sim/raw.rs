@@ -1,0 +1,155 @@
+//! A hand-driven QUIC client that speaks the control protocol byte by byte: a misbehaving
+//! spoke for the tests (forged sources, malformed capsules, unexpected messages).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{
+    ClientConfig, Connection, ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint,
+    EndpointConfig, Event, StreamEvent, StreamId, Transmit,
+};
+use rustls::pki_types::CertificateDer;
+use slopn_proto::control::{self, Capsule};
+
+pub struct RawSpoke {
+    pub addr: SocketAddr,
+    endpoint: Endpoint,
+    conn: Connection,
+    ch: ConnectionHandle,
+    stream: Option<StreamId>,
+    rx: Vec<u8>,
+    pub capsules: Vec<Capsule>,
+    pub datagrams: Vec<Bytes>,
+    pub lost: Option<ConnectionError>,
+    pub connected: bool,
+}
+
+/// A rustls client configuration trusting `ca`, offering `alpn`.
+pub fn client_config(ca: &[CertificateDer<'static>], alpn: &[u8]) -> ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca {
+        roots.add(c.clone()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    ClientConfig::new(Arc::new(crypto))
+}
+
+impl RawSpoke {
+    pub fn connect(
+        now: Instant,
+        addr: SocketAddr,
+        hub: SocketAddr,
+        config: ClientConfig,
+        seed: u8,
+    ) -> Self {
+        let mut ep_config = EndpointConfig::default();
+        ep_config.rng_seed(Some([seed; 32]));
+        let mut endpoint = Endpoint::new(Arc::new(ep_config), None, false, None);
+        let (ch, conn) = endpoint
+            .connect(now, config, hub, "hub.slopn.test")
+            .unwrap();
+        Self {
+            addr,
+            endpoint,
+            conn,
+            ch,
+            stream: None,
+            rx: Vec::new(),
+            capsules: Vec::new(),
+            datagrams: Vec::new(),
+            lost: None,
+            connected: false,
+        }
+    }
+
+    pub fn handle_udp(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) {
+        let mut buf = Vec::new();
+        if let Some(DatagramEvent::ConnectionEvent(_, ev)) =
+            self.endpoint
+                .handle(now, from, None, None, BytesMut::from(payload), &mut buf)
+        {
+            self.conn.handle_event(ev);
+        }
+        self.process();
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.conn.handle_timeout(now);
+        self.process();
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.conn.poll_timeout()
+    }
+
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        buf.clear();
+        let t = self.conn.poll_transmit(now, 1, buf);
+        self.process();
+        t
+    }
+
+    fn process(&mut self) {
+        while let Some(ev) = self.conn.poll_endpoint_events() {
+            if let Some(reply) = self.endpoint.handle_event(self.ch, ev) {
+                self.conn.handle_event(reply);
+            }
+        }
+        while let Some(ev) = self.conn.poll() {
+            match ev {
+                Event::Connected => self.connected = true,
+                Event::ConnectionLost { reason } => self.lost = Some(reason),
+                Event::Stream(StreamEvent::Readable { id }) => {
+                    let mut recv = self.conn.recv_stream(id);
+                    if let Ok(mut chunks) = recv.read(true) {
+                        while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
+                            self.rx.extend_from_slice(&chunk.bytes);
+                        }
+                        let _ = chunks.finalize();
+                    }
+                    while let Ok(Some((c, n))) = control::decode(&self.rx) {
+                        self.capsules.push(c);
+                        self.rx.drain(..n);
+                    }
+                }
+                Event::DatagramReceived => {
+                    while let Some(d) = self.conn.datagrams().recv() {
+                        self.datagrams.push(d);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Writes raw bytes on the control stream (opening it first).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let id = *self
+            .stream
+            .get_or_insert_with(|| self.conn.streams().open(Dir::Bi).expect("stream"));
+        let n = self.conn.send_stream(id).write(bytes).expect("write");
+        assert_eq!(n, bytes.len());
+    }
+
+    pub fn send_capsule(&mut self, capsule: &Capsule) {
+        let mut buf = Vec::new();
+        control::encode(capsule, &mut buf);
+        self.send_raw(&buf);
+    }
+
+    pub fn send_datagram(&mut self, packet: Vec<u8>) {
+        self.conn
+            .datagrams()
+            .send(Bytes::from(packet), true)
+            .expect("datagram");
+    }
+}
