@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use ipnet::IpNet;
-use quinn_proto::{EcnCodepoint, EndpointConfig, Event, StreamEvent, Transmit, VarInt};
+use quinn_proto::{EcnCodepoint, Event, StreamEvent, Transmit, VarInt};
 use rustc_hash::FxHashMap;
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -211,19 +211,18 @@ impl Hub {
         let reset_key = config
             .stateless_reset_key
             .unwrap_or_else(|| derive_key(&config.seed, b"slopn stateless reset key"));
-        let mut endpoint_config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA256,
-            &reset_key,
-        )));
-        endpoint_config.rng_seed(Some(derive_key(&config.seed, b"slopn endpoint rng")));
-        let endpoint =
-            quinn_proto::Endpoint::new(Arc::new(endpoint_config), Some(Arc::new(server)), true, None);
+        let transport = Transport::new(
+            &config.seed,
+            reset_key,
+            Some(Arc::new(server)),
+            config.transport.datagram_queue_bytes,
+        );
 
         let hub_addresses = config.pools.iter().map(|p| p.hub_address).collect();
         let networks: Vec<IpNet> = config.pools.iter().map(|p| p.network).collect();
         let advertised = advertised_ranges(&networks, &config.routes);
         Ok(Self {
-            transport: Transport::new(endpoint, config.transport.datagram_queue_bytes),
+            transport,
             clock,
             pools,
             routes: RouteTable::new(hub_addresses, networks, advertised),
@@ -1039,14 +1038,18 @@ impl Hub {
         let Some(entry) = self.transport.get_mut(to) else {
             return;
         };
-        entry.state.traffic.tx(packet.len());
-        self.stats.traffic.tx(packet.len());
-        let dropped = entry.link.queue_datagram(packet);
-        for _ in 0..dropped {
-            entry.state.drops.add(DropReason::Congested);
-            self.stats.drops.add(DropReason::Congested);
+        let len = packet.len();
+        match entry.link.queue_datagram(packet) {
+            Ok(()) => {
+                entry.state.traffic.tx(len);
+                self.stats.traffic.tx(len);
+                self.transport.mark_ready(to);
+            }
+            Err(reason) => {
+                entry.state.drops.add(reason);
+                self.stats.drops.add(reason);
+            }
         }
-        self.transport.mark_ready(to);
     }
 
     fn deliver_to_tun(&mut self, packet: Bytes) {

@@ -52,6 +52,7 @@
 //! [`route`] (route lookup), [`pki`] and [`tls`] (certificates and TLS configuration).
 
 mod arena;
+mod cid;
 mod clock;
 mod config;
 pub mod control;

@@ -12,15 +12,19 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    Connection, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, Incoming, ReadError,
-    StreamId, Transmit,
+    Connection, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig,
+    Incoming, ReadError, StreamId, Transmit,
 };
 
 use crate::control::{self, Capsule, DecodeError, MAX_CAPSULE_LEN};
+use crate::cid::SignedCidGenerator;
+use crate::derive_key;
+use crate::stats::DropReason;
 
 /// Control bytes a link may hold unsent (the peer is not reading) before that is an error.
 const MAX_CONTROL_BACKLOG: usize = 64 * 1024;
@@ -169,18 +173,16 @@ impl Link {
         self.conn.datagrams().max_size()
     }
 
-    /// Queues an IP packet (already checked against [`Self::max_packet`]). Returns how many
-    /// older packets were dropped to make room.
-    pub(crate) fn queue_datagram(&mut self, packet: Bytes) -> u64 {
-        let mut dropped = 0;
+    /// Queues an IP packet (already checked against [`Self::max_packet`]). A full queue
+    /// refuses it: dropping the newest packet rather than the oldest keeps a burst's first
+    /// packets, which are the retransmissions TCP is waiting for.
+    pub(crate) fn queue_datagram(&mut self, packet: Bytes) -> Result<(), DropReason> {
+        if self.outbox_bytes + packet.len() > self.outbox_limit && !self.outbox.is_empty() {
+            return Err(DropReason::Congested);
+        }
         self.outbox_bytes += packet.len();
         self.outbox.push_back(packet);
-        while self.outbox_bytes > self.outbox_limit && self.outbox.len() > 1 {
-            let old = self.outbox.pop_front().expect("len > 1");
-            self.outbox_bytes -= old.len();
-            dropped += 1;
-        }
-        dropped
+        Ok(())
     }
 
     /// Drops every queued packet (the session is ending).
@@ -272,7 +274,23 @@ pub(crate) struct Transport<S> {
 }
 
 impl<S> Transport<S> {
-    pub(crate) fn new(endpoint: Endpoint, outbox_limit: usize) -> Self {
+    /// A transport on a fresh quinn endpoint. Randomness comes from `seed`; the stateless
+    /// reset key also signs connection IDs (see [`SignedCidGenerator`]).
+    pub(crate) fn new(
+        seed: &[u8; 32],
+        reset_key: [u8; 32],
+        server: Option<Arc<quinn_proto::ServerConfig>>,
+        outbox_limit: usize,
+    ) -> Self {
+        let cid_seed = derive_key(seed, b"slopn connection ids");
+        let cid_key = u64::from_le_bytes(derive_key(&reset_key, b"slopn cid key")[..8].try_into().expect("8 bytes"));
+        let mut config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &reset_key,
+        )));
+        config.cid_generator(move || Box::new(SignedCidGenerator::new(cid_seed, cid_key)));
+        config.rng_seed(Some(derive_key(seed, b"slopn endpoint rng")));
+        let endpoint = Endpoint::new(Arc::new(config), server, true, None);
         Self {
             endpoint,
             entries: Vec::new(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use quinn_proto::{EcnCodepoint, EndpointConfig, Event, StreamEvent, Transmit, VarInt};
+use quinn_proto::{EcnCodepoint, Event, StreamEvent, Transmit, VarInt};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use thiserror::Error;
@@ -183,14 +183,13 @@ impl Spoke {
         let crypto = tls::client_config(&config.trust_anchors, clock.clone())?;
         let mut client_config = quinn_proto::ClientConfig::new(crypto);
         client_config.transport_config(config.transport.quinn(true, 0));
-        let mut endpoint_config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA256,
-            &derive_key(&config.seed, b"slopn stateless reset key"),
-        )));
-        endpoint_config.rng_seed(Some(derive_key(&config.seed, b"slopn endpoint rng")));
-        let endpoint = quinn_proto::Endpoint::new(Arc::new(endpoint_config), None, true, None);
         let mut spoke = Self {
-            transport: Transport::new(endpoint, config.transport.datagram_queue_bytes),
+            transport: Transport::new(
+                &config.seed,
+                derive_key(&config.seed, b"slopn stateless reset key"),
+                None,
+                config.transport.datagram_queue_bytes,
+            ),
             clock,
             client_config,
             hub: config.hub,
@@ -880,24 +879,21 @@ impl Spoke {
                 return Err(DropReason::TooLarge { max });
             }
             for f in fragments {
-                self.queue(idx, f);
+                self.queue(idx, f)?;
             }
             return Ok(());
         }
         let data = self.arena.copy(packet);
-        self.queue(idx, data);
-        Ok(())
+        self.queue(idx, data)
     }
 
-    fn queue(&mut self, idx: usize, packet: Bytes) {
-        let Some(entry) = self.transport.get_mut(idx) else {
-            return;
-        };
-        self.stats.traffic.tx(packet.len());
-        for _ in 0..entry.link.queue_datagram(packet) {
-            self.stats.drops.add(DropReason::Congested);
-        }
+    fn queue(&mut self, idx: usize, packet: Bytes) -> Result<(), DropReason> {
+        let entry = self.transport.get_mut(idx).ok_or(DropReason::NotAssigned)?;
+        let len = packet.len();
+        entry.link.queue_datagram(packet)?;
+        self.stats.traffic.tx(len);
         self.transport.mark_ready(idx);
+        Ok(())
     }
 
     fn icmp_to_tun(&mut self, now: Instant, original: &[u8], header: &IpHeader, kind: IcmpError) {

@@ -98,3 +98,17 @@ fn isolated_spokes_reach_the_hub_but_not_each_other() {
     let errors = world.spokes[0].host.captured_icmp_errors();
     assert!(errors.contains(&(3, 13, 0)), "{errors:?}");
 }
+
+#[test]
+fn idle_sessions_stay_up_on_keep_alives() {
+    let pki = pki();
+    let mut world = World::new(5, hub_config(&pki));
+    world.add_spoke(spoke_config(&pki, 0), links());
+    world.run_for(Duration::from_secs(60));
+    let spoke = &mut world.spokes[0];
+    assert_eq!(spoke.spoke.state(), SpokeState::Established);
+    assert_eq!(spoke.spoke.stats().sessions, 1, "never dropped: {:?}", spoke.events);
+    // A keep-alive every 2 s, each acknowledged: a few packets per second at most.
+    let sent = world.net.stats.sent;
+    assert!((40..200).contains(&sent), "{sent} packets in a minute of idling");
+}

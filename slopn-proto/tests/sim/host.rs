@@ -65,6 +65,8 @@ impl Device for TunDevice {
 
 pub struct Host {
     pub iface: Interface,
+    /// Address, prefix and gateway, to re-apply when the interface is rebuilt.
+    config: Vec<(IpAddr, u8, Option<IpAddr>)>,
     pub device: TunDevice,
     pub sockets: SocketSet<'static>,
     /// Set when the test touched sockets, so the host is polled before time moves on.
@@ -95,6 +97,7 @@ impl Host {
         let iface = Interface::new(config, &mut device, SmolInstant::ZERO);
         Self {
             iface,
+            config: Vec::new(),
             device,
             sockets: SocketSet::new(Vec::new()),
             dirty: false,
@@ -103,6 +106,26 @@ impl Host {
 
     /// Gives the host `addr/prefix` and a default route via `gateway`.
     pub fn configure(&mut self, addr: IpAddr, prefix: u8, gateway: Option<IpAddr>) {
+        self.config.retain(|(a, _, _)| a.is_ipv4() != addr.is_ipv4());
+        self.config.push((addr, prefix, gateway));
+        self.apply(addr, prefix, gateway);
+    }
+
+    /// Changes the MTU, as a driver sets the TUN device's MTU. smoltcp reads it only when
+    /// the interface is built, so the interface is rebuilt; sockets and their connections
+    /// survive, and new TCP connections use the new MSS.
+    pub fn set_mtu(&mut self, mtu: usize) {
+        if mtu == self.device.mtu {
+            return;
+        }
+        self.device.mtu = mtu;
+        self.iface = Interface::new(Config::new(HardwareAddress::Ip), &mut self.device, SmolInstant::ZERO);
+        for (addr, prefix, gateway) in self.config.clone() {
+            self.apply(addr, prefix, gateway);
+        }
+    }
+
+    fn apply(&mut self, addr: IpAddr, prefix: u8, gateway: Option<IpAddr>) {
         self.iface.update_ip_addrs(|addrs| {
             addrs.retain(|a| a.address().version() != ip(addr).version());
             addrs.push(IpCidr::new(ip(addr), prefix)).expect("room");

@@ -8,7 +8,10 @@ mod raw;
 mod world;
 
 mod basic;
+mod faults;
+mod tcp;
 
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use slopn_proto::pki::{CertificateAuthority, IssuedCertificate, Validity};
@@ -123,4 +126,40 @@ pub fn spoke_config(pki: &Pki, i: usize) -> SpokeConfig {
     );
     config.seed = [i as u8 + 2; 32];
     config
+}
+
+/// An IPv4 UDP packet with valid checksums.
+pub fn udp_packet(src: IpAddr, dst: IpAddr, ttl: u8, dont_fragment: bool, payload: &[u8]) -> Vec<u8> {
+    use slopn_proto::packet::checksum;
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        panic!("IPv4 only")
+    };
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&[0x12, 0x34, if dont_fragment { 0x40 } else { 0 }, 0, ttl, 17, 0, 0]);
+    p.extend_from_slice(&s.octets());
+    p.extend_from_slice(&d.octets());
+    let sum = checksum(&p, 0);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut udp = Vec::with_capacity(udp_len);
+    udp.extend_from_slice(&40001u16.to_be_bytes());
+    udp.extend_from_slice(&9u16.to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&s.octets());
+    pseudo.extend_from_slice(&d.octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    let partial = pseudo
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    let sum = checksum(&udp, partial);
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&udp);
+    p
 }

@@ -147,6 +147,7 @@ impl Network {
     /// Sends a datagram at `now`.
     pub fn send(&mut self, now: Duration, datagram: Datagram) {
         self.stats.sent += 1;
+        if std::env::var_os("SIM_NET_TRACE").is_some() { eprintln!("NET {:?} {} -> {} len {}", now, datagram.src, datagram.dst, datagram.payload.len()); }
         let Some(access) = self.nodes.get_mut(&datagram.src) else {
             return;
         };

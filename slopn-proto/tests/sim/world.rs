@@ -315,10 +315,10 @@ impl World {
                             s.host.configure(*a, POOL_PREFIX, Some(hub_ip()));
                         }
                         if let Some(mtu) = s.spoke.tun_mtu() {
-                            s.host.device.mtu = usize::from(mtu);
+                            s.host.set_mtu(usize::from(mtu));
                         }
                     }
-                    SpokeEvent::MtuChanged { tun_mtu } => s.host.device.mtu = usize::from(*tun_mtu),
+                    SpokeEvent::MtuChanged { tun_mtu } => s.host.set_mtu(usize::from(*tun_mtu)),
                     _ => {}
                 }
                 trace.push(format!("{}: {e:?}", s.name));
