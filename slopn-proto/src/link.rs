@@ -7,8 +7,8 @@
 //!
 //! quinn writes DATAGRAM frames before STREAM frames in every packet, so a connection whose
 //! datagram queue never empties would never send control data. Packets therefore wait in our
-//! own queue and enter quinn's only when quinn's is empty, one GSO batch at a time: after
-//! each batch, control data and retransmissions get their turn.
+//! own queue and enter quinn's only when quinn's is empty, one GSO batch at a time, and not at
+//! all while control data waits to go out (see [`ControlPriority`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -58,7 +58,77 @@ pub(crate) struct Link {
     outbox_limit: usize,
     /// `send_buffer_space()` of quinn's datagram queue when it is empty.
     quinn_space_when_empty: usize,
+    priority: ControlPriority,
 }
+
+/// Holds datagrams back while control data waits behind them.
+///
+/// quinn does not say whether stream data is pending, but it counts the STREAM frames it
+/// sends. After we write control bytes, no datagram enters quinn until that count moves. For
+/// a few round trips afterwards, any loss might have hit the control data, whose
+/// retransmission would again queue behind datagrams: datagrams are held once more until a
+/// STREAM frame leaves, or for one round trip if none does (the loss was datagrams only).
+#[derive(Debug, Default)]
+struct ControlPriority {
+    /// STREAM frames sent when control data was written and not yet seen to leave.
+    unsent: Option<u64>,
+    /// When a hold that is only a guess (after a loss) ends regardless.
+    hold_until: Option<Instant>,
+    /// After control data left: until when a loss may have hit it, and the loss count then.
+    watch: Option<(Instant, u64)>,
+}
+
+impl ControlPriority {
+    fn on_written(&mut self, conn: &Connection) {
+        if self.unsent.is_none() {
+            self.unsent = Some(conn.stats().frame_tx.stream);
+        }
+        self.hold_until = None;
+    }
+
+    /// Ends a guessed hold whose time is up.
+    fn expire(&mut self, now: Instant) {
+        if self.hold_until.is_some_and(|h| now >= h) {
+            self.unsent = None;
+            self.hold_until = None;
+        }
+    }
+
+    /// Whether datagrams may enter quinn now.
+    fn may_feed(&mut self, now: Instant, conn: &Connection) -> bool {
+        if self.unsent.is_none() && self.watch.is_none() {
+            return true;
+        }
+        let stats = conn.stats();
+        let rtt = conn.rtt();
+        if let Some(mark) = self.unsent {
+            if stats.frame_tx.stream > mark {
+                self.unsent = None;
+                self.hold_until = None;
+                self.watch = Some((now + rtt * 3 + MIN_HOLD, stats.path.lost_packets));
+            } else if self.hold_until.is_some_and(|h| now >= h) {
+                self.unsent = None;
+                self.hold_until = None;
+            } else {
+                return false;
+            }
+        }
+        if let Some((until, lost)) = self.watch {
+            if now >= until {
+                self.watch = None;
+            } else if stats.path.lost_packets > lost {
+                self.watch = Some((until.max(now + rtt * 3), stats.path.lost_packets));
+                self.unsent = Some(stats.frame_tx.stream);
+                self.hold_until = Some(now + rtt.max(MIN_HOLD));
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Shortest hold and watch margin, for very small round-trip times.
+const MIN_HOLD: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl Link {
     pub(crate) fn new(mut conn: Connection, outbox_limit: usize) -> Self {
@@ -74,6 +144,7 @@ impl Link {
             outbox_bytes: 0,
             outbox_limit,
             quinn_space_when_empty,
+            priority: ControlPriority::default(),
         }
     }
 
@@ -119,6 +190,7 @@ impl Link {
             match self.conn.send_stream(id).write(&self.tx) {
                 Ok(n) => {
                     self.tx.drain(..n);
+                    self.priority.on_written(&self.conn);
                 }
                 Err(quinn_proto::WriteError::Blocked) => {}
                 Err(_) => return Err(ControlError::Stream("control stream stopped by peer")),
@@ -198,15 +270,20 @@ impl Link {
         max_datagrams: usize,
         buf: &mut Vec<u8>,
     ) -> Option<Transmit> {
-        loop {
-            let fed = self.feed_quinn(max_datagrams);
-            if let Some(t) = self.conn.poll_transmit(now, max_datagrams, buf) {
-                return Some(t);
-            }
-            if !fed {
-                return None;
-            }
+        // Whenever quinn's datagram queue is empty, everything else it has to send (control
+        // data, retransmissions, ACKs) goes first; only then the next batch of packets.
+        if let Some(t) = self.conn.poll_transmit(now, max_datagrams, buf) {
+            return Some(t);
         }
+        if self.priority.may_feed(now, &self.conn) && self.feed_quinn(max_datagrams) {
+            return self.conn.poll_transmit(now, max_datagrams, buf);
+        }
+        None
+    }
+
+    /// When a guessed hold on datagrams ends, if one is in force.
+    pub(crate) fn hold_until(&self) -> Option<Instant> {
+        self.priority.hold_until
     }
 
     /// Moves up to one batch of packets into quinn's datagram queue if that queue is empty.
@@ -466,11 +543,14 @@ impl<S> Transport<S> {
         let Some(Some(entry)) = self.entries.get_mut(idx) else {
             return;
         };
-        let quinn = entry.link.conn.poll_timeout();
-        let next = match (quinn, entry.deadline) {
-            (Some(q), Some((d, _))) => Some(q.min(d)),
-            (q, d) => q.or(d.map(|(d, _)| d)),
-        };
+        let next = [
+            entry.link.conn.poll_timeout(),
+            entry.link.hold_until(),
+            entry.deadline.map(|(d, _)| d),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if next != entry.timer {
             if let Some(old) = entry.timer {
                 self.timers.remove(&(old, idx));
@@ -502,6 +582,7 @@ impl<S> Transport<S> {
         let entry = self.entries.get_mut(idx)?.as_mut()?;
         entry.timer = None;
         entry.link.conn.handle_timeout(now);
+        entry.link.priority.expire(now);
         self.mark_ready(idx);
         Some(idx)
     }

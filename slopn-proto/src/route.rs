@@ -117,14 +117,14 @@ mod tests {
             ],
         );
         table.insert("10.0.0.2".parse().unwrap(), 7usize);
-        let r = |s: &str| table.lookup(s.parse().unwrap(), 6);
-        assert_eq!(r("10.0.0.2"), Route::Spoke(7));
-        assert_eq!(r("10.0.0.1"), Route::Hub);
-        assert_eq!(r("10.0.0.3"), Route::Unassigned);
-        assert_eq!(r("10.0.0.255"), Route::PoolBroadcast);
-        assert_eq!(r("192.168.4.4"), Route::Tun);
-        assert_eq!(r("8.8.8.8"), Route::Unrouted);
+        let r = |table: &RouteTable<usize>, s: &str| table.lookup(s.parse().unwrap(), 6);
+        assert_eq!(r(&table, "10.0.0.2"), Route::Spoke(7));
+        assert_eq!(r(&table, "10.0.0.1"), Route::Hub);
+        assert_eq!(r(&table, "10.0.0.3"), Route::Unassigned);
+        assert_eq!(r(&table, "10.0.0.255"), Route::PoolBroadcast);
+        assert_eq!(r(&table, "192.168.4.4"), Route::Tun);
+        assert_eq!(r(&table, "8.8.8.8"), Route::Unrouted);
         table.remove("10.0.0.2".parse().unwrap());
-        assert_eq!(r("10.0.0.2"), Route::Unassigned);
+        assert_eq!(r(&table, "10.0.0.2"), Route::Unassigned);
     }
 }

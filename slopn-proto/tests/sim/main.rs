@@ -8,6 +8,9 @@ mod raw;
 mod world;
 
 mod basic;
+mod determinism;
+mod liveness;
+mod scale;
 mod faults;
 mod tcp;
 

@@ -160,7 +160,17 @@ impl World {
     /// Runs until `done` holds (checked after every step) or `limit` of virtual time passes.
     pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut World) -> bool) -> bool {
         let end = self.now + limit;
+        let (mut last, mut same) = (self.now, 0u32);
         loop {
+            if self.now == last {
+                same += 1;
+                if same >= 100_000 {
+                    let (now, pending) = (self.now, self.pending());
+                    panic!("livelock at {now:?}: {pending}");
+                }
+            } else {
+                (last, same) = (self.now, 0);
+            }
             self.settle();
             if done(self) {
                 return true;
@@ -180,6 +190,21 @@ impl World {
 
     pub fn run_for(&mut self, duration: Duration) {
         self.run_until(duration, |_| false);
+    }
+
+    /// What every node is waiting for, to explain a livelock.
+    fn pending(&mut self) -> String {
+        let base = self.base;
+        let mut out = format!("net next {:?}; ", self.net.next_time());
+        if let Some(node) = &mut self.hub {
+            let t = node.hub.poll_timeout().map(|(t, why)| (t.saturating_duration_since(base), why));
+            out += &format!("hub {t:?} host {:?}; ", node.host.poll_at(self.now));
+        }
+        for s in &mut self.spokes {
+            let t = s.spoke.poll_timeout().map(|(t, why)| (t.saturating_duration_since(base), why));
+            out += &format!("{} {t:?} {:?} host {:?}; ", s.name, s.spoke.state(), s.host.poll_at(self.now));
+        }
+        out
     }
 
     fn next_event(&mut self) -> Option<Duration> {
