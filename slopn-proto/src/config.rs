@@ -148,7 +148,11 @@ pub struct HubConfig {
 
 impl HubConfig {
     /// A configuration with defaults for everything but identity, pools and credentials.
-    pub fn new(identity: CertifiedKey, pools: Vec<PoolConfig>, credentials: Vec<Credential>) -> Self {
+    pub fn new(
+        identity: CertifiedKey,
+        pools: Vec<PoolConfig>,
+        credentials: Vec<Credential>,
+    ) -> Self {
         Self {
             identity,
             pools,
@@ -183,7 +187,7 @@ impl Default for ReconnectPolicy {
     fn default() -> Self {
         Self {
             min_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
+            max_delay: Duration::from_millis(500),
             attempt_timeout: Duration::from_secs(1),
             pool_exhausted_delay: Duration::from_secs(10),
         }

@@ -167,7 +167,7 @@ impl IpPrefix {
     }
 
     /// The prefix length in bits.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -259,7 +259,11 @@ impl IpRange {
         let mut nets = Vec::new();
         // The last address of the aligned block of 2^bits addresses starting at `lo`.
         let block_last = |lo: u128, bits: u32| {
-            let mask = if bits >= 128 { u128::MAX } else { (1u128 << bits) - 1 };
+            let mask = if bits >= 128 {
+                u128::MAX
+            } else {
+                (1u128 << bits) - 1
+            };
             lo.checked_add(mask)
         };
         loop {
@@ -280,7 +284,11 @@ impl IpRange {
     }
 
     fn key(&self) -> (u8, u8, u128) {
-        (addr_width(self.start), self.protocol, addr_to_u128(self.start))
+        (
+            addr_width(self.start),
+            self.protocol,
+            addr_to_u128(self.start),
+        )
     }
 }
 
@@ -702,7 +710,11 @@ impl Reader<'_> {
                 Ok(IpAddr::V4(Ipv4Addr::from(b)))
             }
             6 => {
-                let b: [u8; 16] = self.take(16).ok_or("truncated address")?.try_into().unwrap();
+                let b: [u8; 16] = self
+                    .take(16)
+                    .ok_or("truncated address")?
+                    .try_into()
+                    .unwrap();
                 Ok(IpAddr::V6(Ipv6Addr::from(b)))
             }
             _ => Err("IP version is neither 4 nor 6"),
@@ -804,15 +816,32 @@ mod tests {
         assert_eq!(buf, [0x01, 0x07, 0x01, 0x04, 10, 100, 0, 2, 32]);
         buf.clear();
         encode(
-            &Capsule::RouteAdvertisement(vec![IpRange::from_net(
-                "10.100.0.0/24".parse().unwrap(),
-            )]),
+            &Capsule::RouteAdvertisement(vec![IpRange::from_net("10.100.0.0/24".parse().unwrap())]),
             &mut buf,
         );
         assert_eq!(
             buf,
             [0x03, 0x0a, 0x04, 10, 100, 0, 0, 10, 100, 0, 255, 0x00]
         );
+        // The remaining examples of docs/PROTOCOL.md §8.
+        buf.clear();
+        encode(
+            &Capsule::Hello {
+                version: 1,
+                credential: Bytes::from_static(b"token-0"),
+            },
+            &mut buf,
+        );
+        assert_eq!(buf, b"\x10\x09\x01\x07token-0");
+        buf.clear();
+        encode(
+            &Capsule::Error {
+                code: CloseCode::POOL_EXHAUSTED,
+                reason: "pool exhausted".into(),
+            },
+            &mut buf,
+        );
+        assert_eq!(buf, b"\x12\x10\x04\x0epool exhausted");
     }
 
     #[test]
@@ -894,14 +923,17 @@ mod tests {
             )
             .prop_map(Capsule::AddressRequest),
             proptest::collection::vec(
-                (arb_addr(), arb_addr(), any::<u8>()).prop_filter_map("same family", |(a, b, p)| {
-                    let (lo, hi) = if addr_to_u128(a) <= addr_to_u128(b) {
-                        (a, b)
-                    } else {
-                        (b, a)
-                    };
-                    IpRange::new(lo, hi, p)
-                }),
+                (arb_addr(), arb_addr(), any::<u8>()).prop_filter_map(
+                    "same family",
+                    |(a, b, p)| {
+                        let (lo, hi) = if addr_to_u128(a) <= addr_to_u128(b) {
+                            (a, b)
+                        } else {
+                            (b, a)
+                        };
+                        IpRange::new(lo, hi, p)
+                    }
+                ),
                 0..8
             )
             .prop_map(|r| Capsule::RouteAdvertisement(normalize_ranges(r))),

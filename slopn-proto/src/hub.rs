@@ -339,7 +339,13 @@ impl Hub {
     }
 
     /// Ends one spoke's session with `code` and `reason`. Returns false if no such session.
-    pub fn disconnect(&mut self, now: Instant, id: SessionId, code: CloseCode, reason: &str) -> bool {
+    pub fn disconnect(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        code: CloseCode,
+        reason: &str,
+    ) -> bool {
         let Some(idx) = self.find(id) else {
             return false;
         };
@@ -357,9 +363,10 @@ impl Hub {
             .set_advertised(advertised_ranges(&networks, &self.extra_routes));
         let capsule = Capsule::RouteAdvertisement(self.routes.advertised().to_vec());
         for idx in self.transport.indices() {
-            let authenticated = self.transport.get(idx).is_some_and(|e| {
-                matches!(e.state.phase, Phase::Authenticated | Phase::Active)
-            });
+            let authenticated = self
+                .transport
+                .get(idx)
+                .is_some_and(|e| matches!(e.state.phase, Phase::Authenticated | Phase::Active));
             if authenticated {
                 self.send_capsule(now, idx, &capsule);
                 self.process(now, idx);
@@ -535,7 +542,10 @@ impl Hub {
             .conn
             .crypto_session()
             .handshake_data()
-            .and_then(|d| d.downcast::<quinn_proto::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| {
+                d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                    .ok()
+            })
             .and_then(|d| d.protocol)
             .is_some_and(|p| p == crate::control::ALPN);
         let id = entry.state.id;
@@ -668,7 +678,13 @@ impl Hub {
                 remote,
                 reason: "unknown token".into(),
             });
-            self.begin_close(now, idx, CloseCode::AUTH_FAILED, "authentication failed", true);
+            self.begin_close(
+                now,
+                idx,
+                CloseCode::AUTH_FAILED,
+                "authentication failed",
+                true,
+            );
             return;
         };
         // A spoke that restarted reconnects before its old session timed out: the new
@@ -722,7 +738,11 @@ impl Hub {
                 });
                 continue;
             }
-            let Some(pool) = self.pools.iter_mut().find(|p| p.net().addr().is_ipv4() == v4) else {
+            let Some(pool) = self
+                .pools
+                .iter_mut()
+                .find(|p| p.net().addr().is_ipv4() == v4)
+            else {
                 answers.push(AssignedAddress {
                     request_id: req.request_id,
                     prefix: IpPrefix::rejection(!v4),
@@ -798,7 +818,14 @@ impl Hub {
 
     /// Starts ending a session: frees its addresses, sends an ERROR (`error`) or GOODBYE with
     /// `code`, and closes the connection once that is acknowledged or after a grace period.
-    fn begin_close(&mut self, now: Instant, idx: usize, code: CloseCode, reason: &str, error: bool) {
+    fn begin_close(
+        &mut self,
+        now: Instant,
+        idx: usize,
+        code: CloseCode,
+        reason: &str,
+        error: bool,
+    ) {
         let Some(entry) = self.transport.get_mut(idx) else {
             return;
         };
@@ -930,7 +957,12 @@ impl Hub {
     }
 
     /// Routes one packet a spoke sent.
-    fn route_from_spoke(&mut self, now: Instant, from: usize, data: Bytes) -> Result<(), DropReason> {
+    fn route_from_spoke(
+        &mut self,
+        now: Instant,
+        from: usize,
+        data: Bytes,
+    ) -> Result<(), DropReason> {
         let entry = self.transport.get(from).ok_or(DropReason::NotAssigned)?;
         if entry.state.phase != Phase::Active {
             return Err(DropReason::NotAssigned);
@@ -958,7 +990,9 @@ impl Hub {
                 let max = self.max_packet(to)?;
                 if packet.len() > max {
                     if header.dont_fragment {
-                        let mtu = IcmpError::PacketTooBig { mtu: clamp_mtu(max) };
+                        let mtu = IcmpError::PacketTooBig {
+                            mtu: clamp_mtu(max),
+                        };
                         self.icmp_to_spoke(now, from, &data, &header, mtu);
                         return Err(DropReason::TooLarge { max });
                     }
@@ -995,7 +1029,9 @@ impl Hub {
         let max = self.max_packet(to)?;
         if data.len() > max {
             if header.dont_fragment {
-                let mtu = IcmpError::PacketTooBig { mtu: clamp_mtu(max) };
+                let mtu = IcmpError::PacketTooBig {
+                    mtu: clamp_mtu(max),
+                };
                 self.icmp_to_tun(now, data, &header, mtu);
                 return Err(DropReason::TooLarge { max });
             }
@@ -1058,7 +1094,14 @@ impl Hub {
     }
 
     /// Answers a spoke's packet with an ICMP error, rate-limited per spoke.
-    fn icmp_to_spoke(&mut self, now: Instant, to: usize, original: &[u8], header: &IpHeader, kind: IcmpError) {
+    fn icmp_to_spoke(
+        &mut self,
+        now: Instant,
+        to: usize,
+        original: &[u8],
+        header: &IpHeader,
+        kind: IcmpError,
+    ) {
         let Some(from) = self.routes.hub_address(header.is_ipv4()) else {
             return;
         };
@@ -1116,4 +1159,3 @@ fn advertised_ranges(pools: &[IpNet], extra: &[IpNet]) -> Vec<IpRange> {
 fn reason_is_quiet(reason: &DisconnectReason) -> bool {
     !matches!(reason, DisconnectReason::Transport { tls: true, .. })
 }
-

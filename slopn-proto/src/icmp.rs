@@ -63,7 +63,9 @@ impl IcmpRateLimit {
     /// Whether one more error may be sent at `now` (and takes a token if so).
     pub fn allow(&mut self, now: Instant) -> bool {
         let last = *self.last.get_or_insert(now);
-        let refill = now.saturating_duration_since(last).as_millis() as u64 * u64::from(Self::PER_SECOND) / 1000;
+        let refill = now.saturating_duration_since(last).as_millis() as u64
+            * u64::from(Self::PER_SECOND)
+            / 1000;
         if refill > 0 {
             self.tokens = (u64::from(self.tokens) + refill).min(u64::from(Self::BURST)) as u32;
             self.last = Some(now);
@@ -197,7 +199,14 @@ mod tests {
         let h = IpHeader::parse(&orig).unwrap();
         let mut out = Vec::new();
         let from = IpAddr::from([10, 0, 0, 1]);
-        assert!(build_error(&orig, &h, from, IcmpError::TimeExceeded, 9000, &mut out));
+        assert!(build_error(
+            &orig,
+            &h,
+            from,
+            IcmpError::TimeExceeded,
+            9000,
+            &mut out
+        ));
         let eh = IpHeader::parse(&out).expect("valid IPv4");
         assert_eq!(eh.src, from);
         assert_eq!(eh.dst, h.src);
@@ -207,7 +216,14 @@ mod tests {
         assert_eq!((out[20], out[21]), (11, 0));
         assert_eq!(&out[28..48], &orig[..20]);
         // No error about that error.
-        assert!(!build_error(&out, &eh, from, IcmpError::TimeExceeded, 9000, &mut Vec::new()));
+        assert!(!build_error(
+            &out,
+            &eh,
+            from,
+            IcmpError::TimeExceeded,
+            9000,
+            &mut Vec::new()
+        ));
     }
 
     #[test]
@@ -216,7 +232,14 @@ mod tests {
         let h = IpHeader::parse(&orig).unwrap();
         let mut out = Vec::new();
         let kind = IcmpError::PacketTooBig { mtu: 1280 };
-        assert!(build_error(&orig, &h, [10, 0, 0, 1].into(), kind, 200, &mut out));
+        assert!(build_error(
+            &orig,
+            &h,
+            [10, 0, 0, 1].into(),
+            kind,
+            200,
+            &mut out
+        ));
         assert_eq!(out.len(), 200);
         assert_eq!(u16::from_be_bytes([out[26], out[27]]), 1280);
     }

@@ -75,16 +75,17 @@ pub use hub::{Hub, HubError, HubEvent};
 pub use quinn_proto::{EcnCodepoint, Transmit};
 pub use session::{DisconnectReason, SessionId};
 pub use spoke::{Spoke, SpokeError, SpokeEvent, SpokeState};
-pub use stats::{
-    DropCounters, DropReason, HubStats, SpokeSnapshot, SpokeStats, TrafficCounters,
-};
+pub use stats::{DropCounters, DropReason, HubStats, SpokeSnapshot, SpokeStats, TrafficCounters};
 
 /// A 32-byte key derived from a seed for one purpose (SHA-256 of label and seed).
 pub(crate) fn derive_key(seed: &[u8; 32], label: &[u8]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(label);
     ctx.update(seed);
-    ctx.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 /// What the hub keeps of a token: its SHA-256 digest, never the token itself.

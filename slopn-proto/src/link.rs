@@ -21,8 +21,8 @@ use quinn_proto::{
     Incoming, ReadError, StreamId, Transmit,
 };
 
-use crate::control::{self, Capsule, DecodeError, MAX_CAPSULE_LEN};
 use crate::cid::SignedCidGenerator;
+use crate::control::{self, Capsule, DecodeError, MAX_CAPSULE_LEN};
 use crate::derive_key;
 use crate::stats::DropReason;
 
@@ -323,7 +323,7 @@ pub(crate) enum Received {
     /// Input for an existing connection, now waiting to be processed.
     Connection(usize),
     /// A new connection attempt: accept, refuse or ignore it.
-    New(Incoming),
+    New(Box<Incoming>),
 }
 
 /// A link with the owner's per-connection state.
@@ -360,7 +360,11 @@ impl<S> Transport<S> {
         outbox_limit: usize,
     ) -> Self {
         let cid_seed = derive_key(seed, b"slopn connection ids");
-        let cid_key = u64::from_le_bytes(derive_key(&reset_key, b"slopn cid key")[..8].try_into().expect("8 bytes"));
+        let cid_key = u64::from_le_bytes(
+            derive_key(&reset_key, b"slopn cid key")[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
         let mut config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
             ring::hmac::HMAC_SHA256,
             &reset_key,
@@ -404,7 +408,7 @@ impl<S> Transport<S> {
                 self.push_response(t);
                 Received::Nothing
             }
-            Some(DatagramEvent::NewConnection(incoming)) => Received::New(incoming),
+            Some(DatagramEvent::NewConnection(incoming)) => Received::New(Box::new(incoming)),
             Some(DatagramEvent::ConnectionEvent(ch, event)) => {
                 let Some(entry) = self.get_mut(ch.0) else {
                     return Received::Nothing;
@@ -425,12 +429,15 @@ impl<S> Transport<S> {
     /// Accepts a new connection with `state`; returns its index.
     pub(crate) fn accept(
         &mut self,
-        incoming: Incoming,
+        incoming: Box<Incoming>,
         now: Instant,
         state: S,
     ) -> Result<usize, quinn_proto::ConnectionError> {
         self.scratch.clear();
-        match self.endpoint.accept(incoming, now, &mut self.scratch, None) {
+        match self
+            .endpoint
+            .accept(*incoming, now, &mut self.scratch, None)
+        {
             Ok((ch, conn)) => Ok(self.insert(ch, conn, state)),
             Err(e) => {
                 if let Some(t) = e.response {
@@ -442,9 +449,9 @@ impl<S> Transport<S> {
     }
 
     /// Refuses a new connection (the peer gets a CONNECTION_CLOSE).
-    pub(crate) fn refuse(&mut self, incoming: Incoming) {
+    pub(crate) fn refuse(&mut self, incoming: Box<Incoming>) {
         self.scratch.clear();
-        let t = self.endpoint.refuse(incoming, &mut self.scratch);
+        let t = self.endpoint.refuse(*incoming, &mut self.scratch);
         self.push_response(t);
     }
 

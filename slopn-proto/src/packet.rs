@@ -231,7 +231,20 @@ pub(crate) mod tests {
     /// A minimal valid IPv4 packet with the given fields and payload.
     pub(crate) fn ipv4(src: [u8; 4], dst: [u8; 4], ttl: u8, df: bool, payload: &[u8]) -> Vec<u8> {
         let total = (20 + payload.len()) as u16;
-        let mut p = vec![0x45, 0, 0, 0, 0, 1, if df { 0x40 } else { 0 }, 0, ttl, PROTO_UDP, 0, 0];
+        let mut p = vec![
+            0x45,
+            0,
+            0,
+            0,
+            0,
+            1,
+            if df { 0x40 } else { 0 },
+            0,
+            ttl,
+            PROTO_UDP,
+            0,
+            0,
+        ];
         p[2..4].copy_from_slice(&total.to_be_bytes());
         p.extend_from_slice(&src);
         p.extend_from_slice(&dst);

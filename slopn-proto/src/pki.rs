@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SanType, SerialNumber,
 };
 use rustls::pki_types::PrivatePkcs8KeyDer;
 use thiserror::Error;
@@ -80,13 +80,18 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
     }
 }
 
 impl CertificateAuthority {
     /// A new self-signed CA named `common_name`, its key derived from `seed`.
-    pub fn generate(common_name: &str, seed: [u8; 32], validity: Validity) -> Result<Self, PkiError> {
+    pub fn generate(
+        common_name: &str,
+        seed: [u8; 32],
+        validity: Validity,
+    ) -> Result<Self, PkiError> {
         let key = key_from_seed(seed)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(common_name);
@@ -190,7 +195,9 @@ fn san(name: &str) -> Result<SanType, PkiError> {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
@@ -198,7 +205,8 @@ fn san(name: &str) -> Result<SanType, PkiError> {
         return Err(PkiError::BadName(name.to_owned()));
     }
     Ok(SanType::DnsName(
-        name.try_into().map_err(|_| PkiError::BadName(name.to_owned()))?,
+        name.try_into()
+            .map_err(|_| PkiError::BadName(name.to_owned()))?,
     ))
 }
 
@@ -229,14 +237,21 @@ mod tests {
     use super::*;
 
     fn validity() -> Validity {
-        Validity::days_from(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000), 30)
+        Validity::days_from(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            30,
+        )
     }
 
     #[test]
     fn issues_loadable_reproducible_certificates() {
         let ca = CertificateAuthority::generate("test CA", [1; 32], validity()).unwrap();
         let hub = ca
-            .issue_server(&["hub.example".into(), "192.0.2.1".into()], [2; 32], validity())
+            .issue_server(
+                &["hub.example".into(), "192.0.2.1".into()],
+                [2; 32],
+                validity(),
+            )
             .unwrap();
         hub.certified_key().unwrap();
         let again = CertificateAuthority::generate("test CA", [1; 32], validity()).unwrap();

@@ -75,7 +75,7 @@ impl AddressPool {
             }
             reserved_ints.push(value);
         }
-        if last < first || last - first + 1 <= reserved_ints.len() as u128 {
+        if last < first || last - first < reserved_ints.len() as u128 {
             return Err(PoolError::TooSmall(net));
         }
         Ok(Self {
@@ -233,11 +233,23 @@ mod tests {
     #[test]
     fn requests_are_honoured_when_free_and_inside() {
         let mut pool = AddressPool::new("10.0.0.0/24".parse().unwrap(), &[ip("10.0.0.1")]).unwrap();
-        assert_eq!(pool.allocate("a", Some(ip("10.0.0.50"))).unwrap(), ip("10.0.0.50"));
+        assert_eq!(
+            pool.allocate("a", Some(ip("10.0.0.50"))).unwrap(),
+            ip("10.0.0.50")
+        );
         // Taken, reserved, outside: fall back to the normal choice.
-        assert_ne!(pool.allocate("b", Some(ip("10.0.0.50"))).unwrap(), ip("10.0.0.50"));
-        assert_ne!(pool.allocate("c", Some(ip("10.0.0.1"))).unwrap(), ip("10.0.0.1"));
-        assert_ne!(pool.allocate("d", Some(ip("10.0.1.9"))).unwrap(), ip("10.0.1.9"));
+        assert_ne!(
+            pool.allocate("b", Some(ip("10.0.0.50"))).unwrap(),
+            ip("10.0.0.50")
+        );
+        assert_ne!(
+            pool.allocate("c", Some(ip("10.0.0.1"))).unwrap(),
+            ip("10.0.0.1")
+        );
+        assert_ne!(
+            pool.allocate("d", Some(ip("10.0.1.9"))).unwrap(),
+            ip("10.0.1.9")
+        );
     }
 
     #[test]
@@ -254,8 +266,7 @@ mod tests {
 
     #[test]
     fn ipv6_pools_work() {
-        let mut pool =
-            AddressPool::new("fd00::/64".parse().unwrap(), &[ip("fd00::1")]).unwrap();
+        let mut pool = AddressPool::new("fd00::/64".parse().unwrap(), &[ip("fd00::1")]).unwrap();
         assert_eq!(pool.allocate("a", None).unwrap(), ip("fd00::2"));
         assert!(pool.capacity() > 1 << 60);
     }
@@ -263,7 +274,13 @@ mod tests {
     #[test]
     fn rejects_bad_configuration() {
         assert!(AddressPool::new("10.0.0.0/31".parse().unwrap(), &[]).is_err());
-        assert!(AddressPool::new("10.0.0.0/30".parse().unwrap(), &[ip("10.0.0.1"), ip("10.0.0.2")]).is_err());
+        assert!(
+            AddressPool::new(
+                "10.0.0.0/30".parse().unwrap(),
+                &[ip("10.0.0.1"), ip("10.0.0.2")]
+            )
+            .is_err()
+        );
         assert!(AddressPool::new("10.0.0.0/24".parse().unwrap(), &[ip("10.0.1.1")]).is_err());
     }
 }

@@ -17,13 +17,13 @@ use crate::arena::PacketArena;
 use crate::clock::WallClock;
 use crate::config::{ReconnectPolicy, SpokeConfig};
 use crate::control::{Capsule, CloseCode, IpPrefix, IpRange, PROTOCOL_VERSION, RequestedAddress};
-use crate::{clamp_mtu, derive_key};
 use crate::icmp::{self, IcmpError, IcmpRateLimit};
 use crate::link::{ControlError, Received, Transport};
 use crate::packet::{self, IpHeader};
 use crate::session::DisconnectReason;
 use crate::stats::{DropReason, SpokeSnapshot};
 use crate::tls::{self, TlsError};
+use crate::{clamp_mtu, derive_key};
 
 /// Why a spoke could not be built from its configuration.
 #[derive(Debug, Error)]
@@ -102,7 +102,9 @@ enum Phase {
     Handshaking,
     Authenticating,
     Established,
-    Closing { code: CloseCode },
+    Closing {
+        code: CloseCode,
+    },
     /// Closed by us or the peer; waiting for quinn to drain it.
     Closed,
 }
@@ -161,7 +163,11 @@ pub struct Spoke {
 impl Spoke {
     /// Builds a spoke and starts connecting at once. `now` and `wall_clock` are the same
     /// moment on the driver's monotonic clock and on the calendar.
-    pub fn new(config: SpokeConfig, now: Instant, wall_clock: SystemTime) -> Result<Self, SpokeError> {
+    pub fn new(
+        config: SpokeConfig,
+        now: Instant,
+        wall_clock: SystemTime,
+    ) -> Result<Self, SpokeError> {
         if config.trust_anchors.is_empty() {
             return Err(SpokeError::Config(
                 "no CA certificate to trust for the hub".into(),
@@ -422,7 +428,8 @@ impl Spoke {
             Ok(idx) => {
                 self.current = Some(idx);
                 if let Some(entry) = self.transport.get_mut(idx) {
-                    entry.deadline = Some((now + self.reconnect.attempt_timeout, "attempt timeout"));
+                    entry.deadline =
+                        Some((now + self.reconnect.attempt_timeout, "attempt timeout"));
                 }
                 self.events.push_back(SpokeEvent::Connecting {
                     attempt: self.stats.connect_attempts,
@@ -868,7 +875,14 @@ impl Spoke {
         let max = entry.link.max_packet().ok_or(DropReason::NotAssigned)?;
         if packet.len() > max {
             if header.dont_fragment {
-                self.icmp_to_tun(now, packet, &header, IcmpError::PacketTooBig { mtu: clamp_mtu(max) });
+                self.icmp_to_tun(
+                    now,
+                    packet,
+                    &header,
+                    IcmpError::PacketTooBig {
+                        mtu: clamp_mtu(max),
+                    },
+                );
                 return Err(DropReason::TooLarge { max });
             }
             let mut fragments = Vec::new();

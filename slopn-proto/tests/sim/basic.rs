@@ -15,7 +15,12 @@ fn links() -> (LinkParams, LinkParams) {
 
 /// Pings `to` from the host behind spoke `from` (or the hub's host for `None`) and waits
 /// for the reply.
-pub fn ping(world: &mut World, from: Option<usize>, to: std::net::IpAddr, ident: u16) -> Option<Duration> {
+pub fn ping(
+    world: &mut World,
+    from: Option<usize>,
+    to: std::net::IpAddr,
+    ident: u16,
+) -> Option<Duration> {
     use smoltcp::socket::icmp::Endpoint;
     let host = match from {
         Some(i) => &mut world.spokes[i].host,
@@ -30,7 +35,10 @@ pub fn ping(world: &mut World, from: Option<usize>, to: std::net::IpAddr, ident:
             Some(i) => &mut w.spokes[i].host,
             None => &mut w.hub().host,
         };
-        got |= host.recv_pongs(handle).iter().any(|(src, seq)| *src == to && *seq == 1);
+        got |= host
+            .recv_pongs(handle)
+            .iter()
+            .any(|(src, seq)| *src == to && *seq == 1);
         got
     });
     got.then(|| world.now - start)
@@ -47,22 +55,28 @@ fn three_spokes_get_distinct_addresses_and_reach_everyone() {
     for i in 0..3 {
         world.add_spoke(spoke_config(&pki, i), links());
     }
-    assert!(world.run_until(Duration::from_secs(5), |w| w
-        .spokes
-        .iter()
-        .all(|s| s.spoke.state() == SpokeState::Established)));
+    assert!(world.run_until(Duration::from_secs(5), |w| {
+        w.spokes
+            .iter()
+            .all(|s| s.spoke.state() == SpokeState::Established)
+    }));
     let addrs: Vec<_> = (0..3).map(|i| assigned(&world, i)).collect();
-    assert_eq!(addrs, [v4(10, 100, 0, 2), v4(10, 100, 0, 3), v4(10, 100, 0, 4)]);
+    assert_eq!(
+        addrs,
+        [v4(10, 100, 0, 2), v4(10, 100, 0, 3), v4(10, 100, 0, 4)]
+    );
 
     let mut ident = 1;
     for i in 0..3 {
         let rtt = ping(&mut world, Some(i), hub_ip(), ident).expect("spoke pings hub");
-        assert!(rtt >= Duration::from_millis(20), "two 5 ms links each way: {rtt:?}");
+        assert!(
+            rtt >= Duration::from_millis(20),
+            "two 5 ms links each way: {rtt:?}"
+        );
         ident += 1;
-        for j in 0..3 {
+        for (j, to) in addrs.iter().enumerate() {
             if i != j {
-                let to = addrs[j];
-                ping(&mut world, Some(i), to, ident).expect("spoke pings spoke");
+                ping(&mut world, Some(i), *to, ident).expect("spoke pings spoke");
                 ident += 1;
             }
         }
@@ -86,12 +100,18 @@ fn isolated_spokes_reach_the_hub_but_not_each_other() {
         world.add_spoke(spoke_config(&pki, i), links());
     }
     world.run_until(Duration::from_secs(5), |w| {
-        w.spokes.iter().all(|s| s.spoke.state() == SpokeState::Established)
+        w.spokes
+            .iter()
+            .all(|s| s.spoke.state() == SpokeState::Established)
     });
     let b = assigned(&world, 1);
     ping(&mut world, Some(0), hub_ip(), 1).expect("hub reachable");
     world.spokes[0].host.device.capture = true;
-    assert_eq!(ping(&mut world, Some(0), b, 2), None, "spoke-to-spoke refused");
+    assert_eq!(
+        ping(&mut world, Some(0), b, 2),
+        None,
+        "spoke-to-spoke refused"
+    );
     // The refusal is counted and answered with "administratively prohibited".
     let stats = world.hub().hub.stats();
     assert!(stats.drops.get(DropReason::Isolated) >= 1);
@@ -107,8 +127,16 @@ fn idle_sessions_stay_up_on_keep_alives() {
     world.run_for(Duration::from_secs(60));
     let spoke = &mut world.spokes[0];
     assert_eq!(spoke.spoke.state(), SpokeState::Established);
-    assert_eq!(spoke.spoke.stats().sessions, 1, "never dropped: {:?}", spoke.events);
+    assert_eq!(
+        spoke.spoke.stats().sessions,
+        1,
+        "never dropped: {:?}",
+        spoke.events
+    );
     // A keep-alive every 2 s, each acknowledged: a few packets per second at most.
     let sent = world.net.stats.sent;
-    assert!((40..200).contains(&sent), "{sent} packets in a minute of idling");
+    assert!(
+        (40..200).contains(&sent),
+        "{sent} packets in a minute of idling"
+    );
 }

@@ -12,7 +12,10 @@ fn scenario(seed: u64) -> Vec<String> {
     let pki = pki();
     let mut world = World::new(seed, hub_config(&pki));
     for i in 0..3 {
-        world.add_spoke(spoke_config(&pki, i), (LinkParams::lossy(), LinkParams::lossy()));
+        world.add_spoke(
+            spoke_config(&pki, i),
+            (LinkParams::lossy(), LinkParams::lossy()),
+        );
     }
     world.run_for(Duration::from_secs(2));
     let b = assigned(&world, 1);

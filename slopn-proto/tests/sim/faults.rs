@@ -93,12 +93,14 @@ fn packets_to_unknown_addresses_are_answered_with_host_unreachable() {
     let mut world = world_with(11, &pki, 1);
     let me = assigned(&world, 0);
     world.spokes[0].host.device.capture = true;
-    let handle = world.spokes[0].host.add_icmp(smoltcp::socket::icmp::Endpoint::Udp(
-        smoltcp::wire::IpListenEndpoint {
-            addr: None,
-            port: 40001,
-        },
-    ));
+    let handle = world.spokes[0]
+        .host
+        .add_icmp(smoltcp::socket::icmp::Endpoint::Udp(
+            smoltcp::wire::IpListenEndpoint {
+                addr: None,
+                port: 40001,
+            },
+        ));
     let p = udp_packet(me, v4(10, 100, 0, 77), 64, true, b"anyone there?");
     let now = world.instant();
     world.spokes[0].spoke.handle_tun_packet(now, &p).unwrap();
@@ -109,7 +111,10 @@ fn packets_to_unknown_addresses_are_answered_with_host_unreachable() {
         .host
         .sockets
         .get_mut::<smoltcp::socket::icmp::Socket>(handle);
-    assert!(socket.can_recv(), "the ICMP error reached the sender's socket");
+    assert!(
+        socket.can_recv(),
+        "the ICMP error reached the sender's socket"
+    );
     assert_eq!(world.hub().hub.stats().drops.get(DropReason::NoRoute), 1);
 }
 
@@ -120,7 +125,10 @@ fn oversize_packets_get_packet_too_big_with_the_usable_size() {
     world.run_for(Duration::from_secs(2));
     let (a, b) = (assigned(&world, 0), assigned(&world, 1));
     let mtu = world.spokes[0].spoke.tun_mtu().expect("mtu known");
-    assert!(mtu > 1300, "path MTU discovery raised the tunnel MTU: {mtu}");
+    assert!(
+        mtu > 1300,
+        "path MTU discovery raised the tunnel MTU: {mtu}"
+    );
 
     // From a spoke's host: the spoke itself answers.
     world.spokes[0].host.device.capture = true;
@@ -140,7 +148,10 @@ fn oversize_packets_get_packet_too_big_with_the_usable_size() {
     let big = udp_packet(hub_ip(), b, 64, true, &vec![0; 1500]);
     let now = world.instant();
     let result = world.hub().hub.handle_tun_packet(now, &big);
-    assert!(matches!(result, Err(DropReason::TooLarge { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(DropReason::TooLarge { .. })),
+        "{result:?}"
+    );
     world.run_for(Duration::from_millis(100));
     let errors = world.hub().host.captured_icmp_errors();
     assert_eq!(errors.len(), 1);
@@ -151,7 +162,11 @@ fn oversize_packets_get_packet_too_big_with_the_usable_size() {
     let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
     let unfragmentable = udp_packet(hub_ip(), b, 64, false, &payload);
     let now = world.instant();
-    world.hub().hub.handle_tun_packet(now, &unfragmentable).unwrap();
+    world
+        .hub()
+        .hub
+        .handle_tun_packet(now, &unfragmentable)
+        .unwrap();
     world.run_for(Duration::from_millis(100));
     let fragments = world.spokes[1].host.device.captured.clone();
     assert!(fragments.len() >= 3, "{} fragments", fragments.len());
@@ -160,7 +175,11 @@ fn oversize_packets_get_packet_too_big_with_the_usable_size() {
         slopn_proto::packet::IpHeader::parse(f).expect("valid fragment");
         data.extend_from_slice(&f[20..]);
     }
-    assert_eq!(&data[8..], &payload[..], "fragments carry the whole datagram in order");
+    assert_eq!(
+        &data[8..],
+        &payload[..],
+        "fragments carry the whole datagram in order"
+    );
 }
 
 #[test]
@@ -182,7 +201,10 @@ fn expiring_ttl_is_answered_with_time_exceeded_and_forwarding_decrements_it() {
     world.run_for(Duration::from_millis(200));
     // Time Exceeded from the hub (and Port Unreachable from the far host for the packet that
     // got through: nothing listens on port 9).
-    assert_eq!(world.spokes[0].host.captured_icmp_errors(), [(11, 0, 0), (3, 3, 0)]);
+    assert_eq!(
+        world.spokes[0].host.captured_icmp_errors(),
+        [(11, 0, 0), (3, 3, 0)]
+    );
     let arrived = world.spokes[1].host.device.captured.clone();
     assert_eq!(arrived.len(), 1, "only the packet with TTL left arrives");
     let header = slopn_proto::packet::IpHeader::parse(&arrived[0]).expect("checksum fixed up");
@@ -237,11 +259,18 @@ fn wrong_alpn_and_wrong_version_are_refused() {
     let ca = slopn_proto::tls::parse_certificates(pki.ca.cert_pem().as_bytes()).unwrap();
     let r = world.add_raw(client_config(&ca, b"slopn/2"));
     world.run_for(Duration::from_secs(1));
-    assert!(!world.raws[r].connected, "handshake with a wrong ALPN fails");
-    assert!(matches!(
-        &world.raws[r].lost,
-        Some(ConnectionError::ConnectionClosed(c)) if u64::from(c.error_code) == 0x178
-    ), "no_application_protocol alert: {:?}", world.raws[r].lost);
+    assert!(
+        !world.raws[r].connected,
+        "handshake with a wrong ALPN fails"
+    );
+    assert!(
+        matches!(
+            &world.raws[r].lost,
+            Some(ConnectionError::ConnectionClosed(c)) if u64::from(c.error_code) == 0x178
+        ),
+        "no_application_protocol alert: {:?}",
+        world.raws[r].lost
+    );
 
     let r = world.add_raw(client_config(&ca, slopn_proto::control::ALPN));
     world.run_until(Duration::from_secs(2), |w| w.raws[r].connected);
@@ -285,7 +314,11 @@ fn a_full_pool_refuses_the_extra_spoke_with_a_clear_error_and_nothing_else_chang
         }
         other => panic!("unexpected reason {other:?}"),
     }
-    assert_eq!(retry_in, Some(Duration::from_secs(10)), "retries later, slowly");
+    assert_eq!(
+        retry_in,
+        Some(Duration::from_secs(10)),
+        "retries later, slowly"
+    );
     assert!(world.spokes[late].spoke.addresses().is_empty());
     for (i, n) in before.iter().enumerate() {
         assert_eq!(world.spokes[i].events.len(), *n, "spoke {i} saw nothing");
@@ -295,8 +328,10 @@ fn a_full_pool_refuses_the_extra_spoke_with_a_clear_error_and_nothing_else_chang
     // When a spoke leaves, the waiting one gets its address on its next try.
     let now = world.instant();
     world.spokes[0].spoke.disconnect(now);
-    assert!(world.run_until(Duration::from_secs(15), |w| w.spokes[late].spoke.state()
-        == SpokeState::Established));
+    assert!(
+        world.run_until(Duration::from_secs(15), |w| w.spokes[late].spoke.state()
+            == SpokeState::Established)
+    );
 }
 
 #[test]
@@ -308,12 +343,19 @@ fn a_wrong_token_gets_no_address_and_forwards_nothing() {
     let bad = world.add_spoke(config, links());
     world.run_for(Duration::from_secs(2));
     let spoke = &mut world.spokes[bad];
-    assert_eq!(spoke.spoke.state(), SpokeState::Stopped, "no pointless retries");
+    assert_eq!(
+        spoke.spoke.state(),
+        SpokeState::Stopped,
+        "no pointless retries"
+    );
     assert!(spoke.spoke.addresses().is_empty());
     assert!(spoke.events.iter().any(|e| matches!(
         e,
         SpokeEvent::Disconnected {
-            reason: DisconnectReason::Remote { code: CloseCode::AUTH_FAILED, .. },
+            reason: DisconnectReason::Remote {
+                code: CloseCode::AUTH_FAILED,
+                ..
+            },
             retry_in: None
         }
     )));
@@ -325,7 +367,11 @@ fn a_wrong_token_gets_no_address_and_forwards_nothing() {
         Err(DropReason::NotAssigned)
     );
     let hub = &mut world.hub();
-    assert!(hub.events.iter().any(|e| matches!(e, HubEvent::AuthFailed { .. })));
+    assert!(
+        hub.events
+            .iter()
+            .any(|e| matches!(e, HubEvent::AuthFailed { .. }))
+    );
     let stats = hub.hub.stats();
     assert_eq!(stats.auth_failures, 1);
     assert_eq!(stats.spokes_assigned, 1);
@@ -343,7 +389,8 @@ fn a_spoke_trusting_another_ca_refuses_the_hub() {
     )
     .unwrap();
     let mut config = spoke_config(&pki, 0);
-    config.trust_anchors = slopn_proto::tls::parse_certificates(other.cert_pem().as_bytes()).unwrap();
+    config.trust_anchors =
+        slopn_proto::tls::parse_certificates(other.cert_pem().as_bytes()).unwrap();
     let s = world.add_spoke(config, links());
     world.run_for(Duration::from_secs(2));
     assert_eq!(world.spokes[s].spoke.state(), SpokeState::Stopped);
@@ -384,10 +431,15 @@ fn a_partition_longer_than_the_idle_timeout_ends_in_a_reconnect_to_the_same_addr
     assert_eq!(world.spokes[1].spoke.stats().sessions, 1);
     world.net.set_partitioned(addr, false);
     let healed = world.now;
-    assert!(world.run_until(Duration::from_secs(5), |w| w.spokes[0].spoke.state()
-        == SpokeState::Established));
+    assert!(
+        world.run_until(Duration::from_secs(5), |w| w.spokes[0].spoke.state()
+            == SpokeState::Established)
+    );
     let took = world.now - healed;
-    assert!(took < Duration::from_secs(2), "reconnected {took:?} after the partition healed");
+    assert!(
+        took < Duration::from_secs(2),
+        "reconnected {took:?} after the partition healed"
+    );
     assert_eq!(assigned(&world, 0), before, "same address back");
     let b = assigned(&world, 1);
     ping(&mut world, Some(0), b, 9).expect("traffic flows again");
@@ -400,21 +452,29 @@ fn a_killed_hub_is_noticed_and_its_restart_found_at_once() {
     let before: Vec<IpAddr> = (0..2).map(|i| assigned(&world, i)).collect();
     world.kill_hub();
     let killed = world.now;
-    assert!(world.run_until(Duration::from_secs(10), |w| w
-        .spokes
-        .iter()
-        .all(|s| s.spoke.state() != SpokeState::Established)));
+    assert!(world.run_until(Duration::from_secs(10), |w| {
+        w.spokes
+            .iter()
+            .all(|s| s.spoke.state() != SpokeState::Established)
+    }));
     let noticed = world.now - killed;
-    assert!(noticed <= Duration::from_secs(10), "noticed after {noticed:?}");
+    assert!(
+        noticed <= Duration::from_secs(10),
+        "noticed after {noticed:?}"
+    );
     world.run_for(Duration::from_secs(7));
     world.start_hub();
     let back = world.now;
-    assert!(world.run_until(Duration::from_secs(5), |w| w
-        .spokes
-        .iter()
-        .all(|s| s.spoke.state() == SpokeState::Established)));
+    assert!(world.run_until(Duration::from_secs(5), |w| {
+        w.spokes
+            .iter()
+            .all(|s| s.spoke.state() == SpokeState::Established)
+    }));
     let took = world.now - back;
-    assert!(took < Duration::from_secs(1), "reconnected {took:?} after the hub returned");
+    assert!(
+        took < Duration::from_secs(1),
+        "reconnected {took:?} after the hub returned"
+    );
     for (i, addr) in before.iter().enumerate() {
         assert_eq!(assigned(&world, i), *addr, "spoke {i} kept its address");
     }
@@ -430,13 +490,15 @@ fn a_restarting_hub_that_lost_its_state_resets_old_connections_at_once() {
     world.start_hub();
     let restarted = world.now;
     let ok = world.run_until(Duration::from_secs(8), |w| {
-        w.spokes[0].events.iter().any(|e| matches!(
-            e,
-            SpokeEvent::Disconnected {
-                reason: DisconnectReason::Reset,
-                ..
-            }
-        )) && w.spokes[0].spoke.state() == SpokeState::Established
+        w.spokes[0].events.iter().any(|e| {
+            matches!(
+                e,
+                SpokeEvent::Disconnected {
+                    reason: DisconnectReason::Reset,
+                    ..
+                }
+            )
+        }) && w.spokes[0].spoke.state() == SpokeState::Established
     });
     assert!(ok);
     let took = world.now - restarted;
@@ -457,16 +519,23 @@ fn a_hub_closing_gracefully_sends_spokes_to_retry_at_once() {
             _ => None,
         });
         let (reason, retry_in) = e.expect("told");
-        assert!(matches!(
-            reason,
-            DisconnectReason::Remote { code: CloseCode::SHUTTING_DOWN, .. }
-        ), "{reason:?}");
+        assert!(
+            matches!(
+                reason,
+                DisconnectReason::Remote {
+                    code: CloseCode::SHUTTING_DOWN,
+                    ..
+                }
+            ),
+            "{reason:?}"
+        );
         assert!(retry_in.unwrap() < Duration::from_millis(100));
     }
     world.kill_hub();
     world.start_hub();
-    assert!(world.run_until(Duration::from_secs(3), |w| w
-        .spokes
-        .iter()
-        .all(|s| s.spoke.state() == SpokeState::Established)));
+    assert!(world.run_until(Duration::from_secs(3), |w| {
+        w.spokes
+            .iter()
+            .all(|s| s.spoke.state() == SpokeState::Established)
+    }));
 }

@@ -106,7 +106,8 @@ impl Host {
 
     /// Gives the host `addr/prefix` and a default route via `gateway`.
     pub fn configure(&mut self, addr: IpAddr, prefix: u8, gateway: Option<IpAddr>) {
-        self.config.retain(|(a, _, _)| a.is_ipv4() != addr.is_ipv4());
+        self.config
+            .retain(|(a, _, _)| a.is_ipv4() != addr.is_ipv4());
         self.config.push((addr, prefix, gateway));
         self.apply(addr, prefix, gateway);
     }
@@ -119,7 +120,11 @@ impl Host {
             return;
         }
         self.device.mtu = mtu;
-        self.iface = Interface::new(Config::new(HardwareAddress::Ip), &mut self.device, SmolInstant::ZERO);
+        self.iface = Interface::new(
+            Config::new(HardwareAddress::Ip),
+            &mut self.device,
+            SmolInstant::ZERO,
+        );
         for (addr, prefix, gateway) in self.config.clone() {
             self.apply(addr, prefix, gateway);
         }
@@ -192,7 +197,14 @@ impl Host {
     }
 
     /// Sends an ICMP echo request with `ident`/`seq` and a payload of `size` bytes.
-    pub fn send_ping(&mut self, handle: SocketHandle, to: IpAddr, ident: u16, seq: u16, size: usize) {
+    pub fn send_ping(
+        &mut self,
+        handle: SocketHandle,
+        to: IpAddr,
+        ident: u16,
+        seq: u16,
+        size: usize,
+    ) {
         let IpAddr::V4(_) = to else {
             panic!("IPv4 pings only")
         };

@@ -21,10 +21,11 @@ fn route_updates_get_through_a_saturated_tunnel() {
     // A sends faster than B can receive: the hub's queue towards B runs full.
     world.add_spoke(spoke_config(&pki, 0), (link(50), link(50)));
     world.add_spoke(spoke_config(&pki, 1), (link(10), link(10)));
-    assert!(world.run_until(Duration::from_secs(5), |w| w
-        .spokes
-        .iter()
-        .all(|s| s.spoke.state() == SpokeState::Established)));
+    assert!(world.run_until(Duration::from_secs(5), |w| {
+        w.spokes
+            .iter()
+            .all(|s| s.spoke.state() == SpokeState::Established)
+    }));
     world.run_for(Duration::from_secs(2));
     let (a, b) = (assigned(&world, 0), assigned(&world, 1));
     let rtt = world.spokes[1].spoke.stats().rtt.unwrap();
@@ -33,7 +34,12 @@ fn route_updates_get_through_a_saturated_tunnel() {
     // QUIC fall back to its minimum MTU, its black-hole detection cannot tell them apart.)
     let flood = |w: &mut World| {
         let now = w.instant();
-        let mtu = w.spokes.iter().filter_map(|s| s.spoke.tun_mtu()).min().unwrap();
+        let mtu = w
+            .spokes
+            .iter()
+            .filter_map(|s| s.spoke.tun_mtu())
+            .min()
+            .unwrap();
         let packet = udp_packet(a, b, 64, true, &vec![0x55; usize::from(mtu) - 28]);
         for _ in 0..64 {
             if w.spokes[0].spoke.handle_tun_packet(now, &packet) == Err(DropReason::Congested) {
@@ -47,7 +53,10 @@ fn route_updates_get_through_a_saturated_tunnel() {
     });
     let delivered_before = world.spokes[1].spoke.stats().traffic.rx_packets;
     println!("delivered before the push: {delivered_before}");
-    assert!(delivered_before > 2_000, "the flood flows: {delivered_before} packets");
+    assert!(
+        delivered_before > 2_000,
+        "the flood flows: {delivered_before} packets"
+    );
 
     let now = world.instant();
     let pushed = world.now;
@@ -69,7 +78,11 @@ fn route_updates_get_through_a_saturated_tunnel() {
         latency.is_some()
     });
     let latency = latency.expect("the route update arrived");
-    let congested = world.spokes[0].spoke.stats().drops.get(DropReason::Congested);
+    let congested = world.spokes[0]
+        .spoke
+        .stats()
+        .drops
+        .get(DropReason::Congested);
     println!(
         "route update through a saturated 10 Mbit/s tunnel: {:.1} ms (idle RTT {:.1} ms; {} \
          packets delivered during the flood, {congested} refused at the sender's full queue, \

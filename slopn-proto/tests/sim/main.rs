@@ -8,10 +8,11 @@ mod raw;
 mod world;
 
 mod basic;
+mod demo;
 mod determinism;
+mod faults;
 mod liveness;
 mod scale;
-mod faults;
 mod tcp;
 
 use std::net::IpAddr;
@@ -80,7 +81,7 @@ pub mod memory {
 
 /// The calendar time the simulations pretend it is.
 pub fn sim_wall_clock() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)
+    SystemTime::UNIX_EPOCH + Duration::from_secs(raw::SIM_UNIX_TIME)
 }
 
 pub struct Pki {
@@ -132,7 +133,13 @@ pub fn spoke_config(pki: &Pki, i: usize) -> SpokeConfig {
 }
 
 /// An IPv4 UDP packet with valid checksums.
-pub fn udp_packet(src: IpAddr, dst: IpAddr, ttl: u8, dont_fragment: bool, payload: &[u8]) -> Vec<u8> {
+pub fn udp_packet(
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    dont_fragment: bool,
+    payload: &[u8],
+) -> Vec<u8> {
     use slopn_proto::packet::checksum;
     let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
         panic!("IPv4 only")
@@ -141,7 +148,16 @@ pub fn udp_packet(src: IpAddr, dst: IpAddr, ttl: u8, dont_fragment: bool, payloa
     let total = 20 + udp_len;
     let mut p = vec![0x45, 0];
     p.extend_from_slice(&(total as u16).to_be_bytes());
-    p.extend_from_slice(&[0x12, 0x34, if dont_fragment { 0x40 } else { 0 }, 0, ttl, 17, 0, 0]);
+    p.extend_from_slice(&[
+        0x12,
+        0x34,
+        if dont_fragment { 0x40 } else { 0 },
+        0,
+        ttl,
+        17,
+        0,
+        0,
+    ]);
     p.extend_from_slice(&s.octets());
     p.extend_from_slice(&d.octets());
     let sum = checksum(&p, 0);

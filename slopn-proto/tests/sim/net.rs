@@ -147,7 +147,6 @@ impl Network {
     /// Sends a datagram at `now`.
     pub fn send(&mut self, now: Duration, datagram: Datagram) {
         self.stats.sent += 1;
-        if std::env::var_os("SIM_NET_TRACE").is_some() { eprintln!("NET {:?} {} -> {} len {}", now, datagram.src, datagram.dst, datagram.payload.len()); }
         let Some(access) = self.nodes.get_mut(&datagram.src) else {
             return;
         };
@@ -156,15 +155,12 @@ impl Network {
             return;
         }
         let (dir, rng) = (&mut access.up, &mut self.rng);
-        match traverse(dir, now, datagram.payload.len(), rng, &mut self.stats) {
-            Some(arrivals) => {
-                for at in arrivals {
-                    self.seq += 1;
-                    self.in_flight
-                        .insert((at, self.seq), (Stage::AtCore, datagram.clone()));
-                }
+        if let Some(arrivals) = traverse(dir, now, datagram.payload.len(), rng, &mut self.stats) {
+            for at in arrivals {
+                self.seq += 1;
+                self.in_flight
+                    .insert((at, self.seq), (Stage::AtCore, datagram.clone()));
             }
-            None => {}
         }
     }
 

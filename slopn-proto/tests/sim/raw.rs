@@ -26,6 +26,21 @@ pub struct RawSpoke {
     pub connected: bool,
 }
 
+/// Certificates are checked against the simulations' calendar, not the machine's.
+#[derive(Debug)]
+struct SimTime;
+
+impl rustls::time_provider::TimeProvider for SimTime {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        Some(rustls::pki_types::UnixTime::since_unix_epoch(
+            std::time::Duration::from_secs(SIM_UNIX_TIME),
+        ))
+    }
+}
+
+/// The calendar time the simulations pretend it is (Unix seconds).
+pub const SIM_UNIX_TIME: u64 = 1_790_000_000;
+
 /// A rustls client configuration trusting `ca`, offering `alpn`.
 pub fn client_config(ca: &[CertificateDer<'static>], alpn: &[u8]) -> ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -33,7 +48,7 @@ pub fn client_config(ca: &[CertificateDer<'static>], alpn: &[u8]) -> ClientConfi
     for c in ca {
         roots.add(c.clone()).unwrap();
     }
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let mut tls = rustls::ClientConfig::builder_with_details(provider, Arc::new(SimTime))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
@@ -131,25 +146,29 @@ impl RawSpoke {
         }
     }
 
-    /// Writes raw bytes on the control stream (opening it first).
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        let id = *self
-            .stream
-            .get_or_insert_with(|| self.conn.streams().open(Dir::Bi).expect("stream"));
-        let n = self.conn.send_stream(id).write(bytes).expect("write");
-        assert_eq!(n, bytes.len());
+    /// Writes raw bytes on the control stream (opening it first). Returns how many bytes
+    /// quinn took: fewer when flow control or a closed connection stops it.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> usize {
+        if self.stream.is_none() {
+            self.stream = self.conn.streams().open(Dir::Bi);
+        }
+        let Some(id) = self.stream else {
+            return 0;
+        };
+        self.conn.send_stream(id).write(bytes).unwrap_or(0)
     }
 
     pub fn send_capsule(&mut self, capsule: &Capsule) {
         let mut buf = Vec::new();
         control::encode(capsule, &mut buf);
-        self.send_raw(&buf);
+        assert_eq!(self.send_raw(&buf), buf.len(), "capsule written whole");
     }
 
-    pub fn send_datagram(&mut self, packet: Vec<u8>) {
+    /// Queues a datagram; returns false when the connection cannot take it.
+    pub fn send_datagram(&mut self, packet: Vec<u8>) -> bool {
         self.conn
             .datagrams()
             .send(Bytes::from(packet), true)
-            .expect("datagram");
+            .is_ok()
     }
 }

@@ -24,12 +24,17 @@ fn two_hundred_spokes_at_once() {
         };
         world.add_spoke(spoke_config(&pki, i), (links.clone(), links));
     }
-    assert!(world.run_until(Duration::from_secs(30), |w| w
+    assert!(world.run_until(Duration::from_secs(30), |w| {
+        w.spokes
+            .iter()
+            .all(|s| s.spoke.state() == SpokeState::Established)
+    }));
+    let all_up = world.now;
+    let mut addresses: Vec<_> = world
         .spokes
         .iter()
-        .all(|s| s.spoke.state() == SpokeState::Established)));
-    let all_up = world.now;
-    let mut addresses: Vec<_> = world.spokes.iter().map(|s| s.spoke.addresses()[0]).collect();
+        .map(|s| s.spoke.addresses()[0])
+        .collect();
     addresses.sort();
     addresses.dedup();
     assert_eq!(addresses.len(), N, "distinct addresses");
@@ -39,7 +44,10 @@ fn two_hundred_spokes_at_once() {
     let per_spoke = (memory::hub_live_bytes() - empty_hub) / N as i64;
     let stats = world.hub().hub.stats();
     assert_eq!(stats.spokes_assigned, N);
-    assert_eq!(stats.sessions_assigned_total, N as u64, "nobody reconnected");
+    assert_eq!(
+        stats.sessions_assigned_total, N as u64,
+        "nobody reconnected"
+    );
     println!(
         "{N} spokes: all assigned after {:.3} s simulated; hub heap per idle spoke {} bytes \
          ({:.1} KiB); {:.2} s wall",

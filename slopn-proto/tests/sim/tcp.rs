@@ -64,7 +64,12 @@ pub fn transfer(world: &mut World, a: usize, b: usize, total: usize, limit: Dura
             let got = socket
                 .recv(|buf| {
                     for (k, byte) in buf.iter().enumerate() {
-                        assert_eq!(*byte, pattern(received + k), "byte {} corrupted", received + k);
+                        assert_eq!(
+                            *byte,
+                            pattern(received + k),
+                            "byte {} corrupted",
+                            received + k
+                        );
                     }
                     (buf.len(), buf.len())
                 })
@@ -74,7 +79,11 @@ pub fn transfer(world: &mut World, a: usize, b: usize, total: usize, limit: Dura
         }
         received == total
     });
-    assert!(done, "only {received} of {total} bytes arrived at {:?}", world.now);
+    assert!(
+        done,
+        "only {received} of {total} bytes arrived at {:?}",
+        world.now
+    );
     world.now - start
 }
 
@@ -85,10 +94,11 @@ fn four_mib(seed: u64, links: LinkParams, what: &str) -> World {
     for i in 0..2 {
         world.add_spoke(spoke_config(&pki, i), (links.clone(), links.clone()));
     }
-    assert!(world.run_until(Duration::from_secs(30), |w| w
-        .spokes
-        .iter()
-        .all(|s| s.spoke.state() == SpokeState::Established)));
+    assert!(world.run_until(Duration::from_secs(30), |w| {
+        w.spokes
+            .iter()
+            .all(|s| s.spoke.state() == SpokeState::Established)
+    }));
     // Let path MTU discovery settle so the hosts' TCP MSS matches the tunnel.
     world.run_for(Duration::from_secs(3));
     let total = 4 * 1024 * 1024;
@@ -115,7 +125,11 @@ fn four_mib(seed: u64, links: LinkParams, what: &str) -> World {
 
 #[test]
 fn four_mib_over_tcp_spoke_to_spoke_under_loss_reordering_and_duplication() {
-    let world = four_mib(3, LinkParams::lossy(), "links with 5 % loss, 2 % duplication, 5 % reordering");
+    let world = four_mib(
+        3,
+        LinkParams::lossy(),
+        "links with 5 % loss, 2 % duplication, 5 % reordering",
+    );
     assert!(world.net.stats.lost > 100 && world.net.stats.duplicated > 10);
 }
 

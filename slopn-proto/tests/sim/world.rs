@@ -95,7 +95,7 @@ impl World {
             host,
             events: Vec::new(),
         });
-        self.trace(format!("hub started"));
+        self.trace("hub started".into());
     }
 
     /// Kills the hub without a word (like SIGKILL).
@@ -197,12 +197,23 @@ impl World {
         let base = self.base;
         let mut out = format!("net next {:?}; ", self.net.next_time());
         if let Some(node) = &mut self.hub {
-            let t = node.hub.poll_timeout().map(|(t, why)| (t.saturating_duration_since(base), why));
+            let t = node
+                .hub
+                .poll_timeout()
+                .map(|(t, why)| (t.saturating_duration_since(base), why));
             out += &format!("hub {t:?} host {:?}; ", node.host.poll_at(self.now));
         }
         for s in &mut self.spokes {
-            let t = s.spoke.poll_timeout().map(|(t, why)| (t.saturating_duration_since(base), why));
-            out += &format!("{} {t:?} {:?} host {:?}; ", s.name, s.spoke.state(), s.host.poll_at(self.now));
+            let t = s
+                .spoke
+                .poll_timeout()
+                .map(|(t, why)| (t.saturating_duration_since(base), why));
+            out += &format!(
+                "{} {t:?} {:?} host {:?}; ",
+                s.name,
+                s.spoke.state(),
+                s.host.poll_at(self.now)
+            );
         }
         out
     }
