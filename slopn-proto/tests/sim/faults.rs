@@ -213,6 +213,42 @@ fn expiring_ttl_is_answered_with_time_exceeded_and_forwarding_decrements_it() {
 }
 
 #[test]
+fn nothing_is_forwarded_before_hello_and_assignment() {
+    let pki = pki();
+    let mut config = hub_config(&pki);
+    config.hello_timeout = Duration::from_secs(3);
+    let mut world = World::new(23, config);
+    world.hub().host.device.capture = true;
+    let ca = slopn_proto::tls::parse_certificates(pki.ca.cert_pem().as_bytes()).unwrap();
+    let r = world.add_raw(client_config(&ca, slopn_proto::control::ALPN));
+    assert!(world.run_until(Duration::from_secs(5), |w| w.raws[r].connected));
+    // Connected, not authenticated: a plausible packet to the hub goes nowhere.
+    assert!(world.raws[r].send_datagram(udp_packet(
+        v4(10, 100, 0, 3),
+        hub_ip(),
+        64,
+        true,
+        b"early"
+    )));
+    world.run_for(Duration::from_millis(100));
+    assert!(world.hub().host.device.captured.is_empty());
+    assert_eq!(
+        world.hub().hub.stats().drops.get(DropReason::NotAssigned),
+        1
+    );
+    // Silence past the hello timeout (and before the idle timeout) ends the connection.
+    world.run_for(Duration::from_secs(4));
+    assert!(
+        matches!(
+            &world.raws[r].lost,
+            Some(ConnectionError::ApplicationClosed(c)) if c.error_code.into_inner() == CloseCode::HELLO_TIMEOUT.0
+        ),
+        "{:?}",
+        world.raws[r].lost
+    );
+}
+
+#[test]
 fn malformed_control_data_closes_only_that_connection() {
     let pki = pki();
     let mut world = world_with(14, &pki, 2);

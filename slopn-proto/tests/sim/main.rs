@@ -7,6 +7,7 @@ mod net;
 mod raw;
 mod world;
 
+mod addressing;
 mod basic;
 mod demo;
 mod determinism;
@@ -181,4 +182,43 @@ pub fn udp_packet(
     udp[6..8].copy_from_slice(&sum.to_be_bytes());
     p.extend_from_slice(&udp);
     p
+}
+
+/// Fails the test on any `error!` log, from SloPN or its libraries: catches what the
+/// assertions miss.
+pub mod error_trap {
+    use std::fmt::{Debug, Write};
+    use std::sync::Once;
+
+    use tracing::field::Field;
+    use tracing::{Event, Level, Metadata, Subscriber, span};
+
+    struct PanicOnError;
+
+    impl Subscriber for PanicOnError {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            *metadata.level() == Level::ERROR
+        }
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut message = String::new();
+            event.record(&mut |field: &Field, value: &dyn Debug| {
+                let _ = write!(message, "{}={value:?} ", field.name());
+            });
+            panic!("error logged by {}: {message}", event.metadata().target());
+        }
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    }
+
+    pub fn install() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            tracing::subscriber::set_global_default(PanicOnError).expect("first subscriber")
+        });
+    }
 }

@@ -56,6 +56,7 @@ pub struct World {
 
 impl World {
     pub fn new(seed: u64, hub_config: HubConfig) -> Self {
+        crate::error_trap::install();
         let hub_addr: SocketAddr = HUB_UDP.parse().unwrap();
         let mut net = Network::new(seed);
         net.add_node(hub_addr, LinkParams::default(), LinkParams::default());

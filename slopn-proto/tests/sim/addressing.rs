@@ -1,0 +1,141 @@
+//! Static addressing and dual stack.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
+
+use slopn_proto::packet::{self, IpHeader, PROTO_ICMPV6, PROTO_UDP};
+use slopn_proto::{DropReason, PoolConfig, SpokeState};
+
+use crate::host::v4;
+use crate::net::LinkParams;
+use crate::world::World;
+use crate::{hub_config, pki, spoke_config};
+
+fn links() -> (LinkParams, LinkParams) {
+    (LinkParams::default(), LinkParams::default())
+}
+
+fn all_established(world: &mut World) -> bool {
+    world.run_until(Duration::from_secs(5), |w| {
+        w.spokes
+            .iter()
+            .all(|s| s.spoke.state() == SpokeState::Established)
+    })
+}
+
+#[test]
+fn requested_addresses_are_honoured_when_free_and_inside_the_pool() {
+    let pki = pki();
+    let mut world = World::new(50, hub_config(&pki));
+    let wanted = v4(10, 100, 0, 50);
+    for i in 0..2 {
+        let mut config = spoke_config(&pki, i);
+        config.requested_addresses = vec![wanted];
+        world.add_spoke(config, links());
+    }
+    let mut outside = spoke_config(&pki, 2);
+    outside.requested_addresses = vec![v4(192, 168, 9, 9)];
+    world.add_spoke(outside, links());
+    assert!(all_established(&mut world));
+    let got: Vec<IpAddr> = world
+        .spokes
+        .iter()
+        .map(|s| s.spoke.addresses()[0])
+        .collect();
+    assert_eq!(got.iter().filter(|a| **a == wanted).count(), 1, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|a| matches!(a, IpAddr::V4(v) if v.octets()[..3] == [10, 100, 0]))
+    );
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+/// An IPv6 UDP packet with a valid checksum.
+fn udp6(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
+    let udp_len = (8 + payload.len()) as u16;
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&udp_len.to_be_bytes());
+    p.extend_from_slice(&[PROTO_UDP, hop_limit]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let mut udp = vec![0x9c, 0x41, 0, 9];
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let pseudo = packet::ipv6_pseudo_header_sum(src, dst, u32::from(udp_len), PROTO_UDP);
+    let sum = packet::checksum(&udp, pseudo);
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&udp);
+    p
+}
+
+#[test]
+fn dual_stack_spokes_route_ipv6_and_expire_hop_limits() {
+    let pki = pki();
+    let mut config = hub_config(&pki);
+    config
+        .pools
+        .push(PoolConfig::new("fd00:100::/64".parse().unwrap()));
+    let mut world = World::new(51, config);
+    for i in 0..2 {
+        world.add_spoke(spoke_config(&pki, i), links());
+    }
+    assert!(all_established(&mut world));
+    let six = |w: &World, i: usize| match w.spokes[i].spoke.addresses().iter().find(|a| a.is_ipv6())
+    {
+        Some(IpAddr::V6(a)) => *a,
+        other => panic!("no IPv6 address: {other:?}"),
+    };
+    let (a, b) = (six(&world, 0), six(&world, 1));
+    assert_eq!(a, v6("fd00:100::2"));
+    assert_eq!(world.spokes[0].spoke.hub_addresses().len(), 2);
+
+    world.spokes[0].host.device.capture = true;
+    world.spokes[1].host.device.capture = true;
+    world.hub().host.device.capture = true;
+    let now = world.instant();
+    let spoke = &mut world.spokes[0].spoke;
+    spoke
+        .handle_tun_packet(now, &udp6(a, b, 9, b"over v6"))
+        .unwrap();
+    spoke
+        .handle_tun_packet(now, &udp6(a, b, 1, b"last hop"))
+        .unwrap();
+    spoke
+        .handle_tun_packet(now, &udp6(a, v6("fd00:100::1"), 64, b"to the hub"))
+        .unwrap();
+    // A forged IPv6 source never leaves the spoke.
+    assert_eq!(
+        spoke.handle_tun_packet(now, &udp6(v6("fd00:100::99"), b, 64, b"forged")),
+        Err(DropReason::SpoofedSource)
+    );
+    world.run_for(Duration::from_millis(200));
+
+    let at_b = world.spokes[1].host.device.captured.clone();
+    assert_eq!(at_b.len(), 1, "only the packet with hops left arrives");
+    let h = IpHeader::parse(&at_b[0]).unwrap();
+    assert_eq!((h.src, h.dst, h.ttl), (IpAddr::V6(a), IpAddr::V6(b), 8));
+
+    let at_a = world.spokes[0].host.device.captured.clone();
+    assert_eq!(at_a.len(), 1);
+    let h = IpHeader::parse(&at_a[0]).unwrap();
+    assert_eq!(h.protocol, PROTO_ICMPV6);
+    assert_eq!(h.src, IpAddr::V6(v6("fd00:100::1")));
+    assert_eq!(at_a[0][40], 3, "ICMPv6 Time Exceeded");
+    let IpAddr::V6(src) = h.src else {
+        unreachable!()
+    };
+    let pseudo = packet::ipv6_pseudo_header_sum(src, a, (at_a[0].len() - 40) as u32, PROTO_ICMPV6);
+    assert_eq!(
+        packet::checksum(&at_a[0][40..], pseudo),
+        0,
+        "valid ICMPv6 checksum"
+    );
+
+    let at_hub = world.hub().host.device.captured.clone();
+    assert_eq!(at_hub.len(), 1);
+    assert!(at_hub[0].ends_with(b"to the hub"));
+}
