@@ -3,6 +3,9 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::packet::{self, IpHeader};
+use crate::stats::DropReason;
+
 /// Size of each shared buffer.
 const ARENA_SIZE: usize = 256 * 1024;
 
@@ -10,6 +13,7 @@ const ARENA_SIZE: usize = 256 * 1024;
 #[derive(Debug, Default)]
 pub(crate) struct PacketArena {
     buf: BytesMut,
+    scratch: Vec<u8>,
 }
 
 impl PacketArena {
@@ -26,5 +30,26 @@ impl PacketArena {
     /// An immutable copy of `data`.
     pub(crate) fn copy(&mut self, data: &[u8]) -> Bytes {
         self.copy_mut(data).freeze()
+    }
+
+    /// An IPv4 packet whose "don't fragment" flag is clear, split into fragments of at most
+    /// `max` bytes, as a router does.
+    pub(crate) fn fragments(
+        &mut self,
+        packet: &[u8],
+        header: &IpHeader,
+        max: usize,
+    ) -> Result<Vec<Bytes>, DropReason> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut fragments = Vec::new();
+        let ok = packet::fragment_v4(packet, header, max, &mut scratch, |f| {
+            fragments.push(self.copy(f));
+        });
+        self.scratch = scratch;
+        if ok {
+            Ok(fragments)
+        } else {
+            Err(DropReason::TooLarge { max })
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use ipnet::IpNet;
-use quinn_proto::{EcnCodepoint, Event, StreamEvent, Transmit, VarInt};
+use quinn_proto::{EcnCodepoint, Event, StreamEvent, Transmit};
 use rustc_hash::FxHashMap;
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -141,7 +141,6 @@ pub struct Hub {
     arena: PacketArena,
     tun_icmp: IcmpRateLimit,
     scratch: Vec<u8>,
-    frag_scratch: Vec<u8>,
     capsules: Vec<Capsule>,
     stats: HubStats,
 }
@@ -239,7 +238,6 @@ impl Hub {
             arena: PacketArena::default(),
             tun_icmp: IcmpRateLimit::default(),
             scratch: Vec::new(),
-            frag_scratch: Vec::new(),
             capsules: Vec::new(),
             stats: HubStats::default(),
         })
@@ -308,13 +306,8 @@ impl Hub {
     /// Runs every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock.advance(now);
-        while let Some(idx) = self.transport.pop_expired(now) {
-            let due = self
-                .transport
-                .get_mut(idx)
-                .and_then(|e| e.deadline.filter(|(at, _)| *at <= now).map(|_| e));
-            if let Some(entry) = due {
-                entry.deadline = None;
+        while let Some((idx, deadline_due)) = self.transport.pop_expired(now) {
+            if deadline_due {
                 self.on_deadline(now, idx);
             }
             self.process(now, idx);
@@ -471,13 +464,7 @@ impl Hub {
 
     /// Reacts to everything quinn reports for one connection, then re-arms its timer.
     fn process(&mut self, now: Instant, idx: usize) {
-        loop {
-            let Some(entry) = self.transport.get_mut(idx) else {
-                return;
-            };
-            let Some(event) = entry.link.conn.poll() else {
-                break;
-            };
+        while let Some(event) = self.transport.poll_event(idx) {
             self.on_quinn_event(now, idx, event);
         }
         if self.transport.shuttle_events(idx) {
@@ -882,15 +869,7 @@ impl Hub {
         }
         let reason = entry.state.close_reason.clone().unwrap_or_default();
         entry.state.phase = Phase::Closed;
-        entry.deadline = None;
-        entry.link.clear_datagrams();
-        entry.link.conn.close(
-            now,
-            VarInt::from_u64(code.0).unwrap_or(VarInt::MAX),
-            Bytes::from(reason.into_bytes()),
-        );
-        self.transport.mark_ready(idx);
-        self.transport.update_timer(idx);
+        self.transport.close(now, idx, code, reason.as_bytes());
     }
 
     /// Frees a session's addresses and routes and reports it gone (once).
@@ -1056,15 +1035,7 @@ impl Hub {
         header: &IpHeader,
         max: usize,
     ) -> Result<(), DropReason> {
-        let mut fragments = Vec::new();
-        let arena = &mut self.arena;
-        let ok = packet::fragment_v4(packet, header, max, &mut self.frag_scratch, |f| {
-            fragments.push(arena.copy(f));
-        });
-        if !ok {
-            return Err(DropReason::TooLarge { max });
-        }
-        for fragment in fragments {
+        for fragment in self.arena.fragments(packet, header, max)? {
             self.send_to_spoke(to, fragment);
         }
         Ok(())

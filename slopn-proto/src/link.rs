@@ -18,11 +18,11 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig,
-    Incoming, ReadError, StreamId, Transmit,
+    Incoming, ReadError, StreamId, Transmit, VarInt,
 };
 
 use crate::cid::SignedCidGenerator;
-use crate::control::{self, Capsule, DecodeError, MAX_CAPSULE_LEN};
+use crate::control::{self, Capsule, CloseCode, DecodeError, MAX_CAPSULE_LEN};
 use crate::derive_key;
 use crate::stats::DropReason;
 
@@ -579,8 +579,9 @@ impl<S> Transport<S> {
         Some((at, reason))
     }
 
-    /// Takes one connection whose deadline has passed, having run quinn's timers for it.
-    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<usize> {
+    /// Takes one connection whose deadline has passed, having run quinn's timers for it;
+    /// says whether the owner's deadline was among them (it is cleared: act on it now).
+    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<(usize, bool)> {
         let &(at, idx) = self.timers.first()?;
         if at > now {
             return None;
@@ -590,8 +591,34 @@ impl<S> Transport<S> {
         entry.timer = None;
         entry.link.conn.handle_timeout(now);
         entry.link.priority.expire(now);
+        let deadline_due = entry.deadline.is_some_and(|(d, _)| d <= now);
+        if deadline_due {
+            entry.deadline = None;
+        }
         self.mark_ready(idx);
-        Some(idx)
+        Some((idx, deadline_due))
+    }
+
+    /// The next thing quinn reports about a connection.
+    pub(crate) fn poll_event(&mut self, idx: usize) -> Option<quinn_proto::Event> {
+        self.get_mut(idx)?.link.conn.poll()
+    }
+
+    /// Closes a connection now with an application close carrying `code` and `reason`; its
+    /// queued packets and owner deadline are dropped.
+    pub(crate) fn close(&mut self, now: Instant, idx: usize, code: CloseCode, reason: &[u8]) {
+        let Some(entry) = self.get_mut(idx) else {
+            return;
+        };
+        entry.deadline = None;
+        entry.link.clear_datagrams();
+        entry.link.conn.close(
+            now,
+            VarInt::from_u64(code.0).unwrap_or(VarInt::MAX),
+            Bytes::copy_from_slice(reason),
+        );
+        self.mark_ready(idx);
+        self.update_timer(idx);
     }
 
     /// The next transmit of any connection, round-robin; with the index it came from.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use quinn_proto::{EcnCodepoint, Event, StreamEvent, Transmit, VarInt};
+use quinn_proto::{EcnCodepoint, Event, StreamEvent, Transmit};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use thiserror::Error;
@@ -19,7 +19,7 @@ use crate::config::{ReconnectPolicy, SpokeConfig};
 use crate::control::{Capsule, CloseCode, IpPrefix, IpRange, PROTOCOL_VERSION, RequestedAddress};
 use crate::icmp::{self, IcmpError, IcmpRateLimit};
 use crate::link::{ControlError, Received, Transport};
-use crate::packet::{self, IpHeader};
+use crate::packet::IpHeader;
 use crate::session::DisconnectReason;
 use crate::stats::{DropReason, SpokeSnapshot};
 use crate::tls::{self, TlsError};
@@ -154,7 +154,6 @@ pub struct Spoke {
     arena: PacketArena,
     icmp: IcmpRateLimit,
     scratch: Vec<u8>,
-    frag_scratch: Vec<u8>,
     capsules: Vec<Capsule>,
     rng: StdRng,
     stats: SpokeSnapshot,
@@ -218,7 +217,6 @@ impl Spoke {
             arena: PacketArena::default(),
             icmp: IcmpRateLimit::default(),
             scratch: Vec::new(),
-            frag_scratch: Vec::new(),
             capsules: Vec::new(),
             rng: StdRng::from_seed(derive_key(&config.seed, b"slopn spoke rng")),
             stats: SpokeSnapshot::default(),
@@ -267,13 +265,8 @@ impl Spoke {
             self.retry_at = None;
             self.start_attempt(now);
         }
-        while let Some(idx) = self.transport.pop_expired(now) {
-            let due = self
-                .transport
-                .get_mut(idx)
-                .and_then(|e| e.deadline.filter(|(at, _)| *at <= now).map(|_| e));
-            if let Some(entry) = due {
-                entry.deadline = None;
+        while let Some((idx, deadline_due)) = self.transport.pop_expired(now) {
+            if deadline_due {
                 self.on_deadline(now, idx);
             }
             self.process(now, idx);
@@ -451,13 +444,7 @@ impl Spoke {
 
     /// Reacts to everything quinn reports for one connection, then re-arms its timer.
     fn process(&mut self, now: Instant, idx: usize) {
-        loop {
-            let Some(entry) = self.transport.get_mut(idx) else {
-                return;
-            };
-            let Some(event) = entry.link.conn.poll() else {
-                break;
-            };
+        while let Some(event) = self.transport.poll_event(idx) {
             self.on_quinn_event(now, idx, event);
         }
         if self.transport.shuttle_events(idx) {
@@ -804,15 +791,7 @@ impl Spoke {
             return;
         }
         entry.state.phase = Phase::Closed;
-        entry.deadline = None;
-        entry.link.clear_datagrams();
-        entry.link.conn.close(
-            now,
-            VarInt::from_u64(code.0).unwrap_or(VarInt::MAX),
-            Bytes::copy_from_slice(reason.as_bytes()),
-        );
-        self.transport.mark_ready(idx);
-        self.transport.update_timer(idx);
+        self.transport.close(now, idx, code, reason.as_bytes());
     }
 
     fn track_mtu(&mut self, idx: usize) {
@@ -885,14 +864,7 @@ impl Spoke {
                 );
                 return Err(DropReason::TooLarge { max });
             }
-            let mut fragments = Vec::new();
-            let arena = &mut self.arena;
-            if !packet::fragment_v4(packet, &header, max, &mut self.frag_scratch, |f| {
-                fragments.push(arena.copy(f))
-            }) {
-                return Err(DropReason::TooLarge { max });
-            }
-            for f in fragments {
+            for f in self.arena.fragments(packet, &header, max)? {
                 self.queue(idx, f)?;
             }
             return Ok(());
