@@ -713,7 +713,9 @@ impl Hub {
             return;
         };
         let session = &mut entry.state;
-        let identity = session.identity.clone().expect("authenticated");
+        let Some(identity) = session.identity.clone() else {
+            return;
+        };
         let mut answers: Vec<AssignedAddress> = Vec::with_capacity(requests.len());
         let mut exhausted = None;
         for req in requests {

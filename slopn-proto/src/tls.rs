@@ -1,5 +1,5 @@
 //! TLS 1.3 configuration for QUIC: rustls with the *ring* provider only, ALPN pinned to
-//! [`ALPN`](crate::control::ALPN), spokes trusting only the configured CA (no system roots),
+//! [`ALPN`], spokes trusting only the configured CA (no system roots),
 //! and certificate validity checked against the state machine's own wall clock.
 
 use std::sync::Arc;
