@@ -1,7 +1,87 @@
-//! SloPN's TUN devices and OS network configuration (not yet implemented; see the "real
-//! hosts" issue).
+//! SloPN's TUN devices and operating-system network configuration.
 //!
-//! This crate will open Linux TUN devices through `tun-rs` (which also provides multi-queue
-//! devices and the kernel's GSO/GRO offload, needed by the performance work), set address,
-//! prefix, MTU and link state, install routes and, in gateway mode, NAT, undoing every change
-//! when the process exits.
+//! - [`Tun`]: a Linux TUN device opened through [`tun-rs`](https://docs.rs/tun-rs), set
+//!   non-blocking, with its addresses, MTU and link state configured through ioctls and
+//!   netlink rather than by shelling out. tun-rs also offers multi-queue devices and the
+//!   kernel's GSO/GRO offload (`IFF_VNET_HDR`), which SloPN's performance work builds on.
+//!   The device disappears when the [`Tun`] is dropped or the process exits, whatever the
+//!   reason, and the kernel removes every route through it.
+//! - [`Routes`]: routes through the device, installed with `ip route` and removed on drop.
+//! - [`netns`]: network namespaces and veth pairs, for SloPN's tests, demo and benchmarks.
+//!
+//! Errors say what is wrong and what to do ([`TunError`]). macOS (`utun`) goes through the same
+//! tun-rs API but is untested; routes there use `route(8)`.
+
+mod device;
+pub mod netns;
+mod routes;
+
+pub use device::{Tun, TunConfig};
+pub use routes::Routes;
+
+use std::io;
+
+/// Why a TUN device or a route could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TunError {
+    /// Creating TUN devices needs privileges.
+    #[error(
+        "permission denied: creating a TUN device needs root or the CAP_NET_ADMIN capability \
+         (run as root, or grant it: setcap cap_net_admin+ep <binary>)"
+    )]
+    PermissionDenied,
+    /// The kernel offers no TUN driver here.
+    #[error(
+        "/dev/net/tun is missing: load the kernel module (modprobe tun) or, in a container, \
+         pass the device in (docker run --device /dev/net/tun --cap-add NET_ADMIN)"
+    )]
+    NoTunDevice,
+    /// Another interface has the name.
+    #[error("the interface name {0:?} is already in use: pick another name or stop its owner")]
+    NameInUse(String),
+    /// The name is not a valid interface name.
+    #[error("invalid interface name {0:?}: use 1 to 15 characters without '/', ':' or spaces")]
+    BadName(String),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A configuration command failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+}
+
+impl TunError {
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Runs a command, failing with its stderr.
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<String, TunError> {
+    let command = format!("{program} {}", args.join(" "));
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| TunError::io(format!("running `{command}`"), e))?;
+    if !output.status.success() {
+        return Err(TunError::Command {
+            command,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
