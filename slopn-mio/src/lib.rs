@@ -1,8 +1,451 @@
-//! The SloPN event loop (not yet implemented; see the "real hosts" issue).
+//! SloPN's event loop: one thread, one `mio::Poll`, driving a [`Hub`](slopn_proto::Hub) or
+//! a [`Spoke`](slopn_proto::Spoke) against a UDP socket and a TUN device.
 //!
-//! This crate will hold one `mio` event loop, in one thread, that drives a
-//! `slopn_proto::Hub` or `slopn_proto::Spoke` against a UDP socket and a TUN device:
-//! batched reads bounded per wakeup, `quinn-udp` for GSO/GRO on Linux, timers from
-//! `poll_timeout`, and a waker for shutdown. It is embeddable: a library user builds a state
-//! machine, a TUN device and a socket, and runs the loop in a thread with a handle to stop it
-//! and read live statistics and events.
+//! Each wakeup reads the UDP socket in batches (`recvmmsg` with GRO through `quinn-udp`) and
+//! the TUN device, both bounded per wakeup so that neither starves the other or the timers;
+//! then it drains the state machine's outputs in the documented order: datagrams (GSO
+//! batches; one transmit is kept when the socket would block, and the socket is watched for
+//! writability), packets for the TUN device, events. Timers come from `poll_timeout`; a
+//! `mio::Waker` carries commands and the stop request from other threads.
+//!
+//! # Embedding
+//!
+//! Build a state machine, a TUN device and a socket, then [`spawn`] the loop and keep the
+//! [`Handle`]:
+//!
+//! ```no_run
+//! use std::time::{Instant, SystemTime};
+//! use slopn_mio::{Options, SpokeCommand, spawn};
+//! use slopn_proto::{Spoke, SpokeConfig, tls};
+//! use slopn_tun::{Tun, TunConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ca = tls::parse_certificates(&std::fs::read("ca.pem")?)?;
+//! let config = SpokeConfig::new("192.0.2.1:4433".parse()?, "hub.example.com", ca, "token");
+//! let spoke = Spoke::new(config, Instant::now(), SystemTime::now())?;
+//! let tun = Tun::open(&TunConfig { name: Some("slopn0".into()), mtu: 1280, addresses: vec![] })?;
+//! let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+//! let handle = spawn(spoke, tun, socket, Options::default())?;
+//! for event in handle.events() {
+//!     println!("{event:?}");
+//!     # break;
+//! }
+//! println!("{:?}", handle.stats());
+//! handle.command(SpokeCommand::Disconnect);
+//! handle.stop();
+//! handle.join()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! When the loop ends, by [`Handle::stop`] (after the machine's goodbyes, bounded by
+//! [`Options::shutdown_grace`]) or because a spoke was refused for good, it drops the TUN
+//! device and removes its routes.
+
+mod machine;
+mod udp;
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slopn_proto::DisconnectReason;
+use slopn_tun::{Routes, Tun, TunError};
+use tracing::{debug, info, warn};
+
+pub use machine::{Flow, HubCommand, HubSnapshot, Machine, Os, SpokeCommand, SpokeStatus};
+use udp::Udp;
+
+const UDP: Token = Token(0);
+const TUN: Token = Token(1);
+const WAKER: Token = Token(2);
+
+/// Tuning of the loop.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Receive calls (each up to `quinn_udp::BATCH_SIZE` datagrams) per wakeup.
+    pub udp_reads_per_wakeup: usize,
+    /// TUN packets read per wakeup.
+    pub tun_reads_per_wakeup: usize,
+    /// Socket buffer size asked for in each direction.
+    pub socket_buffer: usize,
+    /// How long an orderly shutdown may take before the loop ends anyway.
+    pub shutdown_grace: Duration,
+    /// Events kept for [`Handle::events`] before further ones are dropped (they are logged
+    /// regardless).
+    pub event_queue: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            udp_reads_per_wakeup: 16,
+            tun_reads_per_wakeup: 256,
+            socket_buffer: 8 << 20,
+            shutdown_grace: Duration::from_secs(2),
+            event_queue: 1024,
+        }
+    }
+}
+
+/// Why the loop ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A system call on the socket, the poller or the TUN device failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Configuring the TUN device or routes failed.
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    /// The spoke was refused for good (wrong token, untrusted certificate, ...).
+    #[error("{0}")]
+    GaveUp(DisconnectReason),
+    /// The loop thread panicked.
+    #[error("the event loop thread panicked")]
+    Panicked,
+}
+
+fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+    move |source| RunError::Io { what, source }
+}
+
+enum Request<M: Machine> {
+    Stop,
+    Stats(SyncSender<M::Stats>),
+    Command(M::Command),
+}
+
+struct Shared<M: Machine> {
+    waker: Waker,
+    requests: Mutex<Vec<Request<M>>>,
+}
+
+impl<M: Machine> Shared<M> {
+    fn send(&self, request: Request<M>) -> bool {
+        let Ok(mut queue) = self.requests.lock() else {
+            return false;
+        };
+        queue.push(request);
+        self.waker.wake().is_ok()
+    }
+}
+
+/// Controls a running loop from other threads.
+pub struct Handle<M: Machine> {
+    shared: Arc<Shared<M>>,
+    events: Receiver<M::Event>,
+    thread: Option<JoinHandle<Result<(), RunError>>>,
+}
+
+impl<M: Machine> Handle<M> {
+    /// Asks the loop to shut down in an orderly way (goodbyes first). Returns at once; see
+    /// [`join`](Self::join).
+    pub fn stop(&self) {
+        self.shared.send(Request::Stop);
+    }
+
+    /// A statistics snapshot, or `None` if the loop has ended.
+    pub fn stats(&self) -> Option<M::Stats> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if !self.shared.send(Request::Stats(tx)) {
+            return None;
+        }
+        rx.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
+    /// Sends a command to the machine.
+    pub fn command(&self, command: M::Command) {
+        self.shared.send(Request::Command(command));
+    }
+
+    /// The machine's events, in order. The iterator ends when the loop ends.
+    pub fn events(&self) -> &Receiver<M::Event> {
+        &self.events
+    }
+
+    /// Whether the loop has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Waits for the loop to end and returns how it ended.
+    pub fn join(mut self) -> Result<(), RunError> {
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| RunError::Panicked)?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Starts the loop in a new thread. `socket` may be bound anywhere; it is made non-blocking.
+/// The TUN device must be open; the loop configures its addresses, MTU and routes as the
+/// machine's events require.
+pub fn spawn<M: Machine>(
+    machine: M,
+    tun: Tun,
+    socket: std::net::UdpSocket,
+    options: Options,
+) -> Result<Handle<M>, RunError> {
+    let poll = Poll::new().map_err(io_error("creating the poller"))?;
+    let waker = Waker::new(poll.registry(), WAKER).map_err(io_error("creating the waker"))?;
+    let shared = Arc::new(Shared {
+        waker,
+        requests: Mutex::new(Vec::new()),
+    });
+    let (events_tx, events) = mpsc::sync_channel(options.event_queue);
+    let udp =
+        Udp::new(socket, options.socket_buffer).map_err(io_error("setting up the UDP socket"))?;
+    let loop_shared = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("slopn-loop".into())
+        .spawn(move || {
+            EventLoop {
+                machine,
+                udp,
+                os: Os {
+                    routes: Routes::new(tun.name()),
+                    tun,
+                },
+                poll,
+                shared: loop_shared,
+                events_tx,
+                options,
+                tun_buf: vec![0; 65536],
+                tx_buf: Vec::with_capacity(64 * 1024),
+                tun_drops: 0,
+                dropped_events: 0,
+            }
+            .run()
+        })
+        .map_err(io_error("starting the loop thread"))?;
+    Ok(Handle {
+        shared,
+        events,
+        thread: Some(thread),
+    })
+}
+
+struct EventLoop<M: Machine> {
+    machine: M,
+    udp: Udp,
+    os: Os,
+    poll: Poll,
+    shared: Arc<Shared<M>>,
+    events_tx: SyncSender<M::Event>,
+    options: Options,
+    tun_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
+    tun_drops: u64,
+    dropped_events: u64,
+}
+
+impl<M: Machine> EventLoop<M> {
+    fn run(mut self) -> Result<(), RunError> {
+        let registry = self.poll.registry();
+        registry
+            .register(&mut self.udp.socket, UDP, Interest::READABLE)
+            .map_err(io_error("registering the UDP socket"))?;
+        let tun_fd = self.os.tun.as_raw_fd();
+        registry
+            .register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)
+            .map_err(io_error("registering the TUN device"))?;
+
+        let mut events = Events::with_capacity(64);
+        // Edge-triggered: both sources start out possibly readable and stay so until a
+        // read says WouldBlock.
+        let (mut udp_readable, mut tun_readable) = (true, true);
+        let mut stopping: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let mut timeout = self
+                .machine
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(now));
+            if let Some(deadline) = stopping {
+                let left = deadline.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+            if udp_readable || tun_readable {
+                timeout = Some(Duration::ZERO);
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(RunError::Io {
+                    what: "waiting for events",
+                    source: e,
+                });
+            }
+            for event in events.iter() {
+                match event.token() {
+                    UDP => {
+                        udp_readable |= event.is_readable();
+                        if event.is_writable() && self.udp.retry() {
+                            self.watch_writable(false)?;
+                        }
+                    }
+                    TUN => tun_readable |= event.is_readable(),
+                    _ => {}
+                }
+            }
+            let now = Instant::now();
+            if self.serve_requests(now) && stopping.is_none() {
+                info!("shutting down");
+                self.machine.shut_down(now);
+                stopping = Some(now + self.options.shutdown_grace);
+            }
+            if udp_readable {
+                udp_readable = self.read_udp(now)?;
+            }
+            if tun_readable {
+                tun_readable = self.read_tun(now)?;
+            }
+            if self.machine.poll_timeout().is_some_and(|t| t <= now) {
+                self.machine.handle_timeout(now);
+            }
+            self.flush(now)?;
+            if let Some(reason) = self.drain_events()? {
+                return Err(RunError::GaveUp(reason));
+            }
+            if let Some(deadline) = stopping
+                && (self.machine.is_shut_down() || Instant::now() >= deadline)
+            {
+                debug!("loop finished");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handles requests from handles; returns whether a stop was asked for.
+    fn serve_requests(&mut self, now: Instant) -> bool {
+        let requests = match self.shared.requests.lock() {
+            Ok(mut queue) => std::mem::take(&mut *queue),
+            Err(_) => return true,
+        };
+        let mut stop = false;
+        for request in requests {
+            match request {
+                Request::Stop => stop = true,
+                Request::Stats(reply) => {
+                    let _ = reply.try_send(self.machine.stats());
+                }
+                Request::Command(command) => {
+                    debug!(?command, "command");
+                    self.machine.command(now, command);
+                }
+            }
+        }
+        stop
+    }
+
+    /// Reads UDP until it would block or the per-wakeup budget is spent; returns whether the
+    /// socket may still hold data.
+    fn read_udp(&mut self, now: Instant) -> Result<bool, RunError> {
+        let machine = &mut self.machine;
+        for _ in 0..self.options.udp_reads_per_wakeup {
+            match self.udp.recv_batch(|from, local_ip, ecn, datagram| {
+                machine.handle_udp(now, from, local_ip, ecn, datagram)
+            }) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // ICMP errors for earlier sends surface here; the next read goes on.
+                Err(e) => debug!("UDP receive: {e}"),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads TUN packets until it would block or the budget is spent; returns whether the
+    /// device may still hold packets.
+    fn read_tun(&mut self, now: Instant) -> Result<bool, RunError> {
+        for _ in 0..self.options.tun_reads_per_wakeup {
+            match self.os.tun.recv(&mut self.tun_buf) {
+                Ok(n) => {
+                    // Refusals are counted by the machine and answered with ICMP where due.
+                    let _ = self.machine.handle_tun_packet(now, &self.tun_buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(RunError::Io {
+                        what: "reading the TUN device",
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends everything the machine has for the network and the TUN device.
+    fn flush(&mut self, now: Instant) -> Result<(), RunError> {
+        if !self.udp.is_blocked() {
+            let segments = self.udp.max_segments();
+            while let Some(t) = self.machine.poll_transmit(now, segments, &mut self.tx_buf) {
+                if !self.udp.send(&t, &self.tx_buf[..t.size]) {
+                    self.watch_writable(true)?;
+                    break;
+                }
+            }
+        }
+        while let Some(packet) = self.machine.poll_tun_packet() {
+            match self.os.tun.send(&packet) {
+                Ok(_) => {}
+                // A full device queue drops, as a full NIC queue would.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tun_drops += 1,
+                Err(e) => {
+                    return Err(RunError::Io {
+                        what: "writing to the TUN device",
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn watch_writable(&mut self, writable: bool) -> Result<(), RunError> {
+        let interest = if writable {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        self.poll
+            .registry()
+            .reregister(&mut self.udp.socket, UDP, interest)
+            .map_err(io_error("watching the UDP socket"))
+    }
+
+    /// Applies and forwards events; returns a reason when the machine gave up.
+    fn drain_events(&mut self) -> Result<Option<DisconnectReason>, RunError> {
+        let mut gave_up = None;
+        while let Some(event) = self.machine.poll_event() {
+            info!(?event, "event");
+            if let Flow::Stop(reason) = self.machine.apply(&event, &mut self.os)? {
+                gave_up = Some(reason);
+            }
+            if self.events_tx.try_send(event).is_err() {
+                self.dropped_events += 1;
+                if self.dropped_events.is_power_of_two() {
+                    warn!(
+                        dropped = self.dropped_events,
+                        "nobody reads events; dropping them"
+                    );
+                }
+            }
+        }
+        Ok(gave_up)
+    }
+}

@@ -51,7 +51,17 @@ impl Default for TransportSettings {
 /// Datagrams quinn may hold beyond our own queue: one GSO batch of the largest packets.
 pub(crate) const QUINN_DATAGRAM_BUFFER: usize = 96 * 1024;
 
+/// Bytes a QUIC short-header packet adds around a datagram: flags, 8-byte connection ID,
+/// packet number (up to 4), AEAD tag (16), DATAGRAM frame type and length (up to 9).
+const DATAGRAM_OVERHEAD: u16 = 1 + 8 + 4 + 16 + 9;
+
 impl TransportSettings {
+    /// The largest IP packet the tunnel carries once path MTU discovery has reached
+    /// `max_mtu`: the TUN MTU to configure on the hub.
+    pub fn max_tunnel_mtu(&self) -> u16 {
+        self.max_mtu.max(self.min_mtu).max(1200) - DATAGRAM_OVERHEAD
+    }
+
     pub(crate) fn quinn(&self, keep_alive: bool, bidi_streams: u32) -> Arc<TransportConfig> {
         let mut t = TransportConfig::default();
         let idle = IdleTimeout::try_from(self.idle_timeout)
@@ -109,13 +119,29 @@ impl PoolConfig {
     }
 }
 
-/// A spoke the hub accepts: its identity and access token.
+/// A spoke the hub accepts: its identity and the SHA-256 digest of its access token. The
+/// hub never needs the token itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credential {
     /// The spoke's name; it keys the sticky address and appears in logs.
     pub identity: String,
-    /// The secret token the spoke presents in its HELLO.
-    pub token: String,
+    /// SHA-256 of the token the spoke presents in its HELLO.
+    pub token_sha256: [u8; 32],
+}
+
+impl Credential {
+    /// A credential for `identity` accepting `token`.
+    pub fn new(identity: impl Into<String>, token: &str) -> Self {
+        Self {
+            identity: identity.into(),
+            token_sha256: Self::digest(token.as_bytes()),
+        }
+    }
+
+    /// The SHA-256 digest the hub keeps of a token.
+    pub fn digest(token: &[u8]) -> [u8; 32] {
+        crate::token_hash(token)
+    }
 }
 
 /// Everything a [`Hub`](crate::Hub) needs.

@@ -183,10 +183,7 @@ impl Hub {
                 )));
             }
             let identity: Arc<str> = cred.identity.as_str().into();
-            if tokens
-                .insert(token_hash(cred.token.as_bytes()), identity)
-                .is_some()
-            {
+            if tokens.insert(cred.token_sha256, identity).is_some() {
                 return Err(HubError::Config(format!(
                     "the token of {:?} is also used by another spoke",
                     cred.identity

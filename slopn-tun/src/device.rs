@@ -114,9 +114,8 @@ impl Tun {
                 IpAddr::V4(a) => self.device.add_address_v4(a, prefix),
                 IpAddr::V6(a) => self.device.add_address_v6(a, prefix),
             };
-            result.map_err(|e| {
-                TunError::io(format!("adding {addr}/{prefix} to {}", self.name), e)
-            })?;
+            result
+                .map_err(|e| TunError::io(format!("adding {addr}/{prefix} to {}", self.name), e))?;
             self.addresses.push((addr, prefix));
         }
         let stale: Vec<_> = self

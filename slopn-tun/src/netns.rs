@@ -90,8 +90,18 @@ impl Namespace {
         run(
             "ip",
             &[
-                "link", "add", here_if, "netns", &self.name, "type", "veth", "peer", "name",
-                there_if, "netns", &other.name,
+                "link",
+                "add",
+                here_if,
+                "netns",
+                &self.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                there_if,
+                "netns",
+                &other.name,
             ],
         )?;
         self.ip(&["addr", "add", here_addr, "dev", here_if])?;

@@ -87,7 +87,11 @@ fn delete(device: &str, net: IpNet) -> Result<(), TunError> {
 // Untested: macOS routes through utun devices.
 #[cfg(target_os = "macos")]
 fn add(device: &str, net: IpNet) -> Result<(), TunError> {
-    let family = if net.addr().is_ipv4() { "-inet" } else { "-inet6" };
+    let family = if net.addr().is_ipv4() {
+        "-inet"
+    } else {
+        "-inet6"
+    };
     run(
         "route",
         &["-n", "add", family, &net.to_string(), "-interface", device],
@@ -97,10 +101,21 @@ fn add(device: &str, net: IpNet) -> Result<(), TunError> {
 
 #[cfg(target_os = "macos")]
 fn delete(device: &str, net: IpNet) -> Result<(), TunError> {
-    let family = if net.addr().is_ipv4() { "-inet" } else { "-inet6" };
+    let family = if net.addr().is_ipv4() {
+        "-inet"
+    } else {
+        "-inet6"
+    };
     run(
         "route",
-        &["-n", "delete", family, &net.to_string(), "-interface", device],
+        &[
+            "-n",
+            "delete",
+            family,
+            &net.to_string(),
+            "-interface",
+            device,
+        ],
     )
     .map(drop)
 }

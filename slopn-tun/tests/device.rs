@@ -37,19 +37,28 @@ fn tun_device_addresses_mtu_routes_and_packets() {
             tun.set_addresses(&[(ip("10.9.0.2"), 32), (ip("fd00:9::2"), 64)])
                 .unwrap();
             let addrs = ns.ip(&["-o", "addr", "show", "dev", "slopn-t0"]).unwrap();
-            assert!(addrs.contains("10.9.0.2/32") && addrs.contains("fd00:9::2/64"), "{addrs}");
+            assert!(
+                addrs.contains("10.9.0.2/32") && addrs.contains("fd00:9::2/64"),
+                "{addrs}"
+            );
             assert!(!addrs.contains("10.9.0.1/24"), "{addrs}");
 
             // Routes come and go.
             let mut routes = Routes::new("slopn-t0");
             routes
-                .set(&["10.50.0.0/16".parse().unwrap(), "fd00:50::/48".parse().unwrap()])
+                .set(&[
+                    "10.50.0.0/16".parse().unwrap(),
+                    "fd00:50::/48".parse().unwrap(),
+                ])
                 .unwrap();
             let table = ns.ip(&["route", "show"]).unwrap();
             assert!(table.contains("10.50.0.0/16 dev slopn-t0"), "{table}");
             routes.set(&["10.60.0.0/16".parse().unwrap()]).unwrap();
             let table = ns.ip(&["route", "show"]).unwrap();
-            assert!(!table.contains("10.50.0.0/16") && table.contains("10.60.0.0/16"), "{table}");
+            assert!(
+                !table.contains("10.50.0.0/16") && table.contains("10.60.0.0/16"),
+                "{table}"
+            );
 
             // A packet routed into the device comes out of it.
             let mut ping = ns
@@ -69,7 +78,10 @@ fn tun_device_addresses_mtu_routes_and_packets() {
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        assert!(Instant::now() < deadline, "no packet came out of the TUN device");
+                        assert!(
+                            Instant::now() < deadline,
+                            "no packet came out of the TUN device"
+                        );
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     Err(e) => panic!("{e}"),
@@ -87,7 +99,10 @@ fn tun_device_addresses_mtu_routes_and_packets() {
             let table = ns.ip(&["route", "show"]).unwrap();
             assert!(!table.contains("10.60.0.0/16"), "{table}");
             drop(tun);
-            assert!(ns.ip(&["link", "show", "dev", "slopn-t0"]).is_err(), "device removed");
+            assert!(
+                ns.ip(&["link", "show", "dev", "slopn-t0"]).is_err(),
+                "device removed"
+            );
         })
         .join()
         .unwrap();

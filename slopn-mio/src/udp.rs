@@ -1,0 +1,173 @@
+//! The UDP socket: batched receive with GRO and send with GSO through `quinn-udp`.
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+
+use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSocketState};
+use slopn_proto::{EcnCodepoint, Transmit};
+use tracing::{debug, warn};
+
+/// Room for one receive call's worth of coalesced datagrams per slot.
+const SLOT: usize = 64 * 1024;
+
+/// A non-blocking UDP socket with quinn-udp's offloads and one pending transmit.
+pub(crate) struct Udp {
+    pub(crate) socket: mio::net::UdpSocket,
+    state: UdpSocketState,
+    recv_buf: Vec<u8>,
+    metas: [RecvMeta; BATCH_SIZE],
+    /// A transmit the socket refused with `WouldBlock`, sent again when writable.
+    pending: Option<(Transmit, Vec<u8>)>,
+    pub(crate) send_errors: u64,
+}
+
+impl Udp {
+    /// Wraps `socket`, enabling GRO/GSO where the kernel has them and asking for buffers of
+    /// `buffer_bytes` each way (warning when the kernel grants less).
+    pub(crate) fn new(socket: std::net::UdpSocket, buffer_bytes: usize) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        let socket = mio::net::UdpSocket::from_std(socket);
+        let state = UdpSocketState::new((&socket).into())?;
+        for (what, set, get) in [
+            (
+                "receive",
+                UdpSocketState::set_recv_buffer_size as fn(&UdpSocketState, _, usize) -> _,
+                UdpSocketState::recv_buffer_size as fn(&UdpSocketState, _) -> _,
+            ),
+            (
+                "send",
+                UdpSocketState::set_send_buffer_size,
+                UdpSocketState::send_buffer_size,
+            ),
+        ] {
+            if let Err(e) = set(&state, (&socket).into(), buffer_bytes) {
+                warn!("could not set the UDP {what} buffer to {buffer_bytes} bytes: {e}");
+            }
+            // Linux reports twice the usable size it granted.
+            let granted = get(&state, (&socket).into()).unwrap_or(0);
+            if granted < buffer_bytes {
+                warn!(
+                    "the kernel capped the UDP {what} buffer at {granted} bytes (asked {buffer_bytes}); \
+                     raise net.core.{}mem_max for full throughput",
+                    if what == "receive" { "r" } else { "w" }
+                );
+            }
+        }
+        debug!(
+            gso_segments = state.max_gso_segments(),
+            gro_segments = state.gro_segments(),
+            "UDP socket ready"
+        );
+        Ok(Self {
+            socket,
+            recv_buf: vec![0; SLOT * BATCH_SIZE],
+            metas: [RecvMeta::default(); BATCH_SIZE],
+            state,
+            pending: None,
+            send_errors: 0,
+        })
+    }
+
+    /// How many datagrams one transmit may carry.
+    pub(crate) fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().clamp(1, 32)
+    }
+
+    /// Receives one batch and hands every datagram to `f`. Returns the number of datagrams;
+    /// `WouldBlock` when none was waiting.
+    pub(crate) fn recv_batch(
+        &mut self,
+        mut f: impl FnMut(SocketAddr, Option<IpAddr>, Option<EcnCodepoint>, &[u8]),
+    ) -> io::Result<usize> {
+        let mut chunks = self.recv_buf.chunks_mut(SLOT);
+        let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
+            std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("one slot per slice")));
+        let n = self
+            .state
+            .recv((&self.socket).into(), &mut slices, &mut self.metas)?;
+        let mut count = 0;
+        for (meta, slot) in self.metas[..n].iter().zip(self.recv_buf.chunks(SLOT)) {
+            let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
+            let stride = meta.stride.max(1);
+            for datagram in slot[..meta.len].chunks(stride) {
+                f(meta.addr, meta.dst_ip, ecn, datagram);
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Whether a transmit waits for the socket to become writable.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Sends `data` as described by `t`. On `WouldBlock` the transmit is kept and `false`
+    /// returned: call [`Self::retry`] once the socket is writable. Other errors are counted
+    /// and logged (UDP is unreliable anyway; QUIC retransmits).
+    pub(crate) fn send(&mut self, t: &Transmit, data: &[u8]) -> bool {
+        match self.try_send(t, data) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut kept = self.pending.take().map(|(_, b)| b).unwrap_or_default();
+                kept.clear();
+                kept.extend_from_slice(data);
+                let copy = Transmit {
+                    destination: t.destination,
+                    ecn: t.ecn,
+                    size: t.size,
+                    segment_size: t.segment_size,
+                    src_ip: t.src_ip,
+                };
+                self.pending = Some((copy, kept));
+                false
+            }
+            Err(e) => {
+                self.count_error(&e);
+                true
+            }
+        }
+    }
+
+    /// Sends the pending transmit, if any. Returns whether the socket is free again.
+    pub(crate) fn retry(&mut self) -> bool {
+        let Some((t, data)) = self.pending.take() else {
+            return true;
+        };
+        match self.try_send(&t, &data) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.pending = Some((t, data));
+                false
+            }
+            Err(e) => {
+                self.count_error(&e);
+                true
+            }
+        }
+    }
+
+    fn try_send(&self, t: &Transmit, data: &[u8]) -> io::Result<()> {
+        let transmit = quinn_udp::Transmit {
+            destination: t.destination,
+            ecn: t
+                .ecn
+                .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+            contents: data,
+            segment_size: t.segment_size,
+            src_ip: t.src_ip,
+        };
+        self.state.try_send((&self.socket).into(), &transmit)
+    }
+
+    fn count_error(&mut self, e: &io::Error) {
+        // EMSGSIZE: an MTU probe larger than the local interface allows. Expected.
+        if e.raw_os_error() == Some(libc::EMSGSIZE) {
+            return;
+        }
+        self.send_errors += 1;
+        if self.send_errors.is_power_of_two() {
+            warn!(errors = self.send_errors, "UDP send failed: {e}");
+        }
+    }
+}
