@@ -47,7 +47,7 @@ mod udp;
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -141,11 +141,11 @@ impl<M: Machine> Shared<M> {
     }
 }
 
-/// Controls a running loop from other threads.
+/// Controls a running loop from other threads (share it with an `Arc`).
 pub struct Handle<M: Machine> {
     shared: Arc<Shared<M>>,
-    events: Receiver<M::Event>,
-    thread: Option<JoinHandle<Result<(), RunError>>>,
+    events: Mutex<Receiver<M::Event>>,
+    thread: Mutex<Option<JoinHandle<Result<(), RunError>>>>,
 }
 
 impl<M: Machine> Handle<M> {
@@ -169,19 +169,33 @@ impl<M: Machine> Handle<M> {
         self.shared.send(Request::Command(command));
     }
 
-    /// The machine's events, in order. The iterator ends when the loop ends.
-    pub fn events(&self) -> &Receiver<M::Event> {
-        &self.events
+    /// The machine's events, in order, waiting for each. The iterator ends when the loop
+    /// ends. (Events are for one consumer: concurrent readers each get some of them.)
+    pub fn events(&self) -> impl Iterator<Item = M::Event> + '_ {
+        std::iter::from_fn(|| self.events.lock().ok()?.recv().ok())
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub fn next_event(&self, timeout: Duration) -> Result<M::Event, RecvTimeoutError> {
+        match self.events.lock() {
+            Ok(events) => events.recv_timeout(timeout),
+            Err(_) => Err(RecvTimeoutError::Disconnected),
+        }
     }
 
     /// Whether the loop has ended.
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+        self.thread
+            .lock()
+            .map(|t| t.as_ref().is_none_or(JoinHandle::is_finished))
+            .unwrap_or(true)
     }
 
-    /// Waits for the loop to end and returns how it ended.
-    pub fn join(mut self) -> Result<(), RunError> {
-        match self.thread.take() {
+    /// Waits for the loop to end and returns how it ended (only the first caller gets the
+    /// result; later calls return `Ok`).
+    pub fn join(&self) -> Result<(), RunError> {
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        match thread {
             Some(thread) => thread.join().map_err(|_| RunError::Panicked)?,
             None => Ok(()),
         }
@@ -231,8 +245,8 @@ pub fn spawn<M: Machine>(
         .map_err(io_error("starting the loop thread"))?;
     Ok(Handle {
         shared,
-        events,
-        thread: Some(thread),
+        events: Mutex::new(events),
+        thread: Mutex::new(Some(thread)),
     })
 }
 

@@ -16,10 +16,11 @@ use slopn_tun::{Routes, Tun, TunError};
 /// The operating-system side the loop owns: the TUN device and the routes through it.
 #[derive(Debug)]
 pub struct Os {
+    /// Routes through the device, removed when the loop ends (declared first: fields drop
+    /// in order, and the routes must go before the device).
+    pub routes: Routes,
     /// The TUN device.
     pub tun: Tun,
-    /// Routes through it, removed when the loop ends.
-    pub routes: Routes,
 }
 
 /// Whether the loop goes on after an event.

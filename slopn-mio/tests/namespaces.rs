@@ -62,7 +62,7 @@ fn wait_assigned(handle: &Handle<Spoke>) -> Vec<IpAddr> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(SpokeEvent::Assigned { addresses, .. }) =
-            handle.events().recv_timeout(Duration::from_millis(100))
+            handle.next_event(Duration::from_millis(100))
         {
             return addresses;
         }

@@ -1,0 +1,338 @@
+//! The hub's and the spoke's configuration files (TOML), and their translation into the
+//! state machines' configurations. Every error names the file and says what to fix.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use slopn_proto::tls::{self, CertifiedKey};
+use slopn_proto::{Credential, HubConfig, PoolConfig, SpokeConfig};
+
+/// A configuration problem, phrased for the person who has to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+fn default_tun() -> String {
+    "slopn0".into()
+}
+fn default_idle() -> u64 {
+    8
+}
+fn default_keep_alive() -> u64 {
+    2
+}
+fn default_connect_timeout() -> u64 {
+    15
+}
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:4433".parse().expect("valid")
+}
+
+/// `hub.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubFile {
+    /// UDP address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The hub's certificate chain (PEM), relative to this file.
+    pub certificate: PathBuf,
+    /// The hub's private key (PEM), relative to this file.
+    pub private_key: PathBuf,
+    /// The IPv4 (or IPv6) network spokes get addresses from.
+    pub pool: IpNet,
+    /// The hub's own address in `pool` (default: its first host address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_address: Option<IpAddr>,
+    /// An optional second pool of the other family, for dual stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool6: Option<IpNet>,
+    /// Further networks reachable through the hub, advertised to spokes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<IpNet>,
+    /// Refuse spoke-to-spoke traffic.
+    #[serde(default)]
+    pub isolate_spokes: bool,
+    /// Name of the hub's TUN device.
+    #[serde(default = "default_tun")]
+    pub tun_name: String,
+    /// Seconds without a packet after which a spoke is considered gone.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_secs: u64,
+    /// Path of the control socket (default: `/run/slopn/hub.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<PathBuf>,
+    /// Where spokes reach the hub (`host:port`), written into new spoke configurations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_endpoint: Option<String>,
+    /// The name in the hub's certificate, written into new spoke configurations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// The spokes allowed in.
+    #[serde(default, rename = "spoke")]
+    pub spokes: Vec<SpokeEntry>,
+}
+
+/// One `[[spoke]]` entry of `hub.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpokeEntry {
+    /// The spoke's name (its identity).
+    pub name: String,
+    /// SHA-256 of its token, in hex. (`hub add-spoke` writes it; the hub never stores tokens.)
+    pub token_sha256: String,
+}
+
+/// `spoke.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpokeFile {
+    /// The hub, as `host:port`.
+    pub hub: String,
+    /// The name in the hub's certificate (DNS name or IP address).
+    pub server_name: String,
+    /// The CA certificate (PEM file, relative to this file); or use `ca_pem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// The CA certificate inline (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// The access token.
+    pub token: String,
+    /// A static address to ask for (default: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    /// Name of the TUN device.
+    #[serde(default = "default_tun")]
+    pub tun_name: String,
+    /// Path of the control socket (default: `/run/slopn/spoke.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<PathBuf>,
+    /// Seconds to wait for the first session before giving up.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Seconds without a packet after which the hub is considered gone.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_secs: u64,
+    /// Seconds of silence after which a keep-alive is sent.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+}
+
+/// Reads and parses a TOML file.
+pub fn load<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => match what {
+                "hub" => " Create one with `hub init --dir <dir>`.",
+                _ => " Get one from the hub operator (`hub add-spoke`).",
+            },
+            std::io::ErrorKind::PermissionDenied => " Run as its owner or as root.",
+            _ => "",
+        };
+        ConfigError::new(format!(
+            "cannot read the {what} configuration {}: {e}.{hint}",
+            path.display()
+        ))
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        ConfigError::new(format!(
+            "{} is not a valid {what} configuration: {}See the configuration reference in \
+             README.md.",
+            path.display(),
+            e
+        ))
+    })
+}
+
+/// Writes a TOML file readable by its owner only.
+pub fn save<T: Serialize>(path: &Path, value: &T, header: &str) -> Result<(), ConfigError> {
+    let body = toml::to_string_pretty(value)
+        .map_err(|e| ConfigError::new(format!("cannot encode {}: {e}", path.display())))?;
+    crate::keys::write_private(path, format!("{header}{body}").as_bytes())
+}
+
+fn relative(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+fn read_file(path: &Path, what: &str, fix: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| {
+        ConfigError::new(format!("cannot read {what} {}: {e}. {fix}", path.display()))
+    })
+}
+
+/// Everything the hub binary needs besides the state machine's configuration.
+#[derive(Clone, Debug)]
+pub struct HubRuntime {
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// TUN name.
+    pub tun_name: String,
+    /// Addresses of the hub's TUN device, with the pools' prefix lengths.
+    pub tun_addresses: Vec<(IpAddr, u8)>,
+    /// TUN MTU.
+    pub tun_mtu: u16,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+}
+
+impl HubFile {
+    /// The state machine's configuration and the runtime settings. `path` is the file this
+    /// was read from (relative paths are resolved against its directory).
+    pub fn resolve(&self, path: &Path) -> Result<(HubConfig, HubRuntime), ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let cert_path = relative(base, &self.certificate);
+        let key_path = relative(base, &self.private_key);
+        let fix = "Run `hub init` or set `certificate` and `private_key` in the configuration.";
+        let cert = read_file(&cert_path, "the hub certificate", fix)?;
+        let key = read_file(&key_path, "the hub private key", fix)?;
+        let identity = CertifiedKey::from_pem(&cert, &key).map_err(|e| {
+            ConfigError::new(format!(
+                "{} / {}: {e}. Check that they are the PEM certificate and key written by `hub init`.",
+                cert_path.display(),
+                key_path.display()
+            ))
+        })?;
+        let mut pools = vec![pool_config(self.pool, self.hub_address, path)?];
+        if let Some(pool6) = self.pool6 {
+            pools.push(pool_config(pool6, None, path)?);
+        }
+        let mut credentials = Vec::new();
+        for spoke in &self.spokes {
+            let digest = hex::decode(&spoke.token_sha256)
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .ok_or_else(|| {
+                    ConfigError::new(format!(
+                        "{}: spoke {:?} has a malformed token_sha256 (64 hex digits expected). \
+                         Re-add it with `hub add-spoke`.",
+                        path.display(),
+                        spoke.name
+                    ))
+                })?;
+            credentials.push(Credential {
+                identity: spoke.name.clone(),
+                token_sha256: digest,
+            });
+        }
+        let mut config = HubConfig::new(identity, pools.clone(), credentials);
+        config.routes = self.routes.clone();
+        config.isolate_spokes = self.isolate_spokes;
+        config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
+        config.seed = crate::keys::random_seed();
+        // The reset key survives restarts (it comes from the private key), so a restarted hub
+        // resets its predecessor's connections and spokes reconnect at once.
+        config.stateless_reset_key = Some(crate::keys::derive(&key, b"slopn stateless reset"));
+        let runtime = HubRuntime {
+            listen: self.listen,
+            tun_name: self.tun_name.clone(),
+            tun_addresses: pools
+                .iter()
+                .map(|p| (p.hub_address, p.network.prefix_len()))
+                .collect(),
+            tun_mtu: config.transport.max_tunnel_mtu(),
+            control_socket: self
+                .control_socket
+                .clone()
+                .unwrap_or_else(|| "/run/slopn/hub.sock".into()),
+        };
+        Ok((config, runtime))
+    }
+}
+
+fn pool_config(net: IpNet, hub: Option<IpAddr>, path: &Path) -> Result<PoolConfig, ConfigError> {
+    let mut pool = PoolConfig::new(net);
+    if let Some(addr) = hub {
+        if !net.contains(&addr) {
+            return Err(ConfigError::new(format!(
+                "{}: hub_address {addr} is not inside pool {net}",
+                path.display()
+            )));
+        }
+        pool.hub_address = addr;
+    }
+    Ok(pool)
+}
+
+/// Everything the spoke binary needs besides the state machine's configuration.
+#[derive(Clone, Debug)]
+pub struct SpokeRuntime {
+    /// TUN name.
+    pub tun_name: String,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+    /// How long to wait for the first session.
+    pub connect_timeout: Duration,
+    /// The hub as written in the file, for messages.
+    pub hub: String,
+}
+
+impl SpokeFile {
+    /// The state machine's configuration and the runtime settings.
+    pub fn resolve(&self, path: &Path) -> Result<(SpokeConfig, SpokeRuntime), ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let pem = match (&self.ca_pem, &self.ca) {
+            (Some(pem), _) => pem.as_bytes().to_vec(),
+            (None, Some(ca)) => read_file(
+                &relative(base, ca),
+                "the CA certificate",
+                "Copy the hub's ca.pem there or set `ca_pem` in the configuration.",
+            )?,
+            (None, None) => {
+                return Err(ConfigError::new(format!(
+                    "{}: no CA certificate: set `ca` (a PEM file) or `ca_pem`",
+                    path.display()
+                )));
+            }
+        };
+        let trust = tls::parse_certificates(&pem).map_err(|e| {
+            ConfigError::new(format!(
+                "{}: the CA certificate is unusable: {e}",
+                path.display()
+            ))
+        })?;
+        let hub = resolve_hub(&self.hub).map_err(|e| {
+            ConfigError::new(format!(
+                "{}: cannot resolve the hub address {:?}: {e}. Use host:port, e.g. \
+                 hub.example.com:4433.",
+                path.display(),
+                self.hub
+            ))
+        })?;
+        let mut config = SpokeConfig::new(hub, &self.server_name, trust, &self.token);
+        config.requested_addresses = self.address.into_iter().collect();
+        config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
+        config.transport.keep_alive_interval = Some(Duration::from_secs(self.keep_alive_secs.max(1)));
+        config.seed = crate::keys::random_seed();
+        let runtime = SpokeRuntime {
+            tun_name: self.tun_name.clone(),
+            control_socket: self
+                .control_socket
+                .clone()
+                .unwrap_or_else(|| "/run/slopn/spoke.sock".into()),
+            connect_timeout: Duration::from_secs(self.connect_timeout_secs.max(1)),
+            hub: self.hub.clone(),
+        };
+        Ok((config, runtime))
+    }
+}
+
+fn resolve_hub(hub: &str) -> std::io::Result<SocketAddr> {
+    hub.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address found")
+    })
+}

@@ -1,0 +1,204 @@
+//! Keys, certificates and tokens: `hub init` and `hub add-spoke`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use slopn_proto::pki::{CertificateAuthority, Validity};
+
+use crate::config::{ConfigError, HubFile, SpokeEntry, SpokeFile, load, save};
+
+/// 32 bytes from the operating system's random source.
+pub fn random_seed() -> [u8; 32] {
+    let mut seed = [0; 32];
+    getrandom::fill(&mut seed).expect("the OS random source works");
+    seed
+}
+
+/// A 32-byte key derived from secret material for one purpose.
+pub fn derive(secret: &[u8], label: &[u8]) -> [u8; 32] {
+    let mut input = label.to_vec();
+    input.extend_from_slice(secret);
+    slopn_proto::Credential::digest(&input)
+}
+
+/// Writes a file readable and writable by its owner only (mode 0600), replacing it.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
+    write_mode(path, contents, 0o600)
+}
+
+fn write_mode(path: &Path, contents: &[u8], mode: u32) -> Result<(), ConfigError> {
+    let fail = |e: std::io::Error| ConfigError(format!("cannot write {}: {e}", path.display()));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(fail)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(fail)?;
+    file.write_all(contents).map_err(fail)
+}
+
+/// What `hub init` needs.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Directory for every file.
+    pub dir: PathBuf,
+    /// The hub's DNS name or IP address, as spokes will reach it; goes into its certificate.
+    pub name: String,
+    /// The UDP port spokes connect to.
+    pub port: u16,
+    /// The address pool.
+    pub pool: IpNet,
+    /// Spokes to create right away.
+    pub spokes: Vec<String>,
+}
+
+const HUB_HEADER: &str = "# SloPN hub configuration (see README.md, \"Configuration reference\").\n\n";
+const SPOKE_HEADER: &str = "# SloPN spoke configuration (see README.md, \"Configuration reference\").\n# Copy this file to the spoke; it holds the spoke's secret token.\n\n";
+
+/// Creates a CA, the hub's certificate and key, `hub.toml`, and a spoke configuration per
+/// named spoke. Returns the files written.
+pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
+    let dir = &options.dir;
+    let hub_toml = dir.join("hub.toml");
+    if hub_toml.exists() {
+        return Err(ConfigError(format!(
+            "{} exists already: this directory is initialised. Add spokes with `hub add-spoke \
+             --dir {}`, or choose an empty directory.",
+            hub_toml.display(),
+            dir.display()
+        )));
+    }
+    let now = SystemTime::now();
+    let pki_error = |e: slopn_proto::pki::PkiError| ConfigError(e.to_string());
+    let ca = CertificateAuthority::generate(
+        &format!("SloPN CA for {}", options.name),
+        random_seed(),
+        Validity::days_from(now, 3650),
+    )
+    .map_err(pki_error)?;
+    let hub = ca
+        .issue_server(
+            std::slice::from_ref(&options.name),
+            random_seed(),
+            Validity::days_from(now, 825),
+        )
+        .map_err(|e| match e {
+            slopn_proto::pki::PkiError::BadName(name) => ConfigError(format!(
+                "--name {name:?} is neither a DNS name nor an IP address"
+            )),
+            other => pki_error(other),
+        })?;
+    let mut written = Vec::new();
+    for (file, contents, mode) in [
+        ("ca.pem", ca.cert_pem().to_owned(), 0o644),
+        ("ca.key", ca.key_pem(), 0o600),
+        ("hub.pem", hub.cert_pem.clone(), 0o644),
+        ("hub.key", hub.key_pem.clone(), 0o600),
+    ] {
+        let path = dir.join(file);
+        write_mode(&path, contents.as_bytes(), mode)?;
+        written.push(path);
+    }
+    let listen = SocketAddr::new([0, 0, 0, 0].into(), options.port);
+    let file = HubFile {
+        listen,
+        certificate: "hub.pem".into(),
+        private_key: "hub.key".into(),
+        pool: options.pool,
+        hub_address: None,
+        pool6: None,
+        routes: Vec::new(),
+        isolate_spokes: false,
+        tun_name: "slopn0".into(),
+        idle_timeout_secs: 8,
+        control_socket: None,
+        public_endpoint: Some(endpoint(&options.name, options.port)),
+        server_name: Some(options.name.clone()),
+        spokes: Vec::new(),
+    };
+    save(&hub_toml, &file, HUB_HEADER)?;
+    written.push(hub_toml);
+    for spoke in &options.spokes {
+        written.push(add_spoke(dir, spoke)?);
+    }
+    Ok(written)
+}
+
+fn endpoint(name: &str, port: u16) -> String {
+    if name.contains(':') {
+        format!("[{name}]:{port}")
+    } else {
+        format!("{name}:{port}")
+    }
+}
+
+/// Adds spoke `name` to `DIR/hub.toml` with a fresh token and writes its configuration to
+/// `DIR/spokes/NAME.toml`, which is returned.
+pub fn add_spoke(dir: &Path, name: &str) -> Result<PathBuf, ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid {
+        return Err(ConfigError(format!(
+            "spoke name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+        )));
+    }
+    let hub_toml = dir.join("hub.toml");
+    let mut hub: HubFile = load(&hub_toml, "hub")?;
+    if hub.spokes.iter().any(|s| s.name == name) {
+        return Err(ConfigError(format!(
+            "{}: a spoke named {name:?} exists already",
+            hub_toml.display()
+        )));
+    }
+    let token = hex::encode(random_seed());
+    hub.spokes.push(SpokeEntry {
+        name: name.to_owned(),
+        token_sha256: hex::encode(slopn_proto::Credential::digest(token.as_bytes())),
+    });
+    let ca_path = dir.join("ca.pem");
+    let ca_pem = std::fs::read_to_string(&ca_path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read {}: {e}. It is written by `hub init`.",
+            ca_path.display()
+        ))
+    })?;
+    let server_name = hub.server_name.clone().ok_or_else(|| {
+        ConfigError(format!(
+            "{}: set `server_name` (the name in the hub's certificate) so spokes can be added",
+            hub_toml.display()
+        ))
+    })?;
+    let public = hub
+        .public_endpoint
+        .clone()
+        .unwrap_or_else(|| endpoint(&server_name, hub.listen.port()));
+    let spoke = SpokeFile {
+        hub: public,
+        server_name,
+        ca: None,
+        ca_pem: Some(ca_pem),
+        token,
+        address: None,
+        tun_name: "slopn0".into(),
+        control_socket: None,
+        connect_timeout_secs: 15,
+        idle_timeout_secs: 8,
+        keep_alive_secs: 2,
+    };
+    let path = dir.join("spokes").join(format!("{name}.toml"));
+    save(&path, &spoke, SPOKE_HEADER)?;
+    save(&hub_toml, &hub, HUB_HEADER)?;
+    Ok(path)
+}

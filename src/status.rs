@@ -1,0 +1,191 @@
+//! Status and event documents for the control socket, and the rate sampler behind the
+//! "bytes per second each way" figures.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use slopn_mio::{HubSnapshot, SpokeStatus};
+use slopn_proto::{DisconnectReason, DropCounters, HubEvent, SpokeEvent, SpokeState};
+
+/// Receive and send rates from the last two samples of a byte counter pair.
+#[derive(Debug, Default)]
+pub struct Rates {
+    last: Mutex<Option<(Instant, u64, u64)>>,
+    rates: Mutex<(f64, f64)>,
+}
+
+impl Rates {
+    /// Records counters seen at `now`.
+    pub fn sample(&self, now: Instant, rx_bytes: u64, tx_bytes: u64) {
+        let (Ok(mut last), Ok(mut rates)) = (self.last.lock(), self.rates.lock()) else {
+            return;
+        };
+        if let Some((then, rx, tx)) = *last {
+            let secs = now.duration_since(then).as_secs_f64();
+            if secs > 0.0 {
+                *rates = (
+                    rx_bytes.saturating_sub(rx) as f64 / secs,
+                    tx_bytes.saturating_sub(tx) as f64 / secs,
+                );
+            }
+        }
+        *last = Some((now, rx_bytes, tx_bytes));
+    }
+
+    /// Bytes per second received and sent, over the last sampling interval.
+    pub fn get(&self) -> (f64, f64) {
+        self.rates.lock().map(|r| *r).unwrap_or_default()
+    }
+}
+
+fn drops(d: &DropCounters) -> Value {
+    Value::Object(
+        d.iter()
+            .map(|(reason, n)| (reason.name().to_owned(), json!(n)))
+            .collect(),
+    )
+}
+
+fn state_name(state: SpokeState) -> &'static str {
+    match state {
+        SpokeState::Connecting => "connecting",
+        SpokeState::Authenticating => "authenticating",
+        SpokeState::Established => "established",
+        SpokeState::Reconnecting => "reconnecting",
+        SpokeState::Closing => "closing",
+        SpokeState::Stopped => "stopped",
+    }
+}
+
+/// The spoke's status document.
+pub fn spoke_status(status: &SpokeStatus, hub: &str, rates: &Rates) -> Value {
+    let s = &status.stats;
+    let (rx_rate, tx_rate) = rates.get();
+    json!({
+        "state": state_name(status.state),
+        "hub": hub,
+        "identity": s.identity,
+        "addresses": s.addresses,
+        "hub_addresses": status.hub_addresses,
+        "routes": status.routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "rtt_ms": s.rtt.map(|r| r.as_secs_f64() * 1e3),
+        "tun_mtu": s.tun_mtu,
+        "rx_packets": s.traffic.rx_packets,
+        "rx_bytes": s.traffic.rx_bytes,
+        "tx_packets": s.traffic.tx_packets,
+        "tx_bytes": s.traffic.tx_bytes,
+        "rx_bytes_per_sec": rx_rate,
+        "tx_bytes_per_sec": tx_rate,
+        "drops": drops(&s.drops),
+        "connect_attempts": s.connect_attempts,
+        "sessions": s.sessions,
+    })
+}
+
+/// The hub's status document.
+pub fn hub_status(snapshot: &HubSnapshot, rates: &Rates) -> Value {
+    let h = &snapshot.hub;
+    let (rx_rate, tx_rate) = rates.get();
+    json!({
+        "spokes_assigned": h.spokes_assigned,
+        "connections": h.connections,
+        "rx_packets": h.traffic.rx_packets,
+        "rx_bytes": h.traffic.rx_bytes,
+        "tx_packets": h.traffic.tx_packets,
+        "tx_bytes": h.traffic.tx_bytes,
+        "rx_bytes_per_sec": rx_rate,
+        "tx_bytes_per_sec": tx_rate,
+        "tun_in_packets": h.tun_in_packets,
+        "tun_out_packets": h.tun_out_packets,
+        "auth_failures": h.auth_failures,
+        "drops": drops(&h.drops),
+        "sessions": snapshot.spokes.iter().map(|s| json!({
+            "session": s.id.0,
+            "identity": s.identity,
+            "addresses": s.addresses,
+            "remote": s.remote.to_string(),
+            "rtt_ms": s.rtt.as_secs_f64() * 1e3,
+            "max_packet": s.max_packet,
+            "rx_packets": s.traffic.rx_packets,
+            "rx_bytes": s.traffic.rx_bytes,
+            "tx_packets": s.traffic.tx_packets,
+            "tx_bytes": s.traffic.tx_bytes,
+            "drops": drops(&s.drops),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn reason(r: &DisconnectReason) -> Value {
+    match r {
+        DisconnectReason::Local { code, reason } => {
+            json!({ "by": "local", "code": code.0, "name": code.name(), "reason": reason })
+        }
+        DisconnectReason::Remote { code, reason } => {
+            json!({ "by": "peer", "code": code.0, "name": code.name(), "reason": reason })
+        }
+        DisconnectReason::TimedOut => json!({ "by": "timeout" }),
+        DisconnectReason::Reset => json!({ "by": "reset" }),
+        DisconnectReason::Transport { error, tls } => {
+            json!({ "by": "transport", "error": error, "tls": tls })
+        }
+    }
+}
+
+/// A spoke event as a document.
+pub fn spoke_event(event: &SpokeEvent) -> Value {
+    match event {
+        SpokeEvent::Connecting { attempt } => json!({ "event": "connecting", "attempt": attempt }),
+        SpokeEvent::Connected { remote } => {
+            json!({ "event": "connected", "remote": remote.to_string() })
+        }
+        SpokeEvent::Assigned {
+            identity,
+            addresses,
+            hub_addresses,
+            tun_mtu,
+        } => json!({
+            "event": "assigned", "identity": identity, "addresses": addresses,
+            "hub_addresses": hub_addresses, "tun_mtu": tun_mtu,
+        }),
+        SpokeEvent::RoutesChanged { routes } => json!({
+            "event": "routes_changed",
+            "routes": routes.iter().flat_map(|r| r.to_nets()).map(|n| n.to_string()).collect::<Vec<_>>(),
+        }),
+        SpokeEvent::MtuChanged { tun_mtu } => json!({ "event": "mtu_changed", "tun_mtu": tun_mtu }),
+        SpokeEvent::Disconnected { reason: r, retry_in } => json!({
+            "event": "disconnected", "reason": reason(r),
+            "retry_in_ms": retry_in.map(|d| d.as_millis() as u64),
+        }),
+    }
+}
+
+/// A hub event as a document.
+pub fn hub_event(event: &HubEvent) -> Value {
+    match event {
+        HubEvent::Connected { id, remote } => {
+            json!({ "event": "connected", "session": id.0, "remote": remote.to_string() })
+        }
+        HubEvent::Assigned {
+            id,
+            identity,
+            addresses,
+        } => json!({
+            "event": "assigned", "session": id.0, "identity": identity, "addresses": addresses,
+        }),
+        HubEvent::Disconnected {
+            id,
+            identity,
+            reason: r,
+        } => json!({
+            "event": "disconnected", "session": id.0, "identity": identity, "reason": reason(r),
+        }),
+        HubEvent::AuthFailed {
+            id,
+            remote,
+            reason,
+        } => json!({
+            "event": "auth_failed", "session": id.0, "remote": remote.to_string(), "reason": reason,
+        }),
+    }
+}
