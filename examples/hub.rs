@@ -101,7 +101,12 @@ fn main() -> ExitCode {
         })
         .map_err(|e| e.to_string()),
         Command::AddSpoke { dir, name } => keys::add_spoke(&dir, &name)
-            .map(|f| println!("wrote {} (copy it to the spoke; it holds its token)", f.display()))
+            .map(|f| {
+                println!(
+                    "wrote {} (copy it to the spoke; it holds its token)",
+                    f.display()
+                )
+            })
             .map_err(|e| e.to_string()),
         Command::Run { config } => {
             slopn::daemon::init_logging();

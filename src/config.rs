@@ -25,7 +25,7 @@ fn default_tun() -> String {
     "slopn0".into()
 }
 fn default_idle() -> u64 {
-    8
+    6
 }
 fn default_keep_alive() -> u64 {
     2
@@ -170,9 +170,8 @@ fn relative(base: &Path, path: &Path) -> PathBuf {
 }
 
 fn read_file(path: &Path, what: &str, fix: &str) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|e| {
-        ConfigError::new(format!("cannot read {what} {}: {e}. {fix}", path.display()))
-    })
+    std::fs::read(path)
+        .map_err(|e| ConfigError::new(format!("cannot read {what} {}: {e}. {fix}", path.display())))
 }
 
 /// Everything the hub binary needs besides the state machine's configuration.
@@ -316,7 +315,8 @@ impl SpokeFile {
         let mut config = SpokeConfig::new(hub, &self.server_name, trust, &self.token);
         config.requested_addresses = self.address.into_iter().collect();
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
-        config.transport.keep_alive_interval = Some(Duration::from_secs(self.keep_alive_secs.max(1)));
+        config.transport.keep_alive_interval =
+            Some(Duration::from_secs(self.keep_alive_secs.max(1)));
         config.seed = crate::keys::random_seed();
         let runtime = SpokeRuntime {
             tun_name: self.tun_name.clone(),
@@ -332,7 +332,7 @@ impl SpokeFile {
 }
 
 fn resolve_hub(hub: &str) -> std::io::Result<SocketAddr> {
-    hub.to_socket_addrs()?.next().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, "no address found")
-    })
+    hub.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address found"))
 }

@@ -136,8 +136,12 @@ fn serve(stream: UnixStream, service: &dyn Service, subs: &Mutex<Vec<UnixStream>
 /// Sends one request to the server at `path` and returns its answer.
 pub fn request(path: &Path, request: &Request) -> Result<Value, String> {
     let mut stream = connect(path)?;
-    writeln!(stream, "{}", serde_json::to_string(request).expect("serializable"))
-        .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+    writeln!(
+        stream,
+        "{}",
+        serde_json::to_string(request).expect("serializable")
+    )
+    .map_err(|e| format!("control socket {}: {e}", path.display()))?;
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
@@ -154,8 +158,12 @@ pub fn request(path: &Path, request: &Request) -> Result<Value, String> {
 /// Subscribes to events: calls `f` with each until it returns false or the server goes.
 pub fn watch(path: &Path, mut f: impl FnMut(Value) -> bool) -> Result<(), String> {
     let mut stream = connect(path)?;
-    writeln!(stream, "{}", serde_json::to_string(&Request::Events).expect("serializable"))
-        .map_err(|e| format!("control socket {}: {e}", path.display()))?;
+    writeln!(
+        stream,
+        "{}",
+        serde_json::to_string(&Request::Events).expect("serializable")
+    )
+    .map_err(|e| format!("control socket {}: {e}", path.display()))?;
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
         let Ok(value) = serde_json::from_str::<Value>(&line) else {
@@ -178,9 +186,14 @@ fn connect(path: &Path) -> Result<UnixStream, String> {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                 " Is it running? Use --socket if it was configured with another control_socket."
             }
-            std::io::ErrorKind::PermissionDenied => " Run as the same user as the daemon, or as root.",
+            std::io::ErrorKind::PermissionDenied => {
+                " Run as the same user as the daemon, or as root."
+            }
             _ => "",
         };
-        format!("cannot reach the control socket {}: {e}.{hint}", path.display())
+        format!(
+            "cannot reach the control socket {}: {e}.{hint}",
+            path.display()
+        )
     })
 }

@@ -71,8 +71,12 @@ fn sample_rates<M: Machine>(
 fn bind(addr: SocketAddr) -> Result<UdpSocket, String> {
     UdpSocket::bind(addr).map_err(|e| {
         let hint = match e.kind() {
-            std::io::ErrorKind::AddrInUse => " Another process (another hub?) uses this port: stop it or change `listen`.",
-            std::io::ErrorKind::PermissionDenied => " Ports below 1024 need root or CAP_NET_BIND_SERVICE.",
+            std::io::ErrorKind::AddrInUse => {
+                " Another process (another hub?) uses this port: stop it or change `listen`."
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                " Ports below 1024 need root or CAP_NET_BIND_SERVICE."
+            }
             std::io::ErrorKind::AddrNotAvailable => " This host has no such address: fix `listen`.",
             _ => "",
         };
@@ -132,9 +136,7 @@ pub fn run_hub(path: &Path) -> Result<(), String> {
     let socket = bind(runtime.listen)?;
     let hub = Hub::new(config, Instant::now(), SystemTime::now())
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let handle = Arc::new(
-        spawn(hub, tun, socket, Options::default()).map_err(|e| e.to_string())?,
-    );
+    let handle = Arc::new(spawn(hub, tun, socket, Options::default()).map_err(|e| e.to_string())?);
     info!(
         listen = %runtime.listen, tun = %runtime.tun_name, addresses = ?runtime.tun_addresses,
         spokes = file.spokes.len(), "hub running"
@@ -212,9 +214,8 @@ pub fn run_spoke(path: &Path) -> Result<(), String> {
     let socket = bind(local)?;
     let spoke = Spoke::new(config, Instant::now(), SystemTime::now())
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let handle = Arc::new(
-        spawn(spoke, tun, socket, Options::default()).map_err(|e| e.to_string())?,
-    );
+    let handle =
+        Arc::new(spawn(spoke, tun, socket, Options::default()).map_err(|e| e.to_string())?);
     info!(hub = %runtime.hub, address = %hub_addr, tun = %runtime.tun_name, "spoke running");
     let rates = Arc::new(Rates::default());
     let server = match ControlServer::start(
@@ -255,8 +256,16 @@ pub fn run_spoke(path: &Path) -> Result<(), String> {
                 server.publish(&status::spoke_event(&event));
             }
             Err(RecvTimeoutError::Timeout) => {
-                if !assigned_once && failure.is_none() && started.elapsed() > runtime.connect_timeout {
-                    failure = Some(unreachable(&runtime.hub, hub_addr, runtime.connect_timeout, last_reason.as_ref()));
+                if !assigned_once
+                    && failure.is_none()
+                    && started.elapsed() > runtime.connect_timeout
+                {
+                    failure = Some(unreachable(
+                        &runtime.hub,
+                        hub_addr,
+                        runtime.connect_timeout,
+                        last_reason.as_ref(),
+                    ));
                     warn!("giving up: no session with the hub");
                     handle.stop();
                 }

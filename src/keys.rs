@@ -61,7 +61,8 @@ pub struct InitOptions {
     pub spokes: Vec<String>,
 }
 
-const HUB_HEADER: &str = "# SloPN hub configuration (see README.md, \"Configuration reference\").\n\n";
+const HUB_HEADER: &str =
+    "# SloPN hub configuration (see README.md, \"Configuration reference\").\n\n";
 const SPOKE_HEADER: &str = "# SloPN spoke configuration (see README.md, \"Configuration reference\").\n# Copy this file to the spoke; it holds the spoke's secret token.\n\n";
 
 /// Creates a CA, the hub's certificate and key, `hub.toml`, and a spoke configuration per
@@ -119,7 +120,7 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
         routes: Vec::new(),
         isolate_spokes: false,
         tun_name: "slopn0".into(),
-        idle_timeout_secs: 8,
+        idle_timeout_secs: 6,
         control_socket: None,
         public_endpoint: Some(endpoint(&options.name, options.port)),
         server_name: Some(options.name.clone()),
@@ -194,7 +195,7 @@ pub fn add_spoke(dir: &Path, name: &str) -> Result<PathBuf, ConfigError> {
         tun_name: "slopn0".into(),
         control_socket: None,
         connect_timeout_secs: 15,
-        idle_timeout_secs: 8,
+        idle_timeout_secs: 6,
         keep_alive_secs: 2,
     };
     let path = dir.join("spokes").join(format!("{name}.toml"));

@@ -153,7 +153,10 @@ pub fn spoke_event(event: &SpokeEvent) -> Value {
             "routes": routes.iter().flat_map(|r| r.to_nets()).map(|n| n.to_string()).collect::<Vec<_>>(),
         }),
         SpokeEvent::MtuChanged { tun_mtu } => json!({ "event": "mtu_changed", "tun_mtu": tun_mtu }),
-        SpokeEvent::Disconnected { reason: r, retry_in } => json!({
+        SpokeEvent::Disconnected {
+            reason: r,
+            retry_in,
+        } => json!({
             "event": "disconnected", "reason": reason(r),
             "retry_in_ms": retry_in.map(|d| d.as_millis() as u64),
         }),
@@ -180,11 +183,7 @@ pub fn hub_event(event: &HubEvent) -> Value {
         } => json!({
             "event": "disconnected", "session": id.0, "identity": identity, "reason": reason(r),
         }),
-        HubEvent::AuthFailed {
-            id,
-            remote,
-            reason,
-        } => json!({
+        HubEvent::AuthFailed { id, remote, reason } => json!({
             "event": "auth_failed", "session": id.0, "remote": remote.to_string(), "reason": reason,
         }),
     }

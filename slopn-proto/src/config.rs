@@ -14,7 +14,8 @@ use crate::tls::CertifiedKey;
 #[derive(Clone, Debug)]
 pub struct TransportSettings {
     /// A connection with no packet received for this long is dead. Hub and spoke each
-    /// propose one; the smaller wins.
+    /// propose one; the smaller wins. A dead peer is noticed after at most the keep-alive
+    /// interval plus this (the keep-alive restarts the timer): 2 s + 6 s by default.
     pub idle_timeout: Duration,
     /// How often an otherwise idle connection sends a keep-alive (spoke only; `None` for never).
     pub keep_alive_interval: Option<Duration>,
@@ -36,7 +37,7 @@ pub struct TransportSettings {
 impl Default for TransportSettings {
     fn default() -> Self {
         Self {
-            idle_timeout: Duration::from_secs(8),
+            idle_timeout: Duration::from_secs(6),
             keep_alive_interval: Some(Duration::from_secs(2)),
             initial_mtu: 1200,
             // 1500-byte links less an IPv6 and a UDP header.

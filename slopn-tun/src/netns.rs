@@ -65,15 +65,7 @@ impl Namespace {
     /// the thread creates afterwards belong to it.
     #[cfg(target_os = "linux")]
     pub fn enter(&self) -> Result<(), TunError> {
-        let path = PathBuf::from("/run/netns").join(&self.name);
-        let file = std::fs::File::open(&path)
-            .map_err(|e| TunError::io(format!("opening {}", path.display()), e))?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-            TunError::io(
-                format!("entering network namespace {}", self.name),
-                e.into(),
-            )
-        })
+        enter(&self.name)
     }
 
     /// Connects this namespace to `other` with a veth pair: `here_if` with `here_addr` (an
@@ -110,6 +102,16 @@ impl Namespace {
         other.ip(&["link", "set", there_if, "up"])?;
         Ok(())
     }
+}
+
+/// Moves the calling thread into the namespace named `name` (see [`Namespace::enter`]).
+#[cfg(target_os = "linux")]
+pub fn enter(name: &str) -> Result<(), TunError> {
+    let path = PathBuf::from("/run/netns").join(name);
+    let file = std::fs::File::open(&path)
+        .map_err(|e| TunError::io(format!("opening {}", path.display()), e))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| TunError::io(format!("entering network namespace {name}"), e.into()))
 }
 
 impl Drop for Namespace {

@@ -1,0 +1,323 @@
+//! The lab: a hub and spokes running the real binaries in network namespaces of the test's
+//! own, joined through a "wan" namespace that routes between them. Dropping the lab kills
+//! every process it started and deletes every namespace.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use slopn::config::{self, HubFile, SpokeFile};
+use slopn::control::{self, Request};
+use slopn_tun::netns::{self, Namespace};
+
+/// The hub's underlay address.
+pub const HUB_IP: &str = "10.0.0.2";
+
+/// One lab at a time: the timing figures mean something only on an otherwise idle machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub struct Lab {
+    pub dir: PathBuf,
+    pub wan: Namespace,
+    pub hub_ns: Namespace,
+    pub spoke_ns: Vec<Namespace>,
+    hub: Option<Child>,
+    spokes: Vec<Option<Child>>,
+    bin: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// The directory holding the example binaries next to this test binary.
+fn examples_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("examples")
+}
+
+impl Lab {
+    /// A lab with `spokes` spokes, or `None` (after saying why) where namespaces and TUN
+    /// devices are not available.
+    pub fn new(test: &str, spokes: usize) -> Option<Self> {
+        if let Err(why) = netns::available() {
+            eprintln!("SKIPPED {test}: {why}");
+            return None;
+        }
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let prefix = netns::unique_prefix();
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        let wan = Namespace::create(format!("{prefix}-wan")).unwrap();
+        wan.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+            .unwrap();
+        let hub_ns = Namespace::create(format!("{prefix}-hub")).unwrap();
+        wan.veth("hub", "10.0.0.1/24", &hub_ns, "wan0", "10.0.0.2/24")
+            .unwrap();
+        hub_ns
+            .ip(&["route", "add", "default", "via", "10.0.0.1"])
+            .unwrap();
+        let spoke_ns: Vec<Namespace> = (0..spokes)
+            .map(|i| {
+                let ns = Namespace::create(format!("{prefix}-s{i}")).unwrap();
+                let net = i + 1;
+                wan.veth(
+                    &format!("s{i}"),
+                    &format!("10.0.{net}.1/24"),
+                    &ns,
+                    "wan0",
+                    &format!("10.0.{net}.2/24"),
+                )
+                .unwrap();
+                ns.ip(&["route", "add", "default", "via", &format!("10.0.{net}.1")])
+                    .unwrap();
+                ns
+            })
+            .collect();
+
+        let bin = examples_dir();
+        let names: Vec<String> = (0..spokes).map(|i| format!("spoke-{i}")).collect();
+        let mut init = Command::new(bin.join("hub"));
+        init.args(["init", "--dir"])
+            .arg(&dir)
+            .args(["--name", "hub.slopn.test"]);
+        for n in &names {
+            init.args(["--spoke", n]);
+        }
+        let out = init.output().expect("hub binary built by cargo test");
+        assert!(
+            out.status.success(),
+            "hub init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lab = Self {
+            dir,
+            wan,
+            hub_ns,
+            spoke_ns,
+            hub: None,
+            spokes: (0..spokes).map(|_| None).collect(),
+            bin,
+            _serial: serial,
+        };
+        lab.edit_hub(|h| h.control_socket = Some(lab.dir.join("hub.sock")));
+        for i in 0..spokes {
+            let sock = lab.dir.join(format!("spoke-{i}.sock"));
+            lab.edit_spoke(i, |s| {
+                s.hub = format!("{HUB_IP}:4433");
+                s.control_socket = Some(sock.clone());
+            });
+        }
+        Some(lab)
+    }
+
+    pub fn hub_toml(&self) -> PathBuf {
+        self.dir.join("hub.toml")
+    }
+
+    pub fn spoke_toml(&self, i: usize) -> PathBuf {
+        self.dir.join("spokes").join(format!("spoke-{i}.toml"))
+    }
+
+    pub fn edit_hub(&self, f: impl FnOnce(&mut HubFile)) {
+        let path = self.hub_toml();
+        let mut hub: HubFile = config::load(&path, "hub").unwrap();
+        f(&mut hub);
+        config::save(&path, &hub, "").unwrap();
+    }
+
+    pub fn edit_spoke(&self, i: usize, f: impl FnOnce(&mut SpokeFile)) {
+        let path = self.spoke_toml(i);
+        let mut spoke: SpokeFile = config::load(&path, "spoke").unwrap();
+        f(&mut spoke);
+        config::save(&path, &spoke, "").unwrap();
+    }
+
+    fn spawn(&self, ns: &Namespace, program: &str, config: &Path, log: &str) -> Child {
+        let log = std::fs::File::create(self.dir.join(log)).unwrap();
+        ns.command(self.bin.join(program).to_str().unwrap())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn start_hub(&mut self) {
+        assert!(self.hub.is_none());
+        let child = self.spawn(&self.hub_ns, "hub", &self.hub_toml(), "hub.log");
+        self.hub = Some(child);
+    }
+
+    pub fn start_spoke(&mut self, i: usize) {
+        assert!(self.spokes[i].is_none());
+        let child = self.spawn(
+            &self.spoke_ns[i],
+            "spoke",
+            &self.spoke_toml(i),
+            &format!("spoke-{i}.log"),
+        );
+        self.spokes[i] = Some(child);
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM") to the hub and waits for it to exit.
+    pub fn signal_hub(&mut self, signal: &str) -> ExitStatus {
+        let mut child = self.hub.take().expect("hub running");
+        signal_and_wait(&mut child, signal)
+    }
+
+    pub fn signal_spoke(&mut self, i: usize, signal: &str) -> ExitStatus {
+        let mut child = self.spokes[i].take().expect("spoke running");
+        signal_and_wait(&mut child, signal)
+    }
+
+    /// Waits for spoke `i` to exit on its own.
+    pub fn wait_spoke_exit(&mut self, i: usize, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.spokes[i].as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.spokes[i] = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    pub fn spoke_status(&self, i: usize) -> Option<Value> {
+        let sock = self.dir.join(format!("spoke-{i}.sock"));
+        control::request(&sock, &Request::Status)
+            .ok()
+            .map(|v| v["status"].clone())
+    }
+
+    pub fn hub_status(&self) -> Option<Value> {
+        control::request(&self.dir.join("hub.sock"), &Request::Status)
+            .ok()
+            .map(|v| v["status"].clone())
+    }
+
+    pub fn spoke_state(&self, i: usize) -> String {
+        self.spoke_status(i)
+            .and_then(|s| s["state"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// Waits until `f` holds, polling every 10 ms; returns how long it took.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&Self) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        while !f(self) {
+            if start.elapsed() > timeout {
+                self.dump_logs();
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        start.elapsed()
+    }
+
+    pub fn wait_established(&self, spokes: &[usize], timeout: Duration) -> Duration {
+        self.wait_for("spokes established", timeout, |lab| {
+            spokes.iter().all(|i| lab.spoke_state(*i) == "established")
+        })
+    }
+
+    pub fn address(&self, i: usize) -> String {
+        self.spoke_status(i).unwrap()["addresses"][0]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub fn dump_logs(&self) {
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                eprintln!(
+                    "===== {} =====\n{}",
+                    path.display(),
+                    std::fs::read_to_string(&path).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// `ping` from a namespace; the average round-trip time if every reply came back.
+    pub fn ping(&self, ns: &Namespace, to: &str, count: u32) -> Option<f64> {
+        let out = ns
+            .command("ping")
+            .args(["-c", &count.to_string(), "-i", "0.2", "-W", "2", "-q", to])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        // rtt min/avg/max/mdev = 0.031/0.045/0.061/0.011 ms
+        let stats = text.lines().find(|l| l.contains("min/avg/max"))?;
+        stats
+            .split('=')
+            .nth(1)?
+            .trim()
+            .split('/')
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// The path of an example binary.
+    pub fn binary(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
+    pub fn hub_addr(&self) -> SocketAddr {
+        format!("{HUB_IP}:4433").parse().unwrap()
+    }
+}
+
+fn signal_and_wait(child: &mut Child, signal: &str) -> ExitStatus {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let children = self.hub.iter_mut().chain(self.spokes.iter_mut().flatten());
+        for child in children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // The namespaces are deleted as their fields drop.
+    }
+}
