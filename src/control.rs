@@ -1,7 +1,7 @@
 //! The local control socket: a Unix stream socket (owner-only by default) over which
 //! `hub status`, `spoke status`, `spoke connect` / `disconnect` and, later, the desktop client
 //! talk to a running hub or spoke. The protocol is JSON, one object per line; see
-//! docs/PROTOCOL.md, "Control socket".
+//! docs/PROTOCOL.md §8.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;

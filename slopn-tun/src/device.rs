@@ -105,7 +105,10 @@ impl Tun {
     }
 
     /// Makes the device's addresses exactly `addresses`, adding and removing as needed.
+    /// Without an IPv6 address, IPv6 is switched off on the device, so the kernel does not
+    /// send router solicitations and multicast reports into the tunnel.
     pub fn set_addresses(&mut self, addresses: &[(IpAddr, u8)]) -> Result<(), TunError> {
+        self.set_ipv6(addresses.iter().any(|(a, _)| a.is_ipv6()));
         for &(addr, prefix) in addresses {
             if self.addresses.contains(&(addr, prefix)) {
                 continue;
@@ -131,6 +134,14 @@ impl Tun {
             self.addresses.retain(|a| *a != (addr, prefix));
         }
         Ok(())
+    }
+}
+
+impl Tun {
+    fn set_ipv6(&self, enabled: bool) {
+        let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", self.name);
+        // Kernels without IPv6 have no such file; nothing to switch off then.
+        let _ = std::fs::write(path, if enabled { "0" } else { "1" });
     }
 }
 
