@@ -336,3 +336,109 @@ fn resolve_hub(hub: &str) -> std::io::Result<SocketAddr> {
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address found"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{InitOptions, add_spoke, init};
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("slopn-config-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_fix() {
+        let dir = temp("errors");
+        let missing = dir.join("hub.toml");
+        let e = load::<HubFile>(&missing, "hub").unwrap_err().to_string();
+        assert!(
+            e.contains(&missing.display().to_string()) && e.contains("hub init"),
+            "{e}"
+        );
+
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&missing, "listen = 12\n").unwrap();
+        let e = load::<HubFile>(&missing, "hub").unwrap_err().to_string();
+        assert!(
+            e.contains("not a valid hub configuration") && e.contains("README"),
+            "{e}"
+        );
+
+        std::fs::write(
+            &missing,
+            "certificate = \"nope.pem\"\nprivate_key = \"nope.key\"\npool = \"10.1.0.0/24\"\n",
+        )
+        .unwrap();
+        let file: HubFile = load(&missing, "hub").unwrap();
+        let e = file.resolve(&missing).unwrap_err().to_string();
+        assert!(e.contains("nope.pem") && e.contains("hub init"), "{e}");
+
+        let spoke = dir.join("spoke.toml");
+        std::fs::write(
+            &spoke,
+            "hub = \"192.0.2.1:4433\"\nserver_name = \"h\"\ntoken = \"t\"\n",
+        )
+        .unwrap();
+        let file: SpokeFile = load(&spoke, "spoke").unwrap();
+        let e = file.resolve(&spoke).unwrap_err().to_string();
+        assert!(
+            e.contains("no CA certificate") && e.contains("ca_pem"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn init_writes_a_working_hub_and_spokes_and_refuses_to_overwrite() {
+        let dir = temp("init");
+        let options = InitOptions {
+            dir: dir.clone(),
+            name: "hub.example.com".into(),
+            port: 4433,
+            pool: "10.7.0.0/24".parse().unwrap(),
+            spokes: vec!["alice".into()],
+        };
+        init(&options).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for secret in ["ca.key", "hub.key", "hub.toml", "spokes/alice.toml"] {
+            let mode = std::fs::metadata(dir.join(secret))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{secret}");
+        }
+        let e = init(&options).unwrap_err().to_string();
+        assert!(e.contains("initialised") && e.contains("add-spoke"), "{e}");
+        add_spoke(&dir, "bob").unwrap();
+        assert!(
+            add_spoke(&dir, "bob")
+                .unwrap_err()
+                .to_string()
+                .contains("exists")
+        );
+        assert!(add_spoke(&dir, "no spaces").is_err());
+
+        let hub_path = dir.join("hub.toml");
+        let hub: HubFile = load(&hub_path, "hub").unwrap();
+        let (config, runtime) = hub.resolve(&hub_path).unwrap();
+        assert_eq!(config.credentials.len(), 2);
+        assert_eq!(
+            runtime.tun_addresses,
+            vec![("10.7.0.1".parse().unwrap(), 24)]
+        );
+        let spoke_path = dir.join("spokes/bob.toml");
+        let spoke: SpokeFile = load(&spoke_path, "spoke").unwrap();
+        // The token in the spoke's file matches the digest in the hub's.
+        let digest = slopn_proto::Credential::digest(spoke.token.as_bytes());
+        assert!(
+            config
+                .credentials
+                .iter()
+                .any(|c| c.identity == "bob" && c.token_sha256 == digest)
+        );
+        assert_eq!(spoke.server_name, "hub.example.com");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
