@@ -82,6 +82,45 @@ pub trait Machine: Send + 'static {
     fn apply(&mut self, event: &Self::Event, os: &mut Os) -> Result<Flow, TunError>;
 }
 
+/// Implements the input and output methods [`Hub`] and [`Spoke`] share by name and signature.
+macro_rules! forward_io {
+    ($ty:ident, $event:ty) => {
+        fn handle_udp(
+            &mut self,
+            now: Instant,
+            remote: SocketAddr,
+            local_ip: Option<IpAddr>,
+            ecn: Option<EcnCodepoint>,
+            payload: &[u8],
+        ) {
+            $ty::handle_udp(self, now, remote, local_ip, ecn, payload)
+        }
+        fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) -> Result<(), DropReason> {
+            $ty::handle_tun_packet(self, now, packet)
+        }
+        fn handle_timeout(&mut self, now: Instant) {
+            $ty::handle_timeout(self, now)
+        }
+        fn poll_transmit(
+            &mut self,
+            now: Instant,
+            max_datagrams: usize,
+            buf: &mut Vec<u8>,
+        ) -> Option<Transmit> {
+            $ty::poll_transmit(self, now, max_datagrams, buf)
+        }
+        fn poll_tun_packet(&mut self) -> Option<Bytes> {
+            $ty::poll_tun_packet(self)
+        }
+        fn poll_event(&mut self) -> Option<$event> {
+            $ty::poll_event(self)
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            $ty::poll_timeout(self).map(|(t, _)| t)
+        }
+    };
+}
+
 /// Commands for a hub.
 #[derive(Clone, Debug)]
 pub enum HubCommand {
@@ -110,39 +149,8 @@ impl Machine for Hub {
     type Stats = HubSnapshot;
     type Command = HubCommand;
 
-    fn handle_udp(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        local_ip: Option<IpAddr>,
-        ecn: Option<EcnCodepoint>,
-        payload: &[u8],
-    ) {
-        Hub::handle_udp(self, now, remote, local_ip, ecn, payload)
-    }
-    fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) -> Result<(), DropReason> {
-        Hub::handle_tun_packet(self, now, packet)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        Hub::handle_timeout(self, now)
-    }
-    fn poll_transmit(
-        &mut self,
-        now: Instant,
-        max_datagrams: usize,
-        buf: &mut Vec<u8>,
-    ) -> Option<Transmit> {
-        Hub::poll_transmit(self, now, max_datagrams, buf)
-    }
-    fn poll_tun_packet(&mut self) -> Option<Bytes> {
-        Hub::poll_tun_packet(self)
-    }
-    fn poll_event(&mut self) -> Option<HubEvent> {
-        Hub::poll_event(self)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Hub::poll_timeout(self).map(|(t, _)| t)
-    }
+    forward_io!(Hub, HubEvent);
+
     fn command(&mut self, now: Instant, command: HubCommand) {
         match command {
             HubCommand::Disconnect { id, code, reason } => {
@@ -194,39 +202,8 @@ impl Machine for Spoke {
     type Stats = SpokeStatus;
     type Command = SpokeCommand;
 
-    fn handle_udp(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        local_ip: Option<IpAddr>,
-        ecn: Option<EcnCodepoint>,
-        payload: &[u8],
-    ) {
-        Spoke::handle_udp(self, now, remote, local_ip, ecn, payload)
-    }
-    fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) -> Result<(), DropReason> {
-        Spoke::handle_tun_packet(self, now, packet)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        Spoke::handle_timeout(self, now)
-    }
-    fn poll_transmit(
-        &mut self,
-        now: Instant,
-        max_datagrams: usize,
-        buf: &mut Vec<u8>,
-    ) -> Option<Transmit> {
-        Spoke::poll_transmit(self, now, max_datagrams, buf)
-    }
-    fn poll_tun_packet(&mut self) -> Option<Bytes> {
-        Spoke::poll_tun_packet(self)
-    }
-    fn poll_event(&mut self) -> Option<SpokeEvent> {
-        Spoke::poll_event(self)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Spoke::poll_timeout(self).map(|(t, _)| t)
-    }
+    forward_io!(Spoke, SpokeEvent);
+
     fn command(&mut self, now: Instant, command: SpokeCommand) {
         match command {
             SpokeCommand::Connect => self.connect(now),

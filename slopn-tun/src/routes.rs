@@ -64,58 +64,49 @@ impl Drop for Routes {
     }
 }
 
-#[cfg(not(target_os = "macos"))]
 fn add(device: &str, net: IpNet) -> Result<(), TunError> {
-    let family = if net.addr().is_ipv4() { "-4" } else { "-6" };
-    run(
-        "ip",
-        &[family, "route", "replace", &net.to_string(), "dev", device],
-    )
-    .map(drop)
+    route(RouteAction::Add, device, net)
+}
+
+fn delete(device: &str, net: IpNet) -> Result<(), TunError> {
+    route(RouteAction::Delete, device, net)
+}
+
+#[derive(Clone, Copy)]
+enum RouteAction {
+    Add,
+    Delete,
 }
 
 #[cfg(not(target_os = "macos"))]
-fn delete(device: &str, net: IpNet) -> Result<(), TunError> {
+fn route(action: RouteAction, device: &str, net: IpNet) -> Result<(), TunError> {
     let family = if net.addr().is_ipv4() { "-4" } else { "-6" };
+    let verb = match action {
+        RouteAction::Add => "replace",
+        RouteAction::Delete => "del",
+    };
     run(
         "ip",
-        &[family, "route", "del", &net.to_string(), "dev", device],
+        &[family, "route", verb, &net.to_string(), "dev", device],
     )
     .map(drop)
 }
 
 // Untested: macOS routes through utun devices.
 #[cfg(target_os = "macos")]
-fn add(device: &str, net: IpNet) -> Result<(), TunError> {
+fn route(action: RouteAction, device: &str, net: IpNet) -> Result<(), TunError> {
     let family = if net.addr().is_ipv4() {
         "-inet"
     } else {
         "-inet6"
     };
-    run(
-        "route",
-        &["-n", "add", family, &net.to_string(), "-interface", device],
-    )
-    .map(drop)
-}
-
-#[cfg(target_os = "macos")]
-fn delete(device: &str, net: IpNet) -> Result<(), TunError> {
-    let family = if net.addr().is_ipv4() {
-        "-inet"
-    } else {
-        "-inet6"
+    let verb = match action {
+        RouteAction::Add => "add",
+        RouteAction::Delete => "delete",
     };
     run(
         "route",
-        &[
-            "-n",
-            "delete",
-            family,
-            &net.to_string(),
-            "-interface",
-            device,
-        ],
+        &["-n", verb, family, &net.to_string(), "-interface", device],
     )
     .map(drop)
 }
