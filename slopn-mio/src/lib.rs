@@ -301,6 +301,7 @@ impl<M: Machine> EventLoop<M> {
                     source: e,
                 });
             }
+            let mut woken = false;
             for event in events.iter() {
                 match event.token() {
                     UDP => {
@@ -310,11 +311,11 @@ impl<M: Machine> EventLoop<M> {
                         }
                     }
                     TUN => tun_readable |= event.is_readable(),
-                    _ => {}
+                    _ => woken = true,
                 }
             }
             let now = Instant::now();
-            if self.serve_requests(now) && stopping.is_none() {
+            if woken && self.serve_requests(now) && stopping.is_none() {
                 info!("shutting down");
                 self.machine.shut_down(now);
                 stopping = Some(now + self.options.shutdown_grace);
