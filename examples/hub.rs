@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use slopn::config::AuthMode;
 use slopn::control::{self, Request};
 use slopn::keys::{self, InitOptions};
 
@@ -43,12 +44,15 @@ enum Command {
         #[arg(long = "spoke", value_name = "NAME")]
         spokes: Vec<String>,
     },
-    /// Add a spoke to DIR/hub.toml with a fresh token and write DIR/spokes/NAME.toml. A
-    /// running hub picks it up when restarted.
+    /// Add a spoke to DIR/hub.toml and write DIR/spokes/NAME.toml, with a fresh token or a
+    /// client certificate from the hub's CA. A running hub picks it up on SIGHUP.
     AddSpoke {
         /// The directory `init` wrote.
         #[arg(long)]
         dir: PathBuf,
+        /// How the spoke authenticates: a token, or a certificate (mTLS).
+        #[arg(long, value_enum, default_value = "token")]
+        auth: Auth,
         /// The spoke's name.
         name: String,
     },
@@ -78,6 +82,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Auth {
+    Token,
+    Certificate,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -100,14 +110,21 @@ fn main() -> ExitCode {
             }
         })
         .map_err(|e| e.to_string()),
-        Command::AddSpoke { dir, name } => keys::add_spoke(&dir, &name)
-            .map(|f| {
-                println!(
-                    "wrote {} (copy it to the spoke; it holds its token)",
-                    f.display()
-                )
-            })
-            .map_err(|e| e.to_string()),
+        Command::AddSpoke { dir, name, auth } => keys::add_spoke(
+            &dir,
+            &name,
+            match auth {
+                Auth::Token => AuthMode::Token,
+                Auth::Certificate => AuthMode::Certificate,
+            },
+        )
+        .map(|f| {
+            println!(
+                "wrote {} (copy it to the spoke; it holds its token)",
+                f.display()
+            )
+        })
+        .map_err(|e| e.to_string()),
         Command::Run { config } => {
             slopn::daemon::init_logging();
             slopn::daemon::run_hub(&config)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use slopn_proto::tls::{self, CertifiedKey};
-use slopn_proto::{Credential, HubConfig, PoolConfig, SpokeConfig};
+use slopn_proto::{Auth, Credential, HubConfig, PoolConfig, SpokeConfig};
 
 /// A configuration problem, phrased for the person who has to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,9 @@ fn default_idle() -> u64 {
 }
 fn default_keep_alive() -> u64 {
     2
+}
+fn default_true() -> bool {
+    true
 }
 fn default_connect_timeout() -> u64 {
     15
@@ -62,6 +65,21 @@ pub struct HubFile {
     /// Refuse spoke-to-spoke traffic.
     #[serde(default)]
     pub isolate_spokes: bool,
+    /// Gateway mode: forward spokes' traffic to other networks out of `uplink`, masqueraded
+    /// behind the hub's address there, and advertise a default route to spokes.
+    #[serde(default)]
+    pub gateway: bool,
+    /// The interface towards the internet in gateway mode (default: that of the default
+    /// route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    /// DNS servers pushed to spokes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<IpAddr>,
+    /// CA certificate (PEM) that signs spokes' client certificates, for spokes with
+    /// `auth = "certificate"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
     /// Name of the hub's TUN device.
     #[serde(default = "default_tun")]
     pub tun_name: String,
@@ -88,8 +106,24 @@ pub struct HubFile {
 pub struct SpokeEntry {
     /// The spoke's name (its identity).
     pub name: String,
-    /// SHA-256 of its token, in hex. (`hub add-spoke` writes it; the hub never stores tokens.)
-    pub token_sha256: String,
+    /// How it authenticates.
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// With `auth = "token"`: SHA-256 of its token, in hex (`hub add-spoke` writes it; the hub
+    /// never stores tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+}
+
+/// How a spoke authenticates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A secret token.
+    #[default]
+    Token,
+    /// A client certificate signed by the hub's `client_ca` (mTLS).
+    Certificate,
 }
 
 /// `spoke.toml`.
@@ -106,8 +140,24 @@ pub struct SpokeFile {
     /// The CA certificate inline (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
-    /// The access token.
+    /// The access token (none with a client certificate).
+    #[serde(default)]
     pub token: String,
+    /// A client certificate (PEM) for hubs that authenticate spokes by certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_pem: Option<String>,
+    /// Its private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_pem: Option<String>,
+    /// Whether a default route the hub pushes (gateway mode) sends all traffic through the
+    /// tunnel (full tunnel). With `false` only the hub's networks and other pushed routes do
+    /// (split tunnel).
+    #[serde(default = "default_true")]
+    pub accept_default_route: bool,
+    /// If not empty, only these networks go through the tunnel (within what the hub
+    /// advertises), besides the tunnel network itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<IpNet>,
     /// A static address to ask for (default: any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
@@ -212,24 +262,33 @@ impl HubFile {
         }
         let mut credentials = Vec::new();
         for spoke in &self.spokes {
-            let digest = hex::decode(&spoke.token_sha256)
-                .ok()
-                .and_then(|d| <[u8; 32]>::try_from(d).ok())
-                .ok_or_else(|| {
-                    ConfigError::new(format!(
-                        "{}: spoke {:?} has a malformed token_sha256 (64 hex digits expected). \
-                         Re-add it with `hub add-spoke`.",
-                        path.display(),
-                        spoke.name
-                    ))
-                })?;
-            credentials.push(Credential {
-                identity: spoke.name.clone(),
-                token_sha256: digest,
-            });
+            credentials.push(spoke.credential(path)?);
         }
+        let client_ca = match &self.client_ca {
+            Some(ca) => {
+                let ca_path = relative(base, ca);
+                let pem = read_file(
+                    &ca_path,
+                    "the client CA",
+                    "Point `client_ca` at the CA that signs spokes' certificates (ca.pem).",
+                )?;
+                tls::parse_certificates(&pem)
+                    .map_err(|e| ConfigError::new(format!("{}: {e}", ca_path.display())))?
+            }
+            None => Vec::new(),
+        };
         let mut config = HubConfig::new(identity, pools.clone(), credentials);
+        config.client_ca = client_ca;
         config.routes = self.routes.clone();
+        if self.gateway {
+            for pool in &pools {
+                config.routes.push(match pool.network {
+                    IpNet::V4(_) => "0.0.0.0/0".parse().expect("valid"),
+                    IpNet::V6(_) => "::/0".parse().expect("valid"),
+                });
+            }
+        }
+        config.dns_servers = self.dns.clone();
         config.isolate_spokes = self.isolate_spokes;
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
         config.seed = crate::keys::random_seed();
@@ -251,6 +310,43 @@ impl HubFile {
         };
         Ok((config, runtime))
     }
+}
+
+impl SpokeEntry {
+    fn credential(&self, path: &Path) -> Result<Credential, ConfigError> {
+        match (self.auth, &self.token_sha256) {
+            (AuthMode::Certificate, None) => Ok(Credential::certificate(&self.name)),
+            (AuthMode::Certificate, Some(_)) => Err(ConfigError::new(format!(
+                "{}: spoke {:?} authenticates by certificate and must not have a token_sha256",
+                path.display(),
+                self.name
+            ))),
+            (AuthMode::Token, digest) => {
+                let digest = digest
+                    .as_deref()
+                    .and_then(|d| hex::decode(d).ok())
+                    .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                    .ok_or_else(|| {
+                        ConfigError::new(format!(
+                            "{}: spoke {:?} needs a token_sha256 of 64 hex digits. Re-add it \
+                             with `hub add-spoke`.",
+                            path.display(),
+                            self.name
+                        ))
+                    })?;
+                Ok(Credential {
+                    identity: self.name.clone(),
+                    auth: Auth::Token { sha256: digest },
+                })
+            }
+        }
+    }
+}
+
+/// The credentials of a hub configuration file, for reloading on SIGHUP.
+pub fn credentials(path: &Path) -> Result<Vec<Credential>, ConfigError> {
+    let file: HubFile = load(path, "hub")?;
+    file.spokes.iter().map(|s| s.credential(path)).collect()
 }
 
 fn pool_config(net: IpNet, hub: Option<IpAddr>, path: &Path) -> Result<PoolConfig, ConfigError> {
@@ -313,6 +409,29 @@ impl SpokeFile {
             ))
         })?;
         let mut config = SpokeConfig::new(hub, &self.server_name, trust, &self.token);
+        config.client_certificate = match (&self.certificate_pem, &self.private_key_pem) {
+            (Some(cert), Some(key)) => Some(
+                CertifiedKey::from_pem(cert.as_bytes(), key.as_bytes()).map_err(|e| {
+                    ConfigError::new(format!(
+                        "{}: the client certificate or key is unusable: {e}",
+                        path.display()
+                    ))
+                })?,
+            ),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::new(format!(
+                    "{}: set both certificate_pem and private_key_pem, or neither",
+                    path.display()
+                )));
+            }
+        };
+        if self.token.is_empty() && config.client_certificate.is_none() {
+            return Err(ConfigError::new(format!(
+                "{}: no credential: set `token`, or `certificate_pem` and `private_key_pem`",
+                path.display()
+            )));
+        }
         config.requested_addresses = self.address.into_iter().collect();
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
         config.transport.keep_alive_interval =
@@ -395,7 +514,8 @@ mod tests {
         let dir = temp("init");
         let options = InitOptions {
             dir: dir.clone(),
-            name: "hub.example.com".into(),
+            // An address, not a DNS name: the test must not send DNS queries anywhere.
+            name: "192.0.2.1".into(),
             port: 4433,
             pool: "10.7.0.0/24".parse().unwrap(),
             spokes: vec!["alice".into()],
@@ -411,14 +531,14 @@ mod tests {
         }
         let e = init(&options).unwrap_err().to_string();
         assert!(e.contains("initialised") && e.contains("add-spoke"), "{e}");
-        add_spoke(&dir, "bob").unwrap();
+        add_spoke(&dir, "bob", AuthMode::Token).unwrap();
         assert!(
-            add_spoke(&dir, "bob")
+            add_spoke(&dir, "bob", AuthMode::Token)
                 .unwrap_err()
                 .to_string()
                 .contains("exists")
         );
-        assert!(add_spoke(&dir, "no spaces").is_err());
+        assert!(add_spoke(&dir, "no spaces", AuthMode::Token).is_err());
 
         let hub_path = dir.join("hub.toml");
         let hub: HubFile = load(&hub_path, "hub").unwrap();
@@ -436,9 +556,23 @@ mod tests {
             config
                 .credentials
                 .iter()
-                .any(|c| c.identity == "bob" && c.token_sha256 == digest)
+                .any(|c| c.identity == "bob" && c.auth == Auth::Token { sha256: digest })
         );
-        assert_eq!(spoke.server_name, "hub.example.com");
+        assert_eq!(spoke.server_name, "192.0.2.1");
+        // A certificate spoke: no token anywhere, a certificate from the hub's CA.
+        let carol = add_spoke(&dir, "carol", AuthMode::Certificate).unwrap();
+        let carol: SpokeFile = load(&carol, "spoke").unwrap();
+        assert!(carol.token.is_empty() && carol.certificate_pem.is_some());
+        let (spoke_config, _) = carol.resolve(&dir.join("spokes/carol.toml")).unwrap();
+        assert!(spoke_config.client_certificate.is_some());
+        let hub: HubFile = load(&hub_path, "hub").unwrap();
+        let (config, _) = hub.resolve(&hub_path).unwrap();
+        assert!(
+            config
+                .credentials
+                .contains(&Credential::certificate("carol"))
+        );
+        assert!(!config.client_ca.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

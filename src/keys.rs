@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 use slopn_proto::pki::{CertificateAuthority, Validity};
 
-use crate::config::{ConfigError, HubFile, SpokeEntry, SpokeFile, load, save};
+use crate::config::{AuthMode, ConfigError, HubFile, SpokeEntry, SpokeFile, load, save};
 
 /// 32 bytes from the operating system's random source.
 pub fn random_seed() -> [u8; 32] {
@@ -119,6 +119,10 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
         pool6: None,
         routes: Vec::new(),
         isolate_spokes: false,
+        gateway: false,
+        uplink: None,
+        dns: Vec::new(),
+        client_ca: Some("ca.pem".into()),
         tun_name: "slopn0".into(),
         idle_timeout_secs: 6,
         control_socket: None,
@@ -129,7 +133,7 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
     save(&hub_toml, &file, HUB_HEADER)?;
     written.push(hub_toml);
     for spoke in &options.spokes {
-        written.push(add_spoke(dir, spoke)?);
+        written.push(add_spoke(dir, spoke, AuthMode::Token)?);
     }
     Ok(written)
 }
@@ -142,9 +146,10 @@ fn endpoint(name: &str, port: u16) -> String {
     }
 }
 
-/// Adds spoke `name` to `DIR/hub.toml` with a fresh token and writes its configuration to
-/// `DIR/spokes/NAME.toml`, which is returned.
-pub fn add_spoke(dir: &Path, name: &str) -> Result<PathBuf, ConfigError> {
+/// Adds spoke `name` to `DIR/hub.toml` and writes its configuration to `DIR/spokes/NAME.toml`,
+/// which is returned: with a fresh token, or with a client certificate signed by the CA in
+/// `DIR/ca.pem` and `DIR/ca.key`.
+pub fn add_spoke(dir: &Path, name: &str, auth: AuthMode) -> Result<PathBuf, ConfigError> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -163,12 +168,49 @@ pub fn add_spoke(dir: &Path, name: &str) -> Result<PathBuf, ConfigError> {
             hub_toml.display()
         )));
     }
-    let token = hex::encode(random_seed());
-    hub.spokes.push(SpokeEntry {
-        name: name.to_owned(),
-        token_sha256: hex::encode(slopn_proto::Credential::digest(token.as_bytes())),
-    });
     let ca_path = dir.join("ca.pem");
+    let (token, certificate) = match auth {
+        AuthMode::Token => {
+            let token = hex::encode(random_seed());
+            hub.spokes.push(SpokeEntry {
+                name: name.to_owned(),
+                auth,
+                token_sha256: Some(hex::encode(slopn_proto::Credential::digest(
+                    token.as_bytes(),
+                ))),
+            });
+            (token, None)
+        }
+        AuthMode::Certificate => {
+            let key_path = dir.join("ca.key");
+            let read = |p: &Path| {
+                std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError(format!(
+                        "cannot read {}: {e}. Certificates are issued with the CA `hub init` wrote.",
+                        p.display()
+                    ))
+                })
+            };
+            let ca = CertificateAuthority::from_pem(&read(&ca_path)?, &read(&key_path)?)
+                .map_err(|e| ConfigError(format!("{}: {e}", key_path.display())))?;
+            let cert = ca
+                .issue_client(
+                    name,
+                    random_seed(),
+                    Validity::days_from(SystemTime::now(), 825),
+                )
+                .map_err(|e| ConfigError(e.to_string()))?;
+            hub.spokes.push(SpokeEntry {
+                name: name.to_owned(),
+                auth,
+                token_sha256: None,
+            });
+            if hub.client_ca.is_none() {
+                hub.client_ca = Some("ca.pem".into());
+            }
+            (String::new(), Some(cert))
+        }
+    };
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(|e| {
         ConfigError(format!(
             "cannot read {}: {e}. It is written by `hub init`.",
@@ -191,7 +233,11 @@ pub fn add_spoke(dir: &Path, name: &str) -> Result<PathBuf, ConfigError> {
         ca: None,
         ca_pem: Some(ca_pem),
         token,
+        certificate_pem: certificate.as_ref().map(|c| c.cert_pem.clone()),
+        private_key_pem: certificate.map(|c| c.key_pem),
         address: None,
+        accept_default_route: true,
+        routes: Vec::new(),
         tun_name: "slopn0".into(),
         control_socket: None,
         connect_timeout_secs: 15,

@@ -153,6 +153,7 @@ pub fn spoke_event(event: &SpokeEvent) -> Value {
             "routes": routes.iter().flat_map(|r| r.to_nets()).map(|n| n.to_string()).collect::<Vec<_>>(),
         }),
         SpokeEvent::MtuChanged { tun_mtu } => json!({ "event": "mtu_changed", "tun_mtu": tun_mtu }),
+        SpokeEvent::DnsChanged { servers } => json!({ "event": "dns_changed", "servers": servers }),
         SpokeEvent::Disconnected {
             reason: r,
             retry_in,

@@ -83,7 +83,7 @@ fn hub_and_spokes_on_real_sockets_and_tun_devices() {
         .issue_server(&["hub.slopn.test".into()], [2; 32], validity)
         .unwrap();
     let credentials = (1..=2)
-        .map(|i| Credential::new(format!("spoke-{i}"), &format!("token-{i}")))
+        .map(|i| Credential::token(format!("spoke-{i}"), &format!("token-{i}")))
         .collect();
     let config = HubConfig::new(
         cert.certified_key().unwrap(),

@@ -120,22 +120,45 @@ impl PoolConfig {
     }
 }
 
-/// A spoke the hub accepts: its identity and the SHA-256 digest of its access token. The
-/// hub never needs the token itself.
+/// How a spoke proves who it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// An access token in the HELLO. The hub keeps only its SHA-256 digest and compares
+    /// digests in constant time.
+    Token {
+        /// SHA-256 of the token.
+        sha256: [u8; 32],
+    },
+    /// A client certificate (mTLS) signed by one of the hub's `client_ca` certificates, whose
+    /// first DNS name (or common name) is the identity.
+    Certificate,
+}
+
+/// A spoke the hub accepts: its identity and how it authenticates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credential {
     /// The spoke's name; it keys the sticky address and appears in logs.
     pub identity: String,
-    /// SHA-256 of the token the spoke presents in its HELLO.
-    pub token_sha256: [u8; 32],
+    /// How it proves it.
+    pub auth: Auth,
 }
 
 impl Credential {
     /// A credential for `identity` accepting `token`.
-    pub fn new(identity: impl Into<String>, token: &str) -> Self {
+    pub fn token(identity: impl Into<String>, token: &str) -> Self {
         Self {
             identity: identity.into(),
-            token_sha256: Self::digest(token.as_bytes()),
+            auth: Auth::Token {
+                sha256: Self::digest(token.as_bytes()),
+            },
+        }
+    }
+
+    /// A credential for `identity` authenticating with a client certificate.
+    pub fn certificate(identity: impl Into<String>) -> Self {
+        Self {
+            identity: identity.into(),
+            auth: Auth::Certificate,
         }
     }
 
@@ -158,12 +181,27 @@ pub struct HubConfig {
     pub isolate_spokes: bool,
     /// The spokes allowed in.
     pub credentials: Vec<Credential>,
+    /// CA certificates that sign spokes' client certificates (mTLS). Empty: no spoke may use
+    /// a certificate. When every credential uses [`Auth::Certificate`], a certificate is
+    /// required in the TLS handshake; otherwise it is optional, but one that is presented
+    /// must be valid.
+    pub client_ca: Vec<CertificateDer<'static>>,
+    /// DNS servers pushed to spokes.
+    pub dns_servers: Vec<IpAddr>,
     /// QUIC settings.
     pub transport: TransportSettings,
     /// Time a connected spoke has to authenticate and get an address.
     pub hello_timeout: Duration,
     /// Most simultaneous QUIC connections; further ones are refused.
     pub max_connections: usize,
+    /// Most connections still in their QUIC handshake; further attempts are refused.
+    pub max_half_open: usize,
+    /// Half-open connections above which new attempts must first prove their address with
+    /// a QUIC Retry (one extra round trip for them, no state on the hub until they do).
+    pub retry_above: usize,
+    /// Authentication failures from one IP address within a minute after which that
+    /// address is refused for a minute.
+    pub auth_failures_per_minute: u32,
     /// Seed for all randomness (connection IDs, tokens). Use fresh OS randomness in
     /// production; fixed values make simulations reproducible.
     pub seed: [u8; 32],
@@ -186,9 +224,14 @@ impl HubConfig {
             routes: Vec::new(),
             isolate_spokes: false,
             credentials,
+            client_ca: Vec::new(),
+            dns_servers: Vec::new(),
             transport: TransportSettings::default(),
             hello_timeout: Duration::from_secs(10),
             max_connections: 65_536,
+            max_half_open: 4096,
+            retry_above: 256,
+            auth_failures_per_minute: 10,
             seed: [0; 32],
             stateless_reset_key: None,
         }
@@ -230,8 +273,10 @@ pub struct SpokeConfig {
     pub server_name: String,
     /// CA certificates the spoke trusts for the hub; nothing else is trusted.
     pub trust_anchors: Vec<CertificateDer<'static>>,
-    /// The access token.
+    /// The access token (empty when authenticating with a client certificate).
     pub token: String,
+    /// A client certificate and key, for hubs that authenticate spokes by mTLS.
+    pub client_certificate: Option<CertifiedKey>,
     /// Addresses to ask for (static addressing); empty asks for any IPv4 and IPv6 address.
     pub requested_addresses: Vec<IpAddr>,
     /// QUIC settings.
@@ -256,6 +301,7 @@ impl SpokeConfig {
             server_name: server_name.into(),
             trust_anchors,
             token: token.into(),
+            client_certificate: None,
             requested_addresses: Vec::new(),
             transport: TransportSettings::default(),
             reconnect: ReconnectPolicy::default(),

@@ -43,6 +43,7 @@ mod kind {
     pub const WELCOME: u64 = 0x11;
     pub const ERROR: u64 = 0x12;
     pub const GOODBYE: u64 = 0x13;
+    pub const DNS_SERVERS: u64 = 0x14;
 }
 
 /// One control message.
@@ -67,9 +68,12 @@ pub enum Capsule {
         version: u64,
         /// The identity the hub authenticated the spoke as.
         identity: String,
-        /// The hub's own addresses inside the tunnel.
-        hub_addresses: Vec<IpAddr>,
+        /// The hub's own addresses inside the tunnel, each with its pool's prefix length
+        /// (e.g. 10.100.0.1/24): the tunnel networks.
+        hub_addresses: Vec<ipnet::IpNet>,
     },
+    /// Hub to spoke: the full list of DNS servers the spoke should use while connected.
+    DnsServers(Vec<IpAddr>),
     /// Either side: the session failed; the connection closes with the same code.
     Error {
         /// What went wrong.
@@ -97,6 +101,7 @@ impl Capsule {
             Self::Welcome { .. } => "WELCOME",
             Self::Error { .. } => "ERROR",
             Self::Goodbye { .. } => "GOODBYE",
+            Self::DnsServers(_) => "DNS_SERVERS",
         }
     }
 }
@@ -442,11 +447,19 @@ pub fn encode(capsule: &Capsule, out: &mut Vec<u8>) {
             put_varint(&mut value, *version);
             put_bytes(&mut value, identity.as_bytes());
             put_varint(&mut value, hub_addresses.len() as u64);
-            for addr in hub_addresses {
+            for net in hub_addresses {
+                value.put_u8(if net.addr().is_ipv4() { 4 } else { 6 });
+                put_addr(&mut value, net.addr());
+                value.put_u8(net.prefix_len());
+            }
+            kind::WELCOME
+        }
+        Capsule::DnsServers(servers) => {
+            for addr in servers {
                 value.put_u8(if addr.is_ipv4() { 4 } else { 6 });
                 put_addr(&mut value, *addr);
             }
-            kind::WELCOME
+            kind::DNS_SERVERS
         }
         Capsule::Error { code, reason } | Capsule::Goodbye { code, reason } => {
             put_varint(&mut value, code.0);
@@ -578,7 +591,11 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Capsule, usize)>, DecodeError> {
             let mut hub_addresses = Vec::with_capacity(count as usize);
             for _ in 0..count {
                 let version = v.u8().ok_or(malformed("truncated address"))?;
-                hub_addresses.push(v.addr(version).map_err(malformed)?);
+                let addr = v.addr(version).map_err(malformed)?;
+                let len = v.u8().ok_or(malformed("truncated prefix length"))?;
+                let net =
+                    ipnet::IpNet::new(addr, len).map_err(|_| malformed("bad prefix length"))?;
+                hub_addresses.push(net);
             }
             v.finish().map_err(malformed)?;
             Capsule::Welcome {
@@ -586,6 +603,17 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Capsule, usize)>, DecodeError> {
                 identity,
                 hub_addresses,
             }
+        }
+        kind::DNS_SERVERS => {
+            let mut servers = Vec::new();
+            while !v.done() {
+                if servers.len() == MAX_ADDRESSES {
+                    return Err(malformed("too many servers"));
+                }
+                let version = v.u8().ok_or(malformed("truncated address"))?;
+                servers.push(v.addr(version).map_err(malformed)?);
+            }
+            Capsule::DnsServers(servers)
         }
         kind::ERROR | kind::GOODBYE => {
             let code = CloseCode(v.varint().ok_or(malformed("truncated code"))?);
@@ -611,6 +639,7 @@ fn kind_name(kind: u64) -> Option<&'static str> {
         kind::WELCOME => "WELCOME",
         kind::ERROR => "ERROR",
         kind::GOODBYE => "GOODBYE",
+        kind::DNS_SERVERS => "DNS_SERVERS",
         _ => return None,
     })
 }
@@ -781,7 +810,10 @@ mod tests {
         roundtrip(&Capsule::Welcome {
             version: 1,
             identity: "alice".into(),
-            hub_addresses: vec![v4("10.0.0.1"), "fd00::1".parse().unwrap()],
+            hub_addresses: vec![
+                "10.0.0.1/24".parse().unwrap(),
+                "fd00::1/64".parse().unwrap(),
+            ],
         });
         roundtrip(&Capsule::AddressRequest(vec![RequestedAddress {
             request_id: 7,
@@ -801,6 +833,11 @@ mod tests {
             code: CloseCode::SHUTTING_DOWN,
             reason: String::new(),
         });
+        roundtrip(&Capsule::DnsServers(vec![
+            v4("10.0.0.53"),
+            "fd00::53".parse().unwrap(),
+        ]));
+        roundtrip(&Capsule::DnsServers(vec![]));
     }
 
     #[test]
@@ -948,13 +985,19 @@ mod tests {
             (
                 0u64..(1 << 62),
                 arb_text(MAX_IDENTITY_LEN),
-                proptest::collection::vec(arb_addr(), 0..4)
+                proptest::collection::vec(
+                    (arb_addr(), any::<u8>()).prop_map(|(a, l)| {
+                        ipnet::IpNet::new(a, l % (addr_width(a) + 1)).unwrap()
+                    }),
+                    0..4
+                )
             )
                 .prop_map(|(version, identity, hub_addresses)| Capsule::Welcome {
                     version,
                     identity,
                     hub_addresses
                 }),
+            proptest::collection::vec(arb_addr(), 0..8).prop_map(Capsule::DnsServers),
             (0u64..(1 << 62), arb_text(MAX_REASON_LEN)).prop_map(|(c, reason)| Capsule::Error {
                 code: CloseCode(c),
                 reason

@@ -13,8 +13,10 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::arena::PacketArena;
+use crate::auth::{Authenticator, FailureLimiter};
 use crate::clock::WallClock;
-use crate::config::{HubConfig, PoolConfig};
+use crate::config::Auth;
+use crate::config::{Credential, HubConfig, PoolConfig};
 use crate::control::{
     AssignedAddress, Capsule, CloseCode, IpPrefix, IpRange, PROTOCOL_VERSION, RequestedAddress,
     normalize_ranges,
@@ -26,8 +28,9 @@ use crate::pool::{AddressPool, PoolError};
 use crate::route::{Route, RouteTable};
 use crate::session::{DisconnectReason, SessionId};
 use crate::stats::{DropCounters, DropReason, HubStats, SpokeStats, TrafficCounters};
-use crate::tls::{self, TlsError};
-use crate::{clamp_mtu, derive_key, token_hash};
+use crate::tls::{self, CertifiedKey, TlsError};
+use crate::{clamp_mtu, derive_key};
+use rustls::pki_types::CertificateDer;
 
 /// Why a hub could not be built from its configuration.
 #[derive(Debug, Error)]
@@ -103,6 +106,8 @@ struct Session {
     id: SessionId,
     phase: Phase,
     identity: Option<Arc<str>>,
+    /// How the identity was proven (to revoke the session if that is withdrawn).
+    auth: Option<Auth>,
     addresses: Vec<IpAddr>,
     traffic: TrafficCounters,
     drops: DropCounters,
@@ -110,6 +115,48 @@ struct Session {
     close_reason: Option<String>,
     /// Whether the end of this session was reported (addresses freed, event sent).
     ended: bool,
+}
+
+/// What the hub needs to rebuild its QUIC server configuration when credentials change.
+struct HubTls {
+    identity: CertifiedKey,
+    client_ca: Vec<CertificateDer<'static>>,
+    token_key: [u8; 32],
+    transport: Arc<quinn_proto::TransportConfig>,
+    clock: Arc<WallClock>,
+}
+
+impl HubTls {
+    /// The server configuration for these credentials: a client certificate is optional,
+    /// required when every spoke uses one, and not asked for when none does.
+    fn server_config(
+        &self,
+        authenticator: &Authenticator,
+    ) -> Result<Arc<quinn_proto::ServerConfig>, HubError> {
+        if authenticator.uses_certificates() && self.client_ca.is_empty() {
+            return Err(HubError::Config(
+                "some spokes authenticate with certificates, but no client CA is configured".into(),
+            ));
+        }
+        let client_ca: &[CertificateDer<'static>] = if authenticator.uses_certificates() {
+            &self.client_ca
+        } else {
+            &[]
+        };
+        let crypto = tls::server_config(
+            &self.identity,
+            client_ca,
+            authenticator.certificates_only(),
+            self.clock.clone(),
+        )?;
+        let token_key =
+            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&self.token_key);
+        let mut server = quinn_proto::ServerConfig::new(crypto, Arc::new(token_key));
+        server.transport_config(self.transport.clone());
+        server.time_source(self.clock.clone());
+        server.migration(true);
+        Ok(Arc::new(server))
+    }
 }
 
 /// How long a closing session waits for its last capsule to be acknowledged.
@@ -128,7 +175,15 @@ pub struct Hub {
     clock: Arc<WallClock>,
     pools: Vec<AddressPool>,
     routes: RouteTable<usize>,
-    tokens: FxHashMap<[u8; 32], Arc<str>>,
+    authenticator: Authenticator,
+    failures: FailureLimiter,
+    tls: HubTls,
+    hub_networks: Vec<IpNet>,
+    dns_servers: Vec<IpAddr>,
+    max_half_open: usize,
+    retry_above: usize,
+    /// Connections still in their QUIC handshake.
+    handshaking: usize,
     by_identity: FxHashMap<Arc<str>, usize>,
     isolate_spokes: bool,
     hello_timeout: Duration,
@@ -167,29 +222,7 @@ impl Hub {
                 ));
             }
         }
-        let mut tokens = FxHashMap::default();
-        let mut identities = rustc_hash::FxHashSet::default();
-        for cred in &config.credentials {
-            if cred.identity.is_empty() || cred.identity.len() > crate::control::MAX_IDENTITY_LEN {
-                return Err(HubError::Config(format!(
-                    "identity {:?} must be 1 to 255 bytes long",
-                    cred.identity
-                )));
-            }
-            if !identities.insert(cred.identity.clone()) {
-                return Err(HubError::Config(format!(
-                    "identity {:?} is listed twice",
-                    cred.identity
-                )));
-            }
-            let identity: Arc<str> = cred.identity.as_str().into();
-            if tokens.insert(cred.token_sha256, identity).is_some() {
-                return Err(HubError::Config(format!(
-                    "the token of {:?} is also used by another spoke",
-                    cred.identity
-                )));
-            }
-        }
+        let authenticator = Authenticator::new(&config.credentials).map_err(HubError::Config)?;
         let pools = config
             .pools
             .iter()
@@ -197,24 +230,30 @@ impl Hub {
             .collect::<Result<Vec<_>, _>>()?;
 
         let clock = Arc::new(WallClock::new(wall_clock, now));
-        let crypto = tls::server_config(&config.identity, clock.clone())?;
-        let token_key = derive_key(&config.seed, b"slopn retry token key");
-        let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&token_key);
-        let mut server = quinn_proto::ServerConfig::new(crypto, Arc::new(token_key));
-        server.transport_config(config.transport.quinn(false, 1));
-        server.time_source(clock.clone());
-        server.migration(true);
+        let tls = HubTls {
+            identity: config.identity.clone(),
+            client_ca: config.client_ca.clone(),
+            token_key: derive_key(&config.seed, b"slopn retry token key"),
+            transport: config.transport.quinn(false, 1),
+            clock: clock.clone(),
+        };
+        let server = tls.server_config(&authenticator)?;
         let reset_key = config
             .stateless_reset_key
             .unwrap_or_else(|| derive_key(&config.seed, b"slopn stateless reset key"));
         let transport = Transport::new(
             &config.seed,
             reset_key,
-            Some(Arc::new(server)),
+            Some(server),
             config.transport.datagram_queue_bytes,
         );
 
         let hub_addresses = config.pools.iter().map(|p| p.hub_address).collect();
+        let hub_networks = config
+            .pools
+            .iter()
+            .map(|p| IpNet::new(p.hub_address, p.network.prefix_len()).expect("valid prefix"))
+            .collect();
         let networks: Vec<IpNet> = config.pools.iter().map(|p| p.network).collect();
         let advertised = advertised_ranges(&networks, &config.routes);
         Ok(Self {
@@ -222,7 +261,14 @@ impl Hub {
             clock,
             pools,
             routes: RouteTable::new(hub_addresses, networks, advertised),
-            tokens,
+            authenticator,
+            failures: FailureLimiter::new(config.auth_failures_per_minute),
+            tls,
+            hub_networks,
+            dns_servers: config.dns_servers,
+            max_half_open: config.max_half_open,
+            retry_above: config.retry_above,
+            handshaking: 0,
             by_identity: FxHashMap::default(),
             isolate_spokes: config.isolate_spokes,
             hello_timeout: config.hello_timeout,
@@ -260,8 +306,18 @@ impl Hub {
             Received::Nothing => {}
             Received::Connection(idx) => self.process(now, idx),
             Received::New(incoming) => {
-                if self.closing || self.transport.len() >= self.max_connections {
+                if self.closing
+                    || self.transport.len() >= self.max_connections
+                    || self.handshaking >= self.max_half_open
+                    || self.failures.is_blocked(remote.ip(), now)
+                {
+                    self.stats.refused += 1;
                     self.transport.refuse(incoming);
+                    return;
+                }
+                if self.handshaking >= self.retry_above && !incoming.remote_address_validated() {
+                    self.stats.retries += 1;
+                    self.transport.retry(incoming);
                     return;
                 }
                 let id = SessionId(self.next_session);
@@ -269,6 +325,7 @@ impl Hub {
                     id,
                     phase: Phase::Handshaking,
                     identity: None,
+                    auth: None,
                     addresses: Vec::new(),
                     traffic: TrafficCounters::default(),
                     drops: DropCounters::default(),
@@ -279,6 +336,7 @@ impl Hub {
                 match self.transport.accept(incoming, now, session) {
                     Ok(idx) => {
                         self.next_session += 1;
+                        self.handshaking += 1;
                         debug!(%id, %remote, "incoming connection");
                         self.process(now, idx);
                     }
@@ -342,6 +400,65 @@ impl Hub {
         self.begin_close(now, idx, code, reason, code != CloseCode::NO_ERROR);
         self.process(now, idx);
         true
+    }
+
+    /// Replaces the credentials (a configuration reload): sessions whose identity is gone,
+    /// or whose token or authentication mode changed, end at once with `REVOKED`; the others
+    /// go on. Returns how many sessions were revoked.
+    pub fn set_credentials(
+        &mut self,
+        now: Instant,
+        credentials: &[Credential],
+    ) -> Result<usize, HubError> {
+        let authenticator = Authenticator::new(credentials).map_err(HubError::Config)?;
+        let server = self.tls.server_config(&authenticator)?;
+        self.transport.endpoint.set_server_config(Some(server));
+        self.authenticator = authenticator;
+        let mut revoked = 0;
+        for idx in self.transport.indices() {
+            let allowed =
+                self.transport
+                    .get(idx)
+                    .is_none_or(|e| match (&e.state.identity, &e.state.auth) {
+                        (Some(identity), Some(auth)) => {
+                            self.authenticator.still_allowed(identity, auth)
+                        }
+                        _ => true,
+                    });
+            if !allowed {
+                revoked += 1;
+                self.begin_close(
+                    now,
+                    idx,
+                    CloseCode::REVOKED,
+                    "access revoked by the hub operator",
+                    true,
+                );
+                self.process(now, idx);
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Replaces the DNS servers pushed to spokes and sends the new list to every
+    /// authenticated spoke.
+    pub fn set_dns_servers(&mut self, now: Instant, servers: Vec<IpAddr>) {
+        self.dns_servers = servers;
+        let capsule = Capsule::DnsServers(self.dns_servers.clone());
+        self.push_to_authenticated(now, &capsule);
+    }
+
+    fn push_to_authenticated(&mut self, now: Instant, capsule: &Capsule) {
+        for idx in self.transport.indices() {
+            let authenticated = self
+                .transport
+                .get(idx)
+                .is_some_and(|e| matches!(e.state.phase, Phase::Authenticated | Phase::Active));
+            if authenticated {
+                self.send_capsule(now, idx, capsule);
+                self.process(now, idx);
+            }
+        }
     }
 
     /// Replaces the extra advertised routes and sends the new full route list to every
@@ -482,8 +599,8 @@ impl Hub {
             Event::Connected => self.on_connected(now, idx),
             Event::ConnectionLost { reason } => {
                 self.end_session(idx, DisconnectReason::from_quinn(&reason));
+                self.set_phase(idx, Phase::Closed);
                 if let Some(entry) = self.transport.get_mut(idx) {
-                    entry.state.phase = Phase::Closed;
                     entry.deadline = None;
                 }
             }
@@ -534,13 +651,12 @@ impl Hub {
             .is_some_and(|p| p == crate::control::ALPN);
         let id = entry.state.id;
         let remote = entry.link.conn.remote_address();
+        entry.deadline = Some((now + self.hello_timeout, "hello timeout"));
+        self.set_phase(idx, Phase::AwaitingHello);
         if !alpn_ok {
-            entry.state.phase = Phase::Closed;
             self.close_connection(now, idx, CloseCode::PROTOCOL_ERROR);
             return;
         }
-        entry.state.phase = Phase::AwaitingHello;
-        entry.deadline = Some((now + self.hello_timeout, "hello timeout"));
         self.events.push_back(HubEvent::Connected { id, remote });
     }
 
@@ -654,22 +770,37 @@ impl Hub {
             self.begin_close(now, idx, CloseCode::UNSUPPORTED_VERSION, &reason, true);
             return;
         }
-        let Some(identity) = self.tokens.get(&token_hash(credential)).cloned() else {
-            self.stats.auth_failures += 1;
-            warn!(%id, %remote, "authentication failed: unknown token");
-            self.events.push_back(HubEvent::AuthFailed {
-                id,
-                remote,
-                reason: "unknown token".into(),
-            });
-            self.begin_close(
-                now,
-                idx,
-                CloseCode::AUTH_FAILED,
-                "authentication failed",
-                true,
-            );
-            return;
+        let cert_identity = entry
+            .link
+            .conn
+            .crypto_session()
+            .peer_identity()
+            .and_then(|certs| certs.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|certs| certs.first().and_then(tls::certificate_identity));
+        let (identity, auth) = match self
+            .authenticator
+            .authenticate(cert_identity.as_deref(), credential)
+        {
+            Ok(found) => found,
+            Err(why) => {
+                // The spoke learns only that it failed; the operator learns why.
+                self.stats.auth_failures += 1;
+                self.failures.record(remote.ip(), now);
+                warn!(%id, %remote, "authentication failed: {why}");
+                self.events.push_back(HubEvent::AuthFailed {
+                    id,
+                    remote,
+                    reason: why,
+                });
+                self.begin_close(
+                    now,
+                    idx,
+                    CloseCode::AUTH_FAILED,
+                    "authentication failed",
+                    true,
+                );
+                return;
+            }
         };
         // A spoke that restarted reconnects before its old session timed out: the new
         // session replaces the old one and inherits its address.
@@ -687,12 +818,13 @@ impl Hub {
             self.process(now, old);
         }
         self.by_identity.insert(identity.clone(), idx);
-        let hub_addresses = self.routes.hub_addresses().to_vec();
+        let hub_addresses = self.hub_networks.clone();
         let routes = self.routes.advertised().to_vec();
         if let Some(entry) = self.transport.get_mut(idx) {
             entry.state.identity = Some(identity.clone());
-            entry.state.phase = Phase::Authenticated;
+            entry.state.auth = Some(auth);
         }
+        self.set_phase(idx, Phase::Authenticated);
         self.send_capsule(
             now,
             idx,
@@ -703,6 +835,10 @@ impl Hub {
             },
         );
         self.send_capsule(now, idx, &Capsule::RouteAdvertisement(routes));
+        if !self.dns_servers.is_empty() {
+            let dns = Capsule::DnsServers(self.dns_servers.clone());
+            self.send_capsule(now, idx, &dns);
+        }
     }
 
     fn on_address_request(&mut self, now: Instant, idx: usize, requests: &[RequestedAddress]) {
@@ -780,8 +916,8 @@ impl Hub {
             return;
         }
         if newly_active && let Some(entry) = self.transport.get_mut(idx) {
-            entry.state.phase = Phase::Active;
             entry.deadline = None;
+            self.set_phase(idx, Phase::Active);
             self.stats.sessions_assigned_total += 1;
             info!(%id, %identity, ?addresses, "spoke assigned");
             self.events.push_back(HubEvent::Assigned {
@@ -867,8 +1003,18 @@ impl Hub {
             return;
         }
         let reason = entry.state.close_reason.clone().unwrap_or_default();
-        entry.state.phase = Phase::Closed;
+        self.set_phase(idx, Phase::Closed);
         self.transport.close(now, idx, code, reason.as_bytes());
+    }
+
+    /// Moves a session to `phase`, keeping the count of handshaking connections.
+    fn set_phase(&mut self, idx: usize, phase: Phase) {
+        if let Some(entry) = self.transport.get_mut(idx) {
+            if entry.state.phase == Phase::Handshaking && phase != Phase::Handshaking {
+                self.handshaking -= 1;
+            }
+            entry.state.phase = phase;
+        }
     }
 
     /// Frees a session's addresses and routes and reports it gone (once).
@@ -915,6 +1061,7 @@ impl Hub {
             .and_then(|e| e.state.close_reason.clone())
             .unwrap_or_default();
         self.end_session(idx, DisconnectReason::Local { code, reason });
+        self.set_phase(idx, Phase::Closed);
         self.transport.remove(idx);
     }
 

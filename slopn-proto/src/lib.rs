@@ -52,6 +52,7 @@
 //! [`route`] (route lookup), [`pki`] and [`tls`] (certificates and TLS configuration).
 
 mod arena;
+mod auth;
 mod cid;
 mod clock;
 mod config;
@@ -69,7 +70,7 @@ mod stats;
 pub mod tls;
 
 pub use config::{
-    Credential, HubConfig, PoolConfig, ReconnectPolicy, SpokeConfig, TransportSettings,
+    Auth, Credential, HubConfig, PoolConfig, ReconnectPolicy, SpokeConfig, TransportSettings,
 };
 pub use hub::{Hub, HubError, HubEvent};
 pub use quinn_proto::{EcnCodepoint, Transmit};

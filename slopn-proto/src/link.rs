@@ -448,6 +448,16 @@ impl<S> Transport<S> {
         }
     }
 
+    /// Answers a new connection with a QUIC Retry, so that it must prove its address before
+    /// the hub keeps any state for it. One that has already retried is accepted instead.
+    pub(crate) fn retry(&mut self, incoming: Box<Incoming>) {
+        self.scratch.clear();
+        match self.endpoint.retry(*incoming, &mut self.scratch) {
+            Ok(t) => self.push_response(t),
+            Err(e) => self.refuse(Box::new(e.into_incoming())),
+        }
+    }
+
     /// Refuses a new connection (the peer gets a CONNECTION_CLOSE).
     pub(crate) fn refuse(&mut self, incoming: Box<Incoming>) {
         self.scratch.clear();

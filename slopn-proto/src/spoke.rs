@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use ipnet::IpNet;
 use quinn_proto::{EcnCodepoint, Event, StreamEvent, Transmit};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -64,6 +65,11 @@ pub enum SpokeEvent {
     RoutesChanged {
         /// The full list.
         routes: Vec<IpRange>,
+    },
+    /// The hub pushed a new list of DNS servers.
+    DnsChanged {
+        /// The full list.
+        servers: Vec<IpAddr>,
     },
     /// The largest packet the tunnel carries changed: set the TUN MTU to this.
     MtuChanged {
@@ -145,8 +151,10 @@ pub struct Spoke {
     failures: u32,
     identity: Option<String>,
     addresses: Vec<IpPrefix>,
-    hub_addresses: Vec<IpAddr>,
+    /// The hub's tunnel addresses with their pools' prefix lengths.
+    hub_networks: Vec<IpNet>,
     routes: Vec<IpRange>,
+    dns_servers: Vec<IpAddr>,
     next_request_id: u64,
     tun_mtu: Option<u16>,
     events: VecDeque<SpokeEvent>,
@@ -185,7 +193,11 @@ impl Spoke {
             )));
         }
         let clock = Arc::new(WallClock::new(wall_clock, now));
-        let crypto = tls::client_config(&config.trust_anchors, clock.clone())?;
+        let crypto = tls::client_config(
+            &config.trust_anchors,
+            config.client_certificate.as_ref(),
+            clock.clone(),
+        )?;
         let mut client_config = quinn_proto::ClientConfig::new(crypto);
         client_config.transport_config(config.transport.quinn(true, 0));
         let mut spoke = Self {
@@ -208,8 +220,9 @@ impl Spoke {
             failures: 0,
             identity: None,
             addresses: Vec::new(),
-            hub_addresses: Vec::new(),
+            hub_networks: Vec::new(),
             routes: Vec::new(),
+            dns_servers: Vec::new(),
             next_request_id: 1,
             tun_mtu: None,
             events: VecDeque::new(),
@@ -370,8 +383,19 @@ impl Spoke {
     }
 
     /// The hub's tunnel addresses.
-    pub fn hub_addresses(&self) -> &[IpAddr] {
-        &self.hub_addresses
+    pub fn hub_addresses(&self) -> Vec<IpAddr> {
+        self.hub_networks.iter().map(IpNet::addr).collect()
+    }
+
+    /// The tunnel's own networks (the hub's pools), which stay routed through the tunnel
+    /// whatever else the routes say.
+    pub fn tunnel_networks(&self) -> Vec<IpNet> {
+        self.hub_networks.iter().map(IpNet::trunc).collect()
+    }
+
+    /// The DNS servers the hub pushed.
+    pub fn dns_servers(&self) -> &[IpAddr] {
+        &self.dns_servers
     }
 
     /// The routes the hub advertised for the tunnel.
@@ -633,7 +657,7 @@ impl Spoke {
             } if !entry.state.welcomed && version == PROTOCOL_VERSION => {
                 entry.state.welcomed = true;
                 self.identity = Some(identity);
-                self.hub_addresses = hub_addresses;
+                self.hub_networks = hub_addresses;
             }
             Capsule::RouteAdvertisement(routes) if entry.state.welcomed => {
                 if routes != self.routes {
@@ -665,9 +689,15 @@ impl Spoke {
                     self.events.push_back(SpokeEvent::Assigned {
                         identity: self.identity.clone().unwrap_or_default(),
                         addresses: self.addresses(),
-                        hub_addresses: self.hub_addresses.clone(),
+                        hub_addresses: self.hub_addresses(),
                         tun_mtu: self.tun_mtu,
                     });
+                }
+            }
+            Capsule::DnsServers(servers) if entry.state.welcomed => {
+                if servers != self.dns_servers {
+                    self.dns_servers = servers.clone();
+                    self.events.push_back(SpokeEvent::DnsChanged { servers });
                 }
             }
             Capsule::Goodbye { code, reason } | Capsule::Error { code, reason } => {
@@ -884,9 +914,9 @@ impl Spoke {
 
     fn icmp_to_tun(&mut self, now: Instant, original: &[u8], header: &IpHeader, kind: IcmpError) {
         let Some(from) = self
-            .hub_addresses
+            .hub_networks
             .iter()
-            .copied()
+            .map(IpNet::addr)
             .find(|a| a.is_ipv4() == header.is_ipv4())
         else {
             return;

@@ -205,6 +205,11 @@ pub struct HubStats {
     pub drops: DropCounters,
     /// Credentials refused.
     pub auth_failures: u64,
+    /// Connection attempts refused (full, too many handshakes, or a source that failed to
+    /// authenticate too often).
+    pub refused: u64,
+    /// Connection attempts asked to prove their address with a QUIC Retry.
+    pub retries: u64,
     /// Sessions that reached assignment.
     pub sessions_assigned_total: u64,
 }

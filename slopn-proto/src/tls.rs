@@ -32,6 +32,31 @@ pub enum TlsError {
     TrustAnchor(#[from] rustls::client::VerifierBuilderError),
 }
 
+fn client_verifier_error(e: rustls::server::VerifierBuilderError) -> TlsError {
+    TlsError::Rustls(rustls::Error::General(format!(
+        "client CA unusable as a trust anchor: {e}"
+    )))
+}
+
+/// The identity a client certificate names: its first DNS subject alternative name, or
+/// else its common name.
+pub(crate) fn certificate_identity(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(dns) = name {
+                return Some((*dns).to_owned());
+            }
+        }
+    }
+    x509.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned)
+}
+
 /// A certificate chain and its private key: the hub's TLS identity.
 #[derive(Debug)]
 pub struct CertifiedKey {
@@ -75,15 +100,35 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The hub's QUIC TLS configuration.
+/// The hub's QUIC TLS configuration. With `client_ca`, spokes may (or, with
+/// `require_client_cert`, must) present a client certificate signed by one of them.
 pub(crate) fn server_config(
     identity: &CertifiedKey,
+    client_ca: &[CertificateDer<'static>],
+    require_client_cert: bool,
     clock: Arc<WallClock>,
 ) -> Result<Arc<QuicServerConfig>, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_details(provider(), clock)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    let builder = rustls::ServerConfig::builder_with_details(provider(), clock)
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = if client_ca.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in client_ca {
+            roots.add(cert.clone())?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        );
+        let verifier = if require_client_cert {
+            verifier
+        } else {
+            verifier.allow_unauthenticated()
+        };
+        builder.with_client_cert_verifier(verifier.build().map_err(client_verifier_error)?)
+    };
+    let mut config = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     // Sessions are short-lived relative to reconnects and tokens authenticate every session:
     // resumption would only add state.
@@ -93,9 +138,11 @@ pub(crate) fn server_config(
     Ok(Arc::new(config))
 }
 
-/// The spoke's QUIC TLS configuration: trusts exactly `trust_anchors`.
+/// The spoke's QUIC TLS configuration: trusts exactly `trust_anchors`, and presents
+/// `client_cert` if given.
 pub(crate) fn client_config(
     trust_anchors: &[CertificateDer<'static>],
+    client_cert: Option<&CertifiedKey>,
     clock: Arc<WallClock>,
 ) -> Result<Arc<QuicClientConfig>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
@@ -105,10 +152,13 @@ pub(crate) fn client_config(
     let verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()?;
-    let mut config = rustls::ClientConfig::builder_with_details(provider(), clock)
+    let builder = rustls::ClientConfig::builder_with_details(provider(), clock)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_webpki_verifier(verifier)
-        .with_no_client_auth();
+        .with_webpki_verifier(verifier);
+    let mut config = match client_cert {
+        Some(cert) => builder.with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     let config = QuicClientConfig::try_from(config)

@@ -180,7 +180,7 @@ fn setup() -> Net {
     let pki = pki();
     let base = Instant::now();
     let credentials = (0..2)
-        .map(|i| Credential::new(format!("spoke-{i}"), &format!("token-{i}")))
+        .map(|i| Credential::token(format!("spoke-{i}"), &format!("token-{i}")))
         .collect();
     let mut config = HubConfig::new(
         pki.hub.certified_key().unwrap(),

@@ -106,7 +106,7 @@ pub fn token(i: usize) -> String {
 /// A hub with a 10.100.0.0/24 pool and credentials spoke-0 .. spoke-255.
 pub fn hub_config(pki: &Pki) -> HubConfig {
     let credentials = (0..256)
-        .map(|i| Credential::new(format!("spoke-{i}"), &token(i)))
+        .map(|i| Credential::token(format!("spoke-{i}"), &token(i)))
         .collect();
     let identity: CertifiedKey = pki.hub.certified_key().unwrap();
     let mut config = HubConfig::new(
