@@ -14,6 +14,7 @@ mod determinism;
 mod faults;
 mod liveness;
 mod scale;
+mod security;
 mod tcp;
 
 use std::net::IpAddr;

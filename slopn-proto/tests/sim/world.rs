@@ -130,8 +130,15 @@ impl World {
     }
 
     pub fn add_raw(&mut self, config: quinn_proto::ClientConfig) -> usize {
+        let addr: SocketAddr = format!("203.0.113.{}:40000", 1 + self.raws.len())
+            .parse()
+            .unwrap();
+        self.add_raw_at(config, addr)
+    }
+
+    /// A raw client at a given UDP address (several may share an IP address).
+    pub fn add_raw_at(&mut self, config: quinn_proto::ClientConfig, addr: SocketAddr) -> usize {
         let i = self.raws.len();
-        let addr: SocketAddr = format!("203.0.113.{}:40000", 1 + i).parse().unwrap();
         self.net
             .add_node(addr, LinkParams::default(), LinkParams::default());
         let raw = RawSpoke::connect(self.instant(), addr, self.hub_addr, config, 100 + i as u8);
