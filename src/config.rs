@@ -69,6 +69,11 @@ pub struct HubFile {
     /// behind the hub's address there, and advertise a default route to spokes.
     #[serde(default)]
     pub gateway: bool,
+    /// In gateway mode, whether to advertise the default route, so that spokes that accept
+    /// it send everything through the hub (full tunnel). With `false`, spokes reach only the
+    /// pools and `routes` (split tunnel).
+    #[serde(default = "default_true")]
+    pub default_route: bool,
     /// The interface towards the internet in gateway mode (default: that of the default
     /// route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,10 +265,7 @@ impl HubFile {
         if let Some(pool6) = self.pool6 {
             pools.push(pool_config(pool6, None, path)?);
         }
-        let mut credentials = Vec::new();
-        for spoke in &self.spokes {
-            credentials.push(spoke.credential(path)?);
-        }
+        let reload = self.reload(path)?;
         let client_ca = match &self.client_ca {
             Some(ca) => {
                 let ca_path = relative(base, ca);
@@ -277,18 +279,10 @@ impl HubFile {
             }
             None => Vec::new(),
         };
-        let mut config = HubConfig::new(identity, pools.clone(), credentials);
+        let mut config = HubConfig::new(identity, pools.clone(), reload.credentials);
         config.client_ca = client_ca;
-        config.routes = self.routes.clone();
-        if self.gateway {
-            for pool in &pools {
-                config.routes.push(match pool.network {
-                    IpNet::V4(_) => "0.0.0.0/0".parse().expect("valid"),
-                    IpNet::V6(_) => "::/0".parse().expect("valid"),
-                });
-            }
-        }
-        config.dns_servers = self.dns.clone();
+        config.routes = reload.routes;
+        config.dns_servers = reload.dns;
         config.isolate_spokes = self.isolate_spokes;
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
         config.seed = crate::keys::random_seed();
@@ -343,10 +337,41 @@ impl SpokeEntry {
     }
 }
 
-/// The credentials of a hub configuration file, for reloading on SIGHUP.
-pub fn credentials(path: &Path) -> Result<Vec<Credential>, ConfigError> {
-    let file: HubFile = load(path, "hub")?;
-    file.spokes.iter().map(|s| s.credential(path)).collect()
+/// What a running hub takes from its configuration file on SIGHUP.
+#[derive(Clone, Debug)]
+pub struct Reload {
+    /// The spokes' credentials.
+    pub credentials: Vec<Credential>,
+    /// The advertised routes besides the pools (with the default route in gateway mode).
+    pub routes: Vec<IpNet>,
+    /// The DNS servers.
+    pub dns: Vec<IpAddr>,
+}
+
+impl HubFile {
+    /// The parts of this configuration a running hub can reload.
+    pub fn reload(&self, path: &Path) -> Result<Reload, ConfigError> {
+        let credentials = self
+            .spokes
+            .iter()
+            .map(|s| s.credential(path))
+            .collect::<Result<_, _>>()?;
+        let mut routes = self.routes.clone();
+        if self.gateway && self.default_route {
+            let families = [Some(self.pool), self.pool6];
+            for pool in families.into_iter().flatten() {
+                routes.push(match pool {
+                    IpNet::V4(_) => "0.0.0.0/0".parse().expect("valid"),
+                    IpNet::V6(_) => "::/0".parse().expect("valid"),
+                });
+            }
+        }
+        Ok(Reload {
+            credentials,
+            routes,
+            dns: self.dns.clone(),
+        })
+    }
 }
 
 fn pool_config(net: IpNet, hub: Option<IpAddr>, path: &Path) -> Result<PoolConfig, ConfigError> {

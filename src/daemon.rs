@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime};
 
-use slopn_mio::{Handle, HubCommand, Machine, Options, RunError, SpokeCommand, spawn};
+use ipnet::IpNet;
+use slopn_mio::{Handle, HubCommand, Machine, Options, RoutePolicy, RunError, SpokeCommand, spawn};
 use slopn_proto::control::CloseCode;
 use slopn_proto::{DisconnectReason, Hub, SessionId, Spoke, SpokeEvent};
-use slopn_tun::{Tun, TunConfig};
+use slopn_tun::{Gateway, Tun, TunConfig, default_uplink};
 use tracing::{info, warn};
 
 use crate::config::{self, HubFile, SpokeFile};
@@ -30,18 +31,25 @@ pub fn init_logging() {
 }
 
 /// Stops the loop on SIGINT or SIGTERM (with goodbyes; the TUN device and routes go away as
-/// the loop ends).
-fn stop_on_signals<M: Machine>(handle: &Arc<Handle<M>>) -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+/// the loop ends) and calls `on_hangup` on SIGHUP.
+fn handle_signals<M: Machine>(
+    handle: &Arc<Handle<M>>,
+    on_hangup: impl Fn() + Send + 'static,
+) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let handle = handle.clone();
     std::thread::Builder::new()
         .name("slopn-signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                info!(signal, "stopping");
-                handle.stop();
+                if signal == SIGHUP {
+                    on_hangup();
+                } else {
+                    info!(signal, "stopping");
+                    handle.stop();
+                }
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
@@ -134,6 +142,20 @@ pub fn run_hub(path: &Path) -> Result<(), String> {
         addresses: runtime.tun_addresses.clone(),
     })?;
     let socket = bind(runtime.listen)?;
+    // Gateway mode: forwarding and NAT, undone when `_gateway` drops after the loop ends.
+    let _gateway = if file.gateway {
+        let uplink = match &file.uplink {
+            Some(uplink) => uplink.clone(),
+            None => default_uplink().map_err(|e| format!("gateway mode: {e}"))?,
+        };
+        let pools: Vec<IpNet> = config.pools.iter().map(|p| p.network).collect();
+        let gateway = Gateway::install(&runtime.tun_name, &uplink, &pools)
+            .map_err(|e| format!("gateway mode: cannot set up NAT out of {uplink}: {e}"))?;
+        info!(%uplink, table = gateway.table(), "gateway mode: spokes reach other networks through NAT");
+        Some(gateway)
+    } else {
+        None
+    };
     let hub = Hub::new(config, Instant::now(), SystemTime::now())
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let handle = Arc::new(spawn(hub, tun, socket, Options::default()).map_err(|e| e.to_string())?);
@@ -157,7 +179,23 @@ pub fn run_hub(path: &Path) -> Result<(), String> {
             return Err(e);
         }
     };
-    stop_on_signals(&handle)?;
+    let (reload_handle, reload_path) = (handle.clone(), path.to_owned());
+    handle_signals(&handle, move || {
+        let reload =
+            config::load::<HubFile>(&reload_path, "hub").and_then(|file| file.reload(&reload_path));
+        match reload {
+            Ok(reload) => {
+                info!(
+                    spokes = reload.credentials.len(),
+                    "SIGHUP: reloading spokes, routes and DNS servers"
+                );
+                reload_handle.command(HubCommand::SetCredentials(reload.credentials));
+                reload_handle.command(HubCommand::SetRoutes(reload.routes));
+                reload_handle.command(HubCommand::SetDnsServers(reload.dns));
+            }
+            Err(e) => warn!("SIGHUP: configuration not reloaded: {e}"),
+        }
+    })?;
     sample_rates(&handle, &rates, |s: &slopn_mio::HubSnapshot| {
         (s.hub.traffic.rx_bytes, s.hub.traffic.tx_bytes)
     });
@@ -214,8 +252,15 @@ pub fn run_spoke(path: &Path) -> Result<(), String> {
     let socket = bind(local)?;
     let spoke = Spoke::new(config, Instant::now(), SystemTime::now())
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let handle =
-        Arc::new(spawn(spoke, tun, socket, Options::default()).map_err(|e| e.to_string())?);
+    let options = Options {
+        routes: RoutePolicy {
+            accept_default_route: file.accept_default_route,
+            only: file.routes.clone(),
+            hub: Some(hub_addr.ip()),
+        },
+        ..Options::default()
+    };
+    let handle = Arc::new(spawn(spoke, tun, socket, options).map_err(|e| e.to_string())?);
     info!(hub = %runtime.hub, address = %hub_addr, tun = %runtime.tun_name, "spoke running");
     let rates = Arc::new(Rates::default());
     let server = match ControlServer::start(
@@ -233,7 +278,7 @@ pub fn run_spoke(path: &Path) -> Result<(), String> {
             return Err(e);
         }
     };
-    stop_on_signals(&handle)?;
+    handle_signals(&handle, || info!("SIGHUP ignored by the spoke"))?;
     sample_rates(&handle, &rates, |s: &slopn_mio::SpokeStatus| {
         (s.stats.traffic.rx_bytes, s.stats.traffic.tx_bytes)
     });
@@ -316,7 +361,18 @@ fn refused(reason: &DisconnectReason, path: &Path) -> String {
             CloseCode::REVOKED => "the hub operator revoked this spoke's access.".into(),
             _ => format!("the hub ended the session: {code}: {reason}"),
         },
-        DisconnectReason::Transport { error, tls: true } => format!(
+        DisconnectReason::Transport {
+            error,
+            tls: true,
+            by_peer: true,
+        } => format!(
+            "the hub refused the TLS handshake: {error}. If this spoke authenticates with a \
+             certificate, check that `certificate_pem` in {file} was issued by the hub's CA and \
+             is still valid (`hub add-spoke --auth certificate` issues a new one)."
+        ),
+        DisconnectReason::Transport {
+            error, tls: true, ..
+        } => format!(
             "the TLS handshake with the hub failed: {error}. Check that `ca` (or `ca_pem`) in \
              {file} is the CA that signed the hub's certificate, and that `server_name` is a \
              name in that certificate."

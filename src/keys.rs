@@ -120,6 +120,7 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
         routes: Vec::new(),
         isolate_spokes: false,
         gateway: false,
+        default_route: true,
         uplink: None,
         dns: Vec::new(),
         client_ca: Some("ca.pem".into()),

@@ -69,6 +69,7 @@ pub fn spoke_status(status: &SpokeStatus, hub: &str, rates: &Rates) -> Value {
         "addresses": s.addresses,
         "hub_addresses": status.hub_addresses,
         "routes": status.routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "dns_servers": status.dns_servers,
         "rtt_ms": s.rtt.map(|r| r.as_secs_f64() * 1e3),
         "tun_mtu": s.tun_mtu,
         "rx_packets": s.traffic.rx_packets,
@@ -126,9 +127,11 @@ fn reason(r: &DisconnectReason) -> Value {
         }
         DisconnectReason::TimedOut => json!({ "by": "timeout" }),
         DisconnectReason::Reset => json!({ "by": "reset" }),
-        DisconnectReason::Transport { error, tls } => {
-            json!({ "by": "transport", "error": error, "tls": tls })
-        }
+        DisconnectReason::Transport {
+            error,
+            tls,
+            by_peer,
+        } => json!({ "by": "transport", "error": error, "tls": tls, "by_peer": by_peer }),
     }
 }
 

@@ -58,7 +58,9 @@ use slopn_proto::DisconnectReason;
 use slopn_tun::{Routes, Tun, TunError};
 use tracing::{debug, info, warn};
 
-pub use machine::{Flow, HubCommand, HubSnapshot, Machine, Os, SpokeCommand, SpokeStatus};
+pub use machine::{
+    Flow, HubCommand, HubSnapshot, Machine, Os, RoutePolicy, SpokeCommand, SpokeStatus,
+};
 use udp::Udp;
 
 const UDP: Token = Token(0);
@@ -79,6 +81,8 @@ pub struct Options {
     /// Events kept for [`Handle::events`] before further ones are dropped (they are logged
     /// regardless).
     pub event_queue: usize,
+    /// Which advertised routes a spoke installs (full or split tunnel).
+    pub routes: RoutePolicy,
 }
 
 impl Default for Options {
@@ -89,6 +93,10 @@ impl Default for Options {
             socket_buffer: 8 << 20,
             shutdown_grace: Duration::from_secs(2),
             event_queue: 1024,
+            routes: RoutePolicy {
+                accept_default_route: true,
+                ..RoutePolicy::default()
+            },
         }
     }
 }
@@ -230,6 +238,7 @@ pub fn spawn<M: Machine>(
                 os: Os {
                     routes: Routes::new(tun.name()),
                     tun,
+                    policy: options.routes.clone(),
                 },
                 poll,
                 shared: loop_shared,

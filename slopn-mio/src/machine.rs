@@ -8,10 +8,11 @@ use bytes::Bytes;
 use ipnet::IpNet;
 use slopn_proto::control::{CloseCode, IpPrefix};
 use slopn_proto::{
-    DisconnectReason, DropReason, EcnCodepoint, Hub, HubEvent, HubStats, SessionId, Spoke,
-    SpokeEvent, SpokeSnapshot, SpokeState, SpokeStats, Transmit,
+    Credential, DisconnectReason, DropReason, EcnCodepoint, Hub, HubEvent, HubStats, SessionId,
+    Spoke, SpokeEvent, SpokeSnapshot, SpokeState, SpokeStats, Transmit,
 };
 use slopn_tun::{Routes, Tun, TunError};
+use tracing::{info, warn};
 
 /// The operating-system side the loop owns: the TUN device and the routes through it.
 #[derive(Debug)]
@@ -21,6 +22,62 @@ pub struct Os {
     pub routes: Routes,
     /// The TUN device.
     pub tun: Tun,
+    /// Which advertised routes a spoke installs.
+    pub policy: RoutePolicy,
+}
+
+/// Which of the routes a hub advertises a spoke sends into the tunnel.
+#[derive(Clone, Debug, Default)]
+pub struct RoutePolicy {
+    /// Whether an advertised default route makes this a full tunnel. The default route is
+    /// then installed as two halves (0.0.0.0/1 and 128.0.0.0/1, ::/1 and 8000::/1) that
+    /// outrank the host's own without touching it, and `hub` keeps a host route through the
+    /// underlay so the tunnel's own packets do not loop into it.
+    pub accept_default_route: bool,
+    /// If not empty, only these networks (as far as the hub advertises them) go into the
+    /// tunnel besides the tunnel networks themselves: a split tunnel.
+    pub only: Vec<IpNet>,
+    /// The hub's underlay address.
+    pub hub: Option<IpAddr>,
+}
+
+impl RoutePolicy {
+    /// The networks to route into the tunnel, and whether that makes a full tunnel.
+    fn select(&self, spoke: &Spoke) -> (Vec<IpNet>, bool) {
+        let mut nets = spoke.tunnel_networks();
+        let advertised: Vec<IpNet> = spoke.routes().iter().flat_map(|r| r.to_nets()).collect();
+        let wanted: Vec<IpNet> = if self.only.is_empty() {
+            advertised
+        } else {
+            self.only
+                .iter()
+                .copied()
+                .filter(|o| advertised.iter().any(|a| a.contains(o)))
+                .collect()
+        };
+        let mut full = false;
+        for net in wanted {
+            if net.prefix_len() > 0 {
+                nets.push(net);
+            } else if self.accept_default_route {
+                full = true;
+                let halves: [&str; 2] = if net.addr().is_ipv4() {
+                    ["0.0.0.0/1", "128.0.0.0/1"]
+                } else {
+                    ["::/1", "8000::/1"]
+                };
+                nets.extend(halves.iter().map(|h| h.parse::<IpNet>().expect("valid")));
+            }
+        }
+        (nets, full)
+    }
+
+    fn apply(&self, spoke: &Spoke, os_routes: &mut Routes) -> Result<(), TunError> {
+        let (nets, full) = self.select(spoke);
+        // The hub stays reachable outside the tunnel before a default route points into it.
+        os_routes.set_bypass(if full { self.hub } else { None })?;
+        os_routes.set(&nets)
+    }
 }
 
 /// Whether the loop goes on after an event.
@@ -121,6 +178,28 @@ macro_rules! forward_io {
     };
 }
 
+/// Points the system resolver at `servers` for the tunnel device through systemd-resolved,
+/// where it runs; elsewhere says what to configure.
+fn apply_dns(device: &str, servers: &[IpAddr]) {
+    if servers.is_empty() {
+        return;
+    }
+    let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
+    let mut args = vec!["dns".to_owned(), device.to_owned()];
+    args.extend(list.iter().cloned());
+    match std::process::Command::new("resolvectl")
+        .args(&args)
+        .output()
+    {
+        Ok(out) if out.status.success() => info!(servers = ?list, "DNS servers set"),
+        _ => warn!(
+            servers = ?list,
+            "the hub pushed DNS servers; systemd-resolved is not available to apply them: \
+             configure them in /etc/resolv.conf if wanted"
+        ),
+    }
+}
+
 /// Commands for a hub.
 #[derive(Clone, Debug)]
 pub enum HubCommand {
@@ -133,6 +212,12 @@ pub enum HubCommand {
         /// The reason sent.
         reason: String,
     },
+    /// Replaces the credentials (a reload): withdrawn or changed ones are revoked at once.
+    SetCredentials(Vec<Credential>),
+    /// Replaces the advertised routes besides the pools, and tells every spoke.
+    SetRoutes(Vec<IpNet>),
+    /// Replaces the DNS servers pushed to spokes, and tells every spoke.
+    SetDnsServers(Vec<IpAddr>),
 }
 
 /// A hub's statistics: the totals and every session.
@@ -156,6 +241,16 @@ impl Machine for Hub {
             HubCommand::Disconnect { id, code, reason } => {
                 self.disconnect(now, id, code, &reason);
             }
+            HubCommand::SetCredentials(credentials) => {
+                match self.set_credentials(now, &credentials) {
+                    Ok(revoked) => {
+                        info!(spokes = credentials.len(), revoked, "credentials reloaded")
+                    }
+                    Err(e) => warn!("credentials not reloaded: {e}"),
+                }
+            }
+            HubCommand::SetRoutes(routes) => self.set_routes(now, routes),
+            HubCommand::SetDnsServers(servers) => self.set_dns_servers(now, servers),
         }
     }
     fn shut_down(&mut self, now: Instant) {
@@ -195,6 +290,8 @@ pub struct SpokeStatus {
     pub hub_addresses: Vec<IpAddr>,
     /// The routes the hub advertised.
     pub routes: Vec<IpNet>,
+    /// The DNS servers the hub pushed.
+    pub dns_servers: Vec<IpAddr>,
 }
 
 impl Machine for Spoke {
@@ -220,8 +317,9 @@ impl Machine for Spoke {
         SpokeStatus {
             state: self.state(),
             stats: Spoke::stats(self),
-            hub_addresses: self.hub_addresses().to_vec(),
+            hub_addresses: self.hub_addresses(),
             routes: self.routes().iter().flat_map(|r| r.to_nets()).collect(),
+            dns_servers: self.dns_servers().to_vec(),
         }
     }
     fn apply(&mut self, event: &SpokeEvent, os: &mut Os) -> Result<Flow, TunError> {
@@ -237,15 +335,14 @@ impl Machine for Spoke {
                     os.tun.set_mtu(*mtu)?;
                 }
                 os.tun.set_addresses(&host)?;
-                // Routes need the addresses in place; re-apply the current list.
-                let nets: Vec<IpNet> = self.routes().iter().flat_map(|r| r.to_nets()).collect();
-                os.routes.set(&nets)?;
+                // Routes need the addresses in place; apply the current list.
+                os.policy.apply(self, &mut os.routes)?;
             }
             // Before the first assignment the routes wait for the addresses (see above).
-            SpokeEvent::RoutesChanged { routes } if !os.tun.addresses().is_empty() => {
-                let nets: Vec<IpNet> = routes.iter().flat_map(|r| r.to_nets()).collect();
-                os.routes.set(&nets)?;
+            SpokeEvent::RoutesChanged { .. } if !os.tun.addresses().is_empty() => {
+                os.policy.apply(self, &mut os.routes)?;
             }
+            SpokeEvent::DnsChanged { servers } => apply_dns(os.tun.name(), servers),
             SpokeEvent::MtuChanged { tun_mtu } => os.tun.set_mtu(*tun_mtu)?,
             SpokeEvent::Disconnected {
                 reason,

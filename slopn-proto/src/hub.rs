@@ -582,7 +582,7 @@ impl Hub {
             self.on_quinn_event(now, idx, event);
         }
         if self.transport.shuttle_events(idx) {
-            self.remove(idx);
+            self.remove(now, idx);
             return;
         }
         if let Some(entry) = self.transport.get_mut(idx)
@@ -598,7 +598,7 @@ impl Hub {
         match event {
             Event::Connected => self.on_connected(now, idx),
             Event::ConnectionLost { reason } => {
-                self.end_session(idx, DisconnectReason::from_quinn(&reason));
+                self.end_session(now, idx, DisconnectReason::from_quinn(&reason));
                 self.set_phase(idx, Phase::Closed);
                 if let Some(entry) = self.transport.get_mut(idx) {
                     entry.deadline = None;
@@ -737,6 +737,7 @@ impl Hub {
             (_, Capsule::Goodbye { code, reason } | Capsule::Error { code, reason }) => {
                 // The spoke is leaving: echo its code and close at once.
                 self.end_session(
+                    now,
                     idx,
                     DisconnectReason::Remote {
                         code,
@@ -957,6 +958,7 @@ impl Hub {
         entry.state.close_reason = Some(reason.to_owned());
         if !entry.link.has_control() {
             self.end_session(
+                now,
                 idx,
                 DisconnectReason::Local {
                     code,
@@ -984,6 +986,7 @@ impl Hub {
         entry.state.phase = Phase::Closing { code };
         entry.deadline = Some((now + grace, "close grace"));
         self.end_session(
+            now,
             idx,
             DisconnectReason::Local {
                 code,
@@ -1018,7 +1021,7 @@ impl Hub {
     }
 
     /// Frees a session's addresses and routes and reports it gone (once).
-    fn end_session(&mut self, idx: usize, reason: DisconnectReason) {
+    fn end_session(&mut self, now: Instant, idx: usize, reason: DisconnectReason) {
         let Some(entry) = self.transport.get_mut(idx) else {
             return;
         };
@@ -1037,8 +1040,22 @@ impl Hub {
         {
             self.by_identity.remove(identity);
         }
-        if session.phase == Phase::Handshaking && reason_is_quiet(&reason) {
-            return;
+        if session.phase == Phase::Handshaking {
+            // A TLS handshake this hub refused (a bad client certificate) is an
+            // authentication failure like a bad token, and counts against its source.
+            if let DisconnectReason::Transport {
+                tls: true,
+                by_peer: false,
+                ..
+            } = &reason
+            {
+                self.stats.auth_failures += 1;
+                self.failures
+                    .record(entry.link.conn.remote_address().ip(), now);
+            }
+            if reason_is_quiet(&reason) {
+                return;
+            }
         }
         let (id, identity) = (session.id, session.identity.as_deref().map(str::to_owned));
         info!(%id, identity = identity.as_deref().unwrap_or("-"), %reason, "spoke disconnected");
@@ -1049,7 +1066,7 @@ impl Hub {
         });
     }
 
-    fn remove(&mut self, idx: usize) {
+    fn remove(&mut self, now: Instant, idx: usize) {
         // Normally ended already; this covers connections closed without a lost event.
         let code = match self.transport.get(idx).map(|e| e.state.phase) {
             Some(Phase::Closing { code }) => code,
@@ -1060,7 +1077,7 @@ impl Hub {
             .get(idx)
             .and_then(|e| e.state.close_reason.clone())
             .unwrap_or_default();
-        self.end_session(idx, DisconnectReason::Local { code, reason });
+        self.end_session(now, idx, DisconnectReason::Local { code, reason });
         self.set_phase(idx, Phase::Closed);
         self.transport.remove(idx);
     }

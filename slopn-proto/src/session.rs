@@ -43,6 +43,9 @@ pub enum DisconnectReason {
         error: String,
         /// Whether it was a TLS failure (certificate, ALPN): retrying will not help.
         tls: bool,
+        /// Whether the peer reported it (it refused us) rather than this side (we refused
+        /// the peer).
+        by_peer: bool,
     },
 }
 
@@ -58,18 +61,22 @@ impl DisconnectReason {
             ConnectionError::ConnectionClosed(close) => Self::Transport {
                 error: close.to_string(),
                 tls: is_tls(u64::from(close.error_code)),
+                by_peer: true,
             },
             ConnectionError::TransportError(e) => Self::Transport {
                 error: e.to_string(),
                 tls: is_tls(u64::from(e.code)),
+                by_peer: false,
             },
             ConnectionError::VersionMismatch => Self::Transport {
                 error: "no common QUIC version".into(),
                 tls: true,
+                by_peer: true,
             },
             other => Self::Transport {
                 error: other.to_string(),
                 tls: false,
+                by_peer: false,
             },
         }
     }

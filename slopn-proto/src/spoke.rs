@@ -459,6 +459,7 @@ impl Spoke {
                     reason: DisconnectReason::Transport {
                         error: e.to_string(),
                         tls: false,
+                        by_peer: false,
                     },
                     retry_in: None,
                 });

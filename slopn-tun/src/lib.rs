@@ -6,17 +6,21 @@
 //!   kernel's GSO/GRO offload (`IFF_VNET_HDR`), which SloPN's performance work builds on.
 //!   The device disappears when the [`Tun`] is dropped or the process exits, whatever the
 //!   reason, and the kernel removes every route through it.
-//! - [`Routes`]: routes through the device, installed with `ip route` and removed on drop.
+//! - [`Routes`]: routes through the device, installed with `ip route` and removed on drop,
+//!   and the host route that keeps the hub reachable outside a full tunnel.
+//! - [`Gateway`]: the hub's gateway mode — forwarding and NAT in an nftables table of its own.
 //! - [`netns`]: network namespaces and veth pairs, for SloPN's tests, demo and benchmarks.
 //!
 //! Errors say what is wrong and what to do ([`TunError`]). macOS (`utun`) goes through the same
 //! tun-rs API but is untested; routes there use `route(8)`.
 
 mod device;
+mod gateway;
 pub mod netns;
 mod routes;
 
 pub use device::{Tun, TunConfig};
+pub use gateway::{Gateway, default_uplink};
 pub use routes::Routes;
 
 use std::io;
@@ -68,6 +72,39 @@ impl TunError {
             source,
         }
     }
+}
+
+/// Runs a command with `input` on its stdin, failing with its stderr.
+pub(crate) fn run_with_input(
+    program: &str,
+    args: &[&str],
+    input: &str,
+) -> Result<String, TunError> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let command = format!("{program} {}", args.join(" "));
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| TunError::io(format!("running `{command}`"), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|e| TunError::io(format!("writing to `{command}`"), e))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| TunError::io(format!("running `{command}`"), e))?;
+    if !output.status.success() {
+        return Err(TunError::Command {
+            command,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Runs a command, failing with its stderr.

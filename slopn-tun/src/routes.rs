@@ -13,6 +13,8 @@ use crate::{TunError, run};
 pub struct Routes {
     device: String,
     installed: Vec<IpNet>,
+    /// A host route keeping one destination (the hub) outside the tunnel.
+    bypass: Option<IpNet>,
 }
 
 impl Routes {
@@ -21,7 +23,37 @@ impl Routes {
         Self {
             device: device.into(),
             installed: Vec::new(),
+            bypass: None,
         }
+    }
+
+    /// Keeps `dest` (the hub's underlay address) routed as it is now, outside the tunnel,
+    /// with a host route through the current gateway. Install it before a default route
+    /// points into the tunnel, or packets to the hub would loop into it. `None` removes it.
+    pub fn set_bypass(&mut self, dest: Option<std::net::IpAddr>) -> Result<(), TunError> {
+        let wanted = dest.map(IpNet::from);
+        if wanted == self.bypass {
+            return Ok(());
+        }
+        if let Some(old) = self.bypass.take() {
+            delete_host(old)?;
+        }
+        if let (Some(net), Some(dest)) = (wanted, dest) {
+            let via = current_route(dest)?;
+            if via.iter().any(|w| w == &self.device) {
+                return Err(TunError::Command {
+                    command: format!("ip route get {dest}"),
+                    stderr: format!("the hub {dest} is already routed into {}", self.device),
+                });
+            }
+            let mut args = vec!["route".to_owned(), "replace".to_owned(), net.to_string()];
+            args.extend(via);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run("ip", &args)?;
+            debug!(%net, "bypass route added");
+            self.bypass = Some(net);
+        }
+        Ok(())
     }
 
     /// The routes installed now.
@@ -55,6 +87,11 @@ impl Routes {
 
 impl Drop for Routes {
     fn drop(&mut self) {
+        if let Some(net) = self.bypass.take()
+            && let Err(e) = delete_host(net)
+        {
+            warn!(%net, error = %e, "could not remove the bypass route");
+        }
         for net in self.installed.drain(..) {
             if let Err(e) = delete(&self.device, net) {
                 // The device may be gone already, taking its routes with it.
@@ -70,6 +107,32 @@ fn add(device: &str, net: IpNet) -> Result<(), TunError> {
 
 fn delete(device: &str, net: IpNet) -> Result<(), TunError> {
     route(RouteAction::Delete, device, net)
+}
+
+/// `via GATEWAY dev DEVICE` (or `dev DEVICE` on-link) of the kernel's route to `dest` now.
+fn current_route(dest: std::net::IpAddr) -> Result<Vec<String>, TunError> {
+    let out = run("ip", &["route", "get", &dest.to_string()])?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let mut via = Vec::new();
+    for key in ["via", "dev"] {
+        if let Some(pos) = words.iter().position(|w| *w == key)
+            && let Some(value) = words.get(pos + 1)
+        {
+            via.push(key.to_owned());
+            via.push((*value).to_owned());
+        }
+    }
+    if !via.iter().any(|w| w == "dev") {
+        return Err(TunError::Command {
+            command: format!("ip route get {dest}"),
+            stderr: format!("no route to {dest}"),
+        });
+    }
+    Ok(via)
+}
+
+fn delete_host(net: IpNet) -> Result<(), TunError> {
+    run("ip", &["route", "del", &net.to_string()]).map(drop)
 }
 
 #[derive(Clone, Copy)]

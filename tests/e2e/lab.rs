@@ -23,6 +23,9 @@ pub struct Lab {
     pub dir: PathBuf,
     pub wan: Namespace,
     pub hub_ns: Namespace,
+    /// With [`Lab::with_internet`]: a namespace behind the hub's uplink `up0`
+    /// (203.0.113.1 on the hub, 203.0.113.2 there), reachable only through the hub.
+    pub internet: Option<Namespace>,
     pub spoke_ns: Vec<Namespace>,
     hub: Option<Child>,
     spokes: Vec<Option<Child>>,
@@ -40,6 +43,15 @@ impl Lab {
     /// A lab with `spokes` spokes, or `None` (after saying why) where namespaces and TUN
     /// devices are not available.
     pub fn new(test: &str, spokes: usize) -> Option<Self> {
+        Self::build(test, spokes, false)
+    }
+
+    /// A lab whose hub also has an uplink to an "internet" namespace.
+    pub fn with_internet(test: &str, spokes: usize) -> Option<Self> {
+        Self::build(test, spokes, true)
+    }
+
+    fn build(test: &str, spokes: usize, internet: bool) -> Option<Self> {
         if let Err(why) = netns::available() {
             eprintln!("SKIPPED {test}: {why}");
             return None;
@@ -54,9 +66,26 @@ impl Lab {
         let hub_ns = Namespace::create(format!("{prefix}-hub")).unwrap();
         wan.veth("hub", "10.0.0.1/24", &hub_ns, "wan0", "10.0.0.2/24")
             .unwrap();
-        hub_ns
-            .ip(&["route", "add", "default", "via", "10.0.0.1"])
-            .unwrap();
+        let internet = internet.then(|| {
+            let net = Namespace::create(format!("{prefix}-inet")).unwrap();
+            hub_ns
+                .veth("up0", "203.0.113.1/24", &net, "eth0", "203.0.113.2/24")
+                .unwrap();
+            net
+        });
+        if internet.is_some() {
+            // The hub's default route leads to the internet; the spokes stay behind the wan.
+            hub_ns
+                .ip(&["route", "add", "default", "via", "203.0.113.2"])
+                .unwrap();
+            hub_ns
+                .ip(&["route", "add", "10.0.0.0/16", "via", "10.0.0.1"])
+                .unwrap();
+        } else {
+            hub_ns
+                .ip(&["route", "add", "default", "via", "10.0.0.1"])
+                .unwrap();
+        }
         let spoke_ns: Vec<Namespace> = (0..spokes)
             .map(|i| {
                 let ns = Namespace::create(format!("{prefix}-s{i}")).unwrap();
@@ -94,6 +123,7 @@ impl Lab {
             dir,
             wan,
             hub_ns,
+            internet,
             spoke_ns,
             hub: None,
             spokes: (0..spokes).map(|_| None).collect(),
@@ -167,6 +197,14 @@ impl Lab {
     pub fn signal_hub(&mut self, signal: &str) -> ExitStatus {
         let mut child = self.hub.take().expect("hub running");
         signal_and_wait(&mut child, signal)
+    }
+
+    /// Sends SIGHUP to the hub (reload) without waiting.
+    pub fn reload_hub(&self) {
+        let pid = self.hub.as_ref().expect("hub running").id();
+        let _ = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
     }
 
     pub fn signal_spoke(&mut self, i: usize, signal: &str) -> ExitStatus {
