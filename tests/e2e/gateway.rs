@@ -356,6 +356,18 @@ fn attacks_on_the_gateway_are_refused_and_other_spokes_do_not_notice() {
         .unwrap_or(0);
     assert!(drops >= 2, "counted: {drops}");
 
+    // Nobody on the uplink side can open connections to spokes, even with a route to them.
+    internet
+        .ip(&["route", "add", "10.100.0.0/24", "via", "203.0.113.1"])
+        .unwrap();
+    let reached = internet
+        .command("ping")
+        .args(["-c", "2", "-W", "1", "-q", &lab.address(0)])
+        .status()
+        .unwrap()
+        .success();
+    assert!(!reached, "the uplink reached a spoke unasked");
+
     // The good spokes never noticed any of it.
     for i in [0, 4] {
         let s = lab.spoke_status(i).unwrap();
