@@ -4,24 +4,12 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use slopn_proto::packet::{self, IpHeader, PROTO_ICMPV6, PROTO_UDP};
-use slopn_proto::{DropReason, PoolConfig, SpokeState};
+use slopn_proto::{DropReason, PoolConfig};
 
 use crate::host::v4;
 use crate::net::LinkParams;
 use crate::world::World;
 use crate::{hub_config, pki, spoke_config};
-
-fn links() -> (LinkParams, LinkParams) {
-    (LinkParams::default(), LinkParams::default())
-}
-
-fn all_established(world: &mut World) -> bool {
-    world.run_until(Duration::from_secs(5), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    })
-}
 
 #[test]
 fn requested_addresses_are_honoured_when_free_and_inside_the_pool() {
@@ -31,12 +19,12 @@ fn requested_addresses_are_honoured_when_free_and_inside_the_pool() {
     for i in 0..2 {
         let mut config = spoke_config(&pki, i);
         config.requested_addresses = vec![wanted];
-        world.add_spoke(config, links());
+        world.add_spoke(config, LinkParams::pair());
     }
     let mut outside = spoke_config(&pki, 2);
     outside.requested_addresses = vec![v4(192, 168, 9, 9)];
-    world.add_spoke(outside, links());
-    assert!(all_established(&mut world));
+    world.add_spoke(outside, LinkParams::pair());
+    assert!(world.all_established(Duration::from_secs(5)));
     let got: Vec<IpAddr> = world
         .spokes
         .iter()
@@ -81,9 +69,9 @@ fn dual_stack_spokes_route_ipv6_and_expire_hop_limits() {
         .push(PoolConfig::new("fd00:100::/64".parse().unwrap()));
     let mut world = World::new(51, config);
     for i in 0..2 {
-        world.add_spoke(spoke_config(&pki, i), links());
+        world.add_spoke(spoke_config(&pki, i), LinkParams::pair());
     }
-    assert!(all_established(&mut world));
+    assert!(world.all_established(Duration::from_secs(5)));
     let six = |w: &World, i: usize| match w.spokes[i].spoke.addresses().iter().find(|a| a.is_ipv6())
     {
         Some(IpAddr::V6(a)) => *a,

@@ -9,10 +9,6 @@ use crate::net::LinkParams;
 use crate::world::{World, hub_ip};
 use crate::{hub_config, pki, spoke_config};
 
-fn links() -> (LinkParams, LinkParams) {
-    (LinkParams::default(), LinkParams::default())
-}
-
 /// Pings `to` from the host behind spoke `from` (or the hub's host for `None`) and waits
 /// for the reply.
 pub fn ping(
@@ -53,13 +49,9 @@ fn three_spokes_get_distinct_addresses_and_reach_everyone() {
     let pki = pki();
     let mut world = World::new(1, hub_config(&pki));
     for i in 0..3 {
-        world.add_spoke(spoke_config(&pki, i), links());
+        world.add_spoke(spoke_config(&pki, i), LinkParams::pair());
     }
-    assert!(world.run_until(Duration::from_secs(5), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    }));
+    assert!(world.all_established(Duration::from_secs(5)));
     let addrs: Vec<_> = (0..3).map(|i| assigned(&world, i)).collect();
     assert_eq!(
         addrs,
@@ -97,13 +89,9 @@ fn isolated_spokes_reach_the_hub_but_not_each_other() {
     config.isolate_spokes = true;
     let mut world = World::new(2, config);
     for i in 0..2 {
-        world.add_spoke(spoke_config(&pki, i), links());
+        world.add_spoke(spoke_config(&pki, i), LinkParams::pair());
     }
-    world.run_until(Duration::from_secs(5), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    });
+    world.all_established(Duration::from_secs(5));
     let b = assigned(&world, 1);
     ping(&mut world, Some(0), hub_ip(), 1).expect("hub reachable");
     world.spokes[0].host.device.capture = true;
@@ -123,7 +111,7 @@ fn isolated_spokes_reach_the_hub_but_not_each_other() {
 fn idle_sessions_stay_up_on_keep_alives() {
     let pki = pki();
     let mut world = World::new(5, hub_config(&pki));
-    world.add_spoke(spoke_config(&pki, 0), links());
+    world.add_spoke(spoke_config(&pki, 0), LinkParams::pair());
     world.run_for(Duration::from_secs(60));
     let spoke = &mut world.spokes[0];
     assert_eq!(spoke.spoke.state(), SpokeState::Established);

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use slopn_proto::SpokeState;
-
 use crate::basic::{assigned, ping};
 use crate::net::LinkParams;
 use crate::tcp::transfer;
@@ -29,11 +27,7 @@ fn demo() {
     for i in 0..3 {
         world.add_spoke(spoke_config(&pki, i), (link.clone(), link.clone()));
     }
-    assert!(world.run_until(Duration::from_secs(5), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    }));
+    assert!(world.all_established(Duration::from_secs(5)));
     for s in &mut world.spokes {
         println!(
             "{}: assigned {:?} after {:.1} ms (simulated), tunnel MTU {:?}",

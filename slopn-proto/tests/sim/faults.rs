@@ -16,25 +16,13 @@ use crate::raw::client_config;
 use crate::world::{World, hub_ip};
 use crate::{Pki, hub_config, pki, spoke_config, token, udp_packet};
 
-fn links() -> (LinkParams, LinkParams) {
-    (LinkParams::default(), LinkParams::default())
-}
-
-fn established(world: &mut World) -> bool {
-    world.run_until(Duration::from_secs(10), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    })
-}
-
 /// A world with `n` well-behaved spokes, all established.
 fn world_with(seed: u64, pki: &Pki, n: usize) -> World {
     let mut world = World::new(seed, hub_config(pki));
     for i in 0..n {
-        world.add_spoke(spoke_config(pki, i), links());
+        world.add_spoke(spoke_config(pki, i), LinkParams::pair());
     }
-    assert!(established(&mut world));
+    assert!(world.all_established(Duration::from_secs(10)));
     world
 }
 
@@ -330,13 +318,13 @@ fn a_full_pool_refuses_the_extra_spoke_with_a_clear_error_and_nothing_else_chang
     config.pools = vec![PoolConfig::new("10.100.0.0/29".parse().unwrap())];
     let mut world = World::new(16, config);
     for i in 0..5 {
-        world.add_spoke(spoke_config(&pki, i), links());
+        world.add_spoke(spoke_config(&pki, i), LinkParams::pair());
     }
-    assert!(established(&mut world));
+    assert!(world.all_established(Duration::from_secs(10)));
     // Let path MTU discovery finish so that no event is expected from the others.
     world.run_for(Duration::from_secs(2));
     let before: Vec<usize> = world.spokes.iter().map(|s| s.events.len()).collect();
-    let late = world.add_spoke(spoke_config(&pki, 5), links());
+    let late = world.add_spoke(spoke_config(&pki, 5), LinkParams::pair());
     world.run_for(Duration::from_secs(2));
     let refusal = world.spokes[late].events.iter().find_map(|e| match e {
         SpokeEvent::Disconnected { reason, retry_in } => Some((reason.clone(), *retry_in)),
@@ -376,7 +364,7 @@ fn a_wrong_token_gets_no_address_and_forwards_nothing() {
     let mut world = world_with(17, &pki, 1);
     let mut config = spoke_config(&pki, 1);
     config.token = "not-a-valid-token".into();
-    let bad = world.add_spoke(config, links());
+    let bad = world.add_spoke(config, LinkParams::pair());
     world.run_for(Duration::from_secs(2));
     let spoke = &mut world.spokes[bad];
     assert_eq!(
@@ -427,7 +415,7 @@ fn a_spoke_trusting_another_ca_refuses_the_hub() {
     let mut config = spoke_config(&pki, 0);
     config.trust_anchors =
         slopn_proto::tls::parse_certificates(other.cert_pem().as_bytes()).unwrap();
-    let s = world.add_spoke(config, links());
+    let s = world.add_spoke(config, LinkParams::pair());
     world.run_for(Duration::from_secs(2));
     assert_eq!(world.spokes[s].spoke.state(), SpokeState::Stopped);
     assert!(world.spokes[s].events.iter().any(|e| matches!(
@@ -502,11 +490,7 @@ fn a_killed_hub_is_noticed_and_its_restart_found_at_once() {
     world.run_for(Duration::from_secs(7));
     world.start_hub();
     let back = world.now;
-    assert!(world.run_until(Duration::from_secs(5), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    }));
+    assert!(world.all_established(Duration::from_secs(5)));
     let took = world.now - back;
     println!(
         "hub killed: spokes noticed after {noticed:?}, reconnected {took:?} after it returned"
@@ -575,9 +559,5 @@ fn a_hub_closing_gracefully_sends_spokes_to_retry_at_once() {
     }
     world.kill_hub();
     world.start_hub();
-    assert!(world.run_until(Duration::from_secs(3), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    }));
+    assert!(world.all_established(Duration::from_secs(3)));
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use slopn_proto::{DropReason, SpokeEvent, SpokeState};
+use slopn_proto::{DropReason, SpokeEvent};
 
 use crate::basic::assigned;
 use crate::net::LinkParams;
@@ -21,11 +21,7 @@ fn route_updates_get_through_a_saturated_tunnel() {
     // A sends faster than B can receive: the hub's queue towards B runs full.
     world.add_spoke(spoke_config(&pki, 0), (link(50), link(50)));
     world.add_spoke(spoke_config(&pki, 1), (link(10), link(10)));
-    assert!(world.run_until(Duration::from_secs(5), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    }));
+    assert!(world.all_established(Duration::from_secs(5)));
     world.run_for(Duration::from_secs(2));
     let (a, b) = (assigned(&world, 0), assigned(&world, 1));
     let rtt = world.spokes[1].spoke.stats().rtt.unwrap();

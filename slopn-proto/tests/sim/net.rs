@@ -47,6 +47,11 @@ impl Default for LinkParams {
 }
 
 impl LinkParams {
+    /// Default links in both directions.
+    pub fn pair() -> (Self, Self) {
+        (Self::default(), Self::default())
+    }
+
     /// 5 % loss, 2 % duplication, 5 % reordering, some jitter: a bad but usable link.
     pub fn lossy() -> Self {
         Self {

@@ -2,8 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use slopn_proto::SpokeState;
-
 use crate::memory;
 use crate::net::LinkParams;
 use crate::world::World;
@@ -24,11 +22,7 @@ fn two_hundred_spokes_at_once() {
         };
         world.add_spoke(spoke_config(&pki, i), (links.clone(), links));
     }
-    assert!(world.run_until(Duration::from_secs(30), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    }));
+    assert!(world.all_established(Duration::from_secs(30)));
     let all_up = world.now;
     let mut addresses: Vec<_> = world
         .spokes

@@ -16,10 +16,6 @@ use crate::raw::client_config;
 use crate::world::{World, hub_ip};
 use crate::{Pki, hub_config, pki, sim_wall_clock, spoke_config, token};
 
-fn links() -> (LinkParams, LinkParams) {
-    (LinkParams::default(), LinkParams::default())
-}
-
 fn disconnect_reason(world: &World, i: usize) -> Option<(DisconnectReason, Option<Duration>)> {
     world.spokes[i].events.iter().find_map(|e| match e {
         SpokeEvent::Disconnected { reason, retry_in } => Some((reason.clone(), *retry_in)),
@@ -61,13 +57,12 @@ fn valid() -> Validity {
 fn certificate_and_token_spokes_side_by_side() {
     let pki = pki();
     let mut world = World::new(60, mixed_hub(&pki));
-    world.add_spoke(spoke_config(&pki, 0), links());
-    let c = world.add_spoke(cert_spoke(&pki, &pki.ca, "cert-0", valid(), 40), links());
-    assert!(world.run_until(Duration::from_secs(5), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    }));
+    world.add_spoke(spoke_config(&pki, 0), LinkParams::pair());
+    let c = world.add_spoke(
+        cert_spoke(&pki, &pki.ca, "cert-0", valid(), 40),
+        LinkParams::pair(),
+    );
+    assert!(world.all_established(Duration::from_secs(5)));
     assert_eq!(
         world.spokes[c].spoke.identity(),
         Some("cert-0"),
@@ -82,7 +77,7 @@ fn certificate_and_token_spokes_side_by_side() {
 fn bad_certificates_fail_in_the_handshake_or_at_hello_and_change_nothing() {
     let pki = pki();
     let mut world = World::new(61, mixed_hub(&pki));
-    world.add_spoke(spoke_config(&pki, 0), links());
+    world.add_spoke(spoke_config(&pki, 0), LinkParams::pair());
     assert!(
         world.run_until(Duration::from_secs(5), |w| w.spokes[0].spoke.state()
             == SpokeState::Established)
@@ -92,9 +87,18 @@ fn bad_certificates_fail_in_the_handshake_or_at_hello_and_change_nothing() {
         not_before: sim_wall_clock() - Duration::from_secs(30 * 86_400),
         not_after: sim_wall_clock() - Duration::from_secs(86_400),
     };
-    let foreign = world.add_spoke(cert_spoke(&pki, &other_ca, "cert-0", valid(), 41), links());
-    let stale = world.add_spoke(cert_spoke(&pki, &pki.ca, "cert-1", expired, 42), links());
-    let unlisted = world.add_spoke(cert_spoke(&pki, &pki.ca, "cert-9", valid(), 43), links());
+    let foreign = world.add_spoke(
+        cert_spoke(&pki, &other_ca, "cert-0", valid(), 41),
+        LinkParams::pair(),
+    );
+    let stale = world.add_spoke(
+        cert_spoke(&pki, &pki.ca, "cert-1", expired, 42),
+        LinkParams::pair(),
+    );
+    let unlisted = world.add_spoke(
+        cert_spoke(&pki, &pki.ca, "cert-9", valid(), 43),
+        LinkParams::pair(),
+    );
     world.run_for(Duration::from_secs(3));
     for (i, what) in [
         (foreign, "certificate from another CA"),
@@ -145,8 +149,11 @@ fn a_hub_of_certificate_spokes_demands_a_certificate_in_the_handshake() {
     config.credentials = vec![Credential::certificate("cert-0")];
     config.client_ca = tls::parse_certificates(pki.ca.cert_pem().as_bytes()).unwrap();
     let mut world = World::new(62, config);
-    let tokened = world.add_spoke(spoke_config(&pki, 0), links());
-    let good = world.add_spoke(cert_spoke(&pki, &pki.ca, "cert-0", valid(), 44), links());
+    let tokened = world.add_spoke(spoke_config(&pki, 0), LinkParams::pair());
+    let good = world.add_spoke(
+        cert_spoke(&pki, &pki.ca, "cert-0", valid(), 44),
+        LinkParams::pair(),
+    );
     world.run_for(Duration::from_secs(3));
     assert_eq!(world.spokes[good].spoke.state(), SpokeState::Established);
     let (reason, _) = disconnect_reason(&world, tokened).expect("refused");
@@ -161,13 +168,9 @@ fn revoked_credentials_end_their_session_at_once_and_stop_working() {
     let pki = pki();
     let mut world = World::new(63, hub_config(&pki));
     for i in 0..3 {
-        world.add_spoke(spoke_config(&pki, i), links());
+        world.add_spoke(spoke_config(&pki, i), LinkParams::pair());
     }
-    assert!(world.run_until(Duration::from_secs(5), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    }));
+    assert!(world.all_established(Duration::from_secs(5)));
     // The operator removes spoke-1 and gives spoke-2 a new token, then reloads.
     let mut creds: Vec<Credential> = (0..256)
         .filter(|i| *i != 1 && *i != 2)
@@ -248,7 +251,7 @@ fn a_flood_of_bad_tokens_from_one_address_is_refused_and_good_spokes_get_in() {
         }
         if round == 15 {
             // A legitimate spoke arrives in the middle of the flood.
-            world.add_spoke(spoke_config(&pki, 0), links());
+            world.add_spoke(spoke_config(&pki, 0), LinkParams::pair());
         }
     }
     world.run_until(Duration::from_secs(5), |w| {
@@ -275,13 +278,9 @@ fn under_handshake_load_the_hub_asks_for_retry_and_caps_half_open_connections() 
     config.retry_above = 0;
     let mut world = World::new(65, config);
     for i in 0..3 {
-        world.add_spoke(spoke_config(&pki, i), links());
+        world.add_spoke(spoke_config(&pki, i), LinkParams::pair());
     }
-    assert!(world.run_until(Duration::from_secs(5), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    }));
+    assert!(world.all_established(Duration::from_secs(5)));
     assert_eq!(
         world.hub().hub.stats().retries,
         3,
@@ -292,13 +291,9 @@ fn under_handshake_load_the_hub_asks_for_retry_and_caps_half_open_connections() 
     config.max_half_open = 1;
     let mut world = World::new(66, config);
     for i in 0..4 {
-        world.add_spoke(spoke_config(&pki, i), links());
+        world.add_spoke(spoke_config(&pki, i), LinkParams::pair());
     }
-    assert!(world.run_until(Duration::from_secs(10), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    }));
+    assert!(world.all_established(Duration::from_secs(10)));
     let stats = world.hub().hub.stats();
     assert!(
         stats.refused >= 1,
@@ -316,7 +311,7 @@ fn dns_servers_are_pushed_and_updated() {
     let mut config = hub_config(&pki);
     config.dns_servers = vec!["10.100.0.1".parse().unwrap()];
     let mut world = World::new(67, config);
-    world.add_spoke(spoke_config(&pki, 0), links());
+    world.add_spoke(spoke_config(&pki, 0), LinkParams::pair());
     assert!(
         world.run_until(Duration::from_secs(5), |w| w.spokes[0].spoke.state()
             == SpokeState::Established)

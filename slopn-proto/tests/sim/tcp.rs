@@ -94,11 +94,7 @@ fn four_mib(seed: u64, links: LinkParams, what: &str) -> World {
     for i in 0..2 {
         world.add_spoke(spoke_config(&pki, i), (links.clone(), links.clone()));
     }
-    assert!(world.run_until(Duration::from_secs(30), |w| {
-        w.spokes
-            .iter()
-            .all(|s| s.spoke.state() == SpokeState::Established)
-    }));
+    assert!(world.all_established(Duration::from_secs(30)));
     // Let path MTU discovery settle so the hosts' TCP MSS matches the tunnel.
     world.run_for(Duration::from_secs(3));
     let total = 4 * 1024 * 1024;

@@ -196,6 +196,15 @@ impl World {
         }
     }
 
+    /// Runs until every spoke is established; false if `limit` passes first.
+    pub fn all_established(&mut self, limit: Duration) -> bool {
+        self.run_until(limit, |w| {
+            w.spokes
+                .iter()
+                .all(|s| s.spoke.state() == slopn_proto::SpokeState::Established)
+        })
+    }
+
     pub fn run_for(&mut self, duration: Duration) {
         self.run_until(duration, |_| false);
     }
