@@ -74,6 +74,11 @@ impl TunError {
     }
 }
 
+/// Runs a command, failing with its stderr.
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<String, TunError> {
+    run_with_input(program, args, "")
+}
+
 /// Runs a command with `input` on its stdin, failing with its stderr.
 pub(crate) fn run_with_input(
     program: &str,
@@ -90,29 +95,15 @@ pub(crate) fn run_with_input(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| TunError::io(format!("running `{command}`"), e))?;
-    if let Some(mut stdin) = child.stdin.take() {
+    if let Some(mut stdin) = child.stdin.take()
+        && !input.is_empty()
+    {
         stdin
             .write_all(input.as_bytes())
             .map_err(|e| TunError::io(format!("writing to `{command}`"), e))?;
     }
     let output = child
         .wait_with_output()
-        .map_err(|e| TunError::io(format!("running `{command}`"), e))?;
-    if !output.status.success() {
-        return Err(TunError::Command {
-            command,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Runs a command, failing with its stderr.
-pub(crate) fn run(program: &str, args: &[&str]) -> Result<String, TunError> {
-    let command = format!("{program} {}", args.join(" "));
-    let output = std::process::Command::new(program)
-        .args(args)
-        .output()
         .map_err(|e| TunError::io(format!("running `{command}`"), e))?;
     if !output.status.success() {
         return Err(TunError::Command {
