@@ -132,6 +132,12 @@ impl Service for HubService {
     }
 }
 
+/// Whether to use the TUN device's segmentation offload: yes unless the environment says
+/// `SLOPN_TUN_OFFLOAD=off` (for comparisons, or to rule offload out when troubleshooting).
+fn tun_offload() -> bool {
+    std::env::var("SLOPN_TUN_OFFLOAD").map_or(true, |v| v != "off")
+}
+
 /// Runs a hub from its configuration file until SIGINT or SIGTERM.
 pub fn run_hub(path: &Path) -> Result<(), String> {
     let file: HubFile = config::load(path, "hub").map_err(|e| e.to_string())?;
@@ -140,6 +146,7 @@ pub fn run_hub(path: &Path) -> Result<(), String> {
         name: Some(runtime.tun_name.clone()),
         mtu: runtime.tun_mtu,
         addresses: runtime.tun_addresses.clone(),
+        offload: tun_offload(),
     })?;
     let socket = bind(runtime.listen)?;
     // Gateway mode: forwarding and NAT, undone when `_gateway` drops after the loop ends.
@@ -243,6 +250,7 @@ pub fn run_spoke(path: &Path) -> Result<(), String> {
         name: Some(runtime.tun_name.clone()),
         mtu: 1280,
         addresses: Vec::new(),
+        offload: tun_offload(),
     })?;
     let local: SocketAddr = if hub_addr.is_ipv4() {
         "0.0.0.0:0".parse().expect("valid")

@@ -23,7 +23,7 @@
 //! let ca = tls::parse_certificates(&std::fs::read("ca.pem")?)?;
 //! let config = SpokeConfig::new("192.0.2.1:4433".parse()?, "hub.example.com", ca, "token");
 //! let spoke = Spoke::new(config, Instant::now(), SystemTime::now())?;
-//! let tun = Tun::open(&TunConfig { name: Some("slopn0".into()), mtu: 1280, addresses: vec![] })?;
+//! let tun = Tun::open(&TunConfig { name: Some("slopn0".into()), mtu: 1280, addresses: vec![], offload: true })?;
 //! let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
 //! let handle = spawn(spoke, tun, socket, Options::default())?;
 //! for event in handle.events() {
@@ -72,8 +72,8 @@ const WAKER: Token = Token(2);
 pub struct Options {
     /// Receive calls (each up to `quinn_udp::BATCH_SIZE` datagrams) per wakeup.
     pub udp_reads_per_wakeup: usize,
-    /// TUN packets read per wakeup.
-    pub tun_reads_per_wakeup: usize,
+    /// TUN packets read per wakeup (a split super-packet counts each of its packets).
+    pub tun_packets_per_wakeup: usize,
     /// Socket buffer size asked for in each direction.
     pub socket_buffer: usize,
     /// How long an orderly shutdown may take before the loop ends anyway.
@@ -89,7 +89,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             udp_reads_per_wakeup: 16,
-            tun_reads_per_wakeup: 256,
+            tun_packets_per_wakeup: 256,
             socket_buffer: 8 << 20,
             shutdown_grace: Duration::from_secs(2),
             event_queue: 1024,
@@ -244,9 +244,7 @@ pub fn spawn<M: Machine>(
                 shared: loop_shared,
                 events_tx,
                 options,
-                tun_buf: vec![0; 65536],
                 tx_buf: Vec::with_capacity(64 * 1024),
-                tun_drops: 0,
                 dropped_events: 0,
             }
             .run()
@@ -267,9 +265,7 @@ struct EventLoop<M: Machine> {
     shared: Arc<Shared<M>>,
     events_tx: SyncSender<M::Event>,
     options: Options,
-    tun_buf: Vec<u8>,
     tx_buf: Vec<u8>,
-    tun_drops: u64,
     dropped_events: u64,
 }
 
@@ -394,12 +390,14 @@ impl<M: Machine> EventLoop<M> {
     /// Reads TUN packets until it would block or the budget is spent; returns whether the
     /// device may still hold packets.
     fn read_tun(&mut self, now: Instant) -> Result<bool, RunError> {
-        for _ in 0..self.options.tun_reads_per_wakeup {
-            match self.os.tun.recv(&mut self.tun_buf) {
-                Ok(n) => {
-                    // Refusals are counted by the machine and answered with ICMP where due.
-                    let _ = self.machine.handle_tun_packet(now, &self.tun_buf[..n]);
-                }
+        let machine = &mut self.machine;
+        let mut packets = 0;
+        while packets < self.options.tun_packets_per_wakeup {
+            match self.os.tun.recv_packets(|packet| {
+                // Refusals are counted by the machine and answered with ICMP where due.
+                let _ = machine.handle_tun_packet(now, packet);
+            }) {
+                Ok(n) => packets += n.max(1),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -425,19 +423,12 @@ impl<M: Machine> EventLoop<M> {
             }
         }
         while let Some(packet) = self.machine.poll_tun_packet() {
-            match self.os.tun.send(&packet) {
-                Ok(_) => {}
-                // A full device queue drops, as a full NIC queue would.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tun_drops += 1,
-                Err(e) => {
-                    return Err(RunError::Io {
-                        what: "writing to the TUN device",
-                        source: e,
-                    });
-                }
-            }
+            self.os
+                .tun
+                .queue_packet(&packet)
+                .map_err(io_error("writing to the TUN device"))?;
         }
-        Ok(())
+        self.os.tun.flush().map_err(io_error("writing to the TUN device"))
     }
 
     fn watch_writable(&mut self, writable: bool) -> Result<(), RunError> {

@@ -96,6 +96,7 @@ fn hub_and_spokes_on_real_sockets_and_tun_devices() {
             name: Some("slopn0".into()),
             mtu: config.transport.max_tunnel_mtu(),
             addresses: vec![("10.100.0.1".parse().unwrap(), 24)],
+            offload: true,
         })
         .unwrap();
         let socket = std::net::UdpSocket::bind("0.0.0.0:4433").unwrap();
@@ -121,6 +122,7 @@ fn hub_and_spokes_on_real_sockets_and_tun_devices() {
                     name: Some("slopn0".into()),
                     mtu: 1280,
                     addresses: vec![],
+                    offload: true,
                 })
                 .unwrap();
                 let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();

@@ -17,6 +17,7 @@
 mod device;
 mod gateway;
 pub mod netns;
+mod offload;
 mod routes;
 
 pub use device::{Tun, TunConfig};

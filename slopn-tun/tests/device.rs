@@ -24,6 +24,7 @@ fn tun_device_addresses_mtu_routes_and_packets() {
                 name: Some("slopn-t0".into()),
                 mtu: 1380,
                 addresses: vec![(ip("10.9.0.1"), 24)],
+                offload: true,
             };
             let mut tun = Tun::open(&config).unwrap();
             assert_eq!(tun.name(), "slopn-t0");
@@ -67,14 +68,17 @@ fn tun_device_addresses_mtu_routes_and_packets() {
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
-            let mut buf = [0u8; 2000];
             let deadline = Instant::now() + Duration::from_secs(2);
+            let mut found = None;
             let packet = loop {
-                match tun.recv(&mut buf) {
-                    Ok(n) => {
-                        let h = slopn_like_dst(&buf[..n]);
-                        if h == Some(ip("10.60.1.1")) {
-                            break buf[..n].to_vec();
+                match tun.recv_packets(|p| {
+                    if slopn_like_dst(p) == Some(ip("10.60.1.1")) {
+                        found = Some(p.to_vec());
+                    }
+                }) {
+                    Ok(_) => {
+                        if let Some(p) = found.take() {
+                            break p;
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -115,6 +119,7 @@ fn bad_names_are_refused_clearly() {
         name: Some("a/very/long/and/bad/name".into()),
         mtu: 1400,
         addresses: vec![],
+        offload: true,
     };
     let err = Tun::open(&config).unwrap_err();
     assert!(matches!(err, TunError::BadName(_)));
