@@ -428,7 +428,10 @@ impl<M: Machine> EventLoop<M> {
                 .queue_packet(&packet)
                 .map_err(io_error("writing to the TUN device"))?;
         }
-        self.os.tun.flush().map_err(io_error("writing to the TUN device"))
+        self.os
+            .tun
+            .flush()
+            .map_err(io_error("writing to the TUN device"))
     }
 
     fn watch_writable(&mut self, writable: bool) -> Result<(), RunError> {
