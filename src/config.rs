@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use slopn_proto::tls::{self, CertifiedKey};
-use slopn_proto::{Auth, Credential, HubConfig, PoolConfig, SpokeConfig};
+use slopn_proto::{Auth, Congestion, Credential, HubConfig, PoolConfig, SpokeConfig};
 
 /// A configuration problem, phrased for the person who has to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,22 @@ fn default_tun() -> String {
 fn default_idle() -> u64 {
     6
 }
+pub(crate) fn default_congestion() -> String {
+    Congestion::default().name().into()
+}
+
+/// The congestion controller named in `path`'s `congestion` option.
+fn congestion(path: &Path, name: &str) -> Result<Congestion, ConfigError> {
+    Congestion::from_name(name).ok_or_else(|| {
+        let names: Vec<_> = Congestion::ALL.iter().map(|c| c.name()).collect();
+        ConfigError::new(format!(
+            "{}: unknown congestion controller {name:?}; use one of {}",
+            path.display(),
+            names.join(", ")
+        ))
+    })
+}
+
 fn default_keep_alive() -> u64 {
     2
 }
@@ -91,6 +107,10 @@ pub struct HubFile {
     /// Seconds without a packet after which a spoke is considered gone.
     #[serde(default = "default_idle")]
     pub idle_timeout_secs: u64,
+    /// Congestion controller for what the hub sends: `tunnel` (default: ignores random loss,
+    /// backs off when losses come with queueing delay), `cubic`, `newreno` or `bbr`.
+    #[serde(default = "default_congestion")]
+    pub congestion: String,
     /// Path of the control socket (default: `/run/slopn/hub.sock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
@@ -181,6 +201,9 @@ pub struct SpokeFile {
     /// Seconds of silence after which a keep-alive is sent.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
+    /// Congestion controller for what the spoke sends (see the hub's `congestion`).
+    #[serde(default = "default_congestion")]
+    pub congestion: String,
 }
 
 /// Reads and parses a TOML file.
@@ -285,6 +308,7 @@ impl HubFile {
         config.dns_servers = reload.dns;
         config.isolate_spokes = self.isolate_spokes;
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
+        config.transport.congestion = congestion(path, &self.congestion)?;
         config.seed = crate::keys::random_seed();
         // The reset key survives restarts (it comes from the private key), so a restarted hub
         // resets its predecessor's connections and spokes reconnect at once.
@@ -461,6 +485,7 @@ impl SpokeFile {
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
         config.transport.keep_alive_interval =
             Some(Duration::from_secs(self.keep_alive_secs.max(1)));
+        config.transport.congestion = congestion(path, &self.congestion)?;
         config.seed = crate::keys::random_seed();
         let runtime = SpokeRuntime {
             tun_name: self.tun_name.clone(),

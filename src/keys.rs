@@ -126,6 +126,7 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
         client_ca: Some("ca.pem".into()),
         tun_name: "slopn0".into(),
         idle_timeout_secs: 6,
+        congestion: crate::config::default_congestion(),
         control_socket: None,
         public_endpoint: Some(endpoint(&options.name, options.port)),
         server_name: Some(options.name.clone()),
@@ -244,6 +245,7 @@ pub fn add_spoke(dir: &Path, name: &str, auth: AuthMode) -> Result<PathBuf, Conf
         connect_timeout_secs: 15,
         idle_timeout_secs: 6,
         keep_alive_secs: 2,
+        congestion: crate::config::default_congestion(),
     };
     let path = dir.join("spokes").join(format!("{name}.toml"));
     save(&path, &spoke, SPOKE_HEADER)?;

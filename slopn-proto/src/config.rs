@@ -8,6 +8,7 @@ use ipnet::IpNet;
 use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 use rustls::pki_types::CertificateDer;
 
+use crate::congestion::Congestion;
 use crate::tls::CertifiedKey;
 
 /// QUIC transport settings.
@@ -32,6 +33,8 @@ pub struct TransportSettings {
     pub initial_rtt: Duration,
     /// Bytes of IP packets queued per connection before the oldest are dropped.
     pub datagram_queue_bytes: usize,
+    /// Congestion controller for what this side sends.
+    pub congestion: Congestion,
 }
 
 impl Default for TransportSettings {
@@ -45,6 +48,7 @@ impl Default for TransportSettings {
             min_mtu: 1200,
             initial_rtt: Duration::from_millis(100),
             datagram_queue_bytes: 256 * 1024,
+            congestion: Congestion::Tunnel,
         }
     }
 }
@@ -92,6 +96,7 @@ impl TransportSettings {
         t.send_window(256 * 1024);
         t.datagram_receive_buffer_size(Some(1024 * 1024));
         t.datagram_send_buffer_size(QUINN_DATAGRAM_BUFFER);
+        t.congestion_controller_factory(self.congestion.factory());
         Arc::new(t)
     }
 }

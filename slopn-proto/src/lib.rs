@@ -56,6 +56,7 @@ mod auth;
 mod cid;
 mod clock;
 mod config;
+pub mod congestion;
 pub mod control;
 mod hub;
 pub mod icmp;
@@ -72,6 +73,7 @@ pub mod tls;
 pub use config::{
     Auth, Credential, HubConfig, PoolConfig, ReconnectPolicy, SpokeConfig, TransportSettings,
 };
+pub use congestion::Congestion;
 pub use hub::{Hub, HubError, HubEvent};
 pub use quinn_proto::{EcnCodepoint, Transmit};
 pub use session::{DisconnectReason, SessionId};
