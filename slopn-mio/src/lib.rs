@@ -377,7 +377,8 @@ impl<M: Machine> EventLoop<M> {
             match self.udp.recv_batch(|from, local_ip, ecn, datagram| {
                 machine.handle_udp(now, from, local_ip, ecn, datagram)
             }) {
-                Ok(_) => {}
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // ICMP errors for earlier sends surface here; the next read goes on.

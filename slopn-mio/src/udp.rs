@@ -73,28 +73,28 @@ impl Udp {
         self.state.max_gso_segments().clamp(1, 32)
     }
 
-    /// Receives one batch and hands every datagram to `f`. Returns the number of datagrams;
-    /// `WouldBlock` when none was waiting.
+    /// Receives one batch and hands every datagram to `f`. Returns whether the socket may
+    /// hold more: a batch that came back short means the receive queue was emptied (and, with
+    /// edge-triggered readiness, a later arrival raises a new event), so no further call is
+    /// needed just to see `WouldBlock`. `WouldBlock` when none was waiting.
     pub(crate) fn recv_batch(
         &mut self,
         mut f: impl FnMut(SocketAddr, Option<IpAddr>, Option<EcnCodepoint>, &[u8]),
-    ) -> io::Result<usize> {
+    ) -> io::Result<bool> {
         let mut chunks = self.recv_buf.chunks_mut(SLOT);
         let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
             std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("one slot per slice")));
         let n = self
             .state
             .recv((&self.socket).into(), &mut slices, &mut self.metas)?;
-        let mut count = 0;
         for (meta, slot) in self.metas[..n].iter().zip(self.recv_buf.chunks(SLOT)) {
             let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
             let stride = meta.stride.max(1);
             for datagram in slot[..meta.len].chunks(stride) {
                 f(meta.addr, meta.dst_ip, ecn, datagram);
-                count += 1;
             }
         }
-        Ok(count)
+        Ok(n == BATCH_SIZE)
     }
 
     /// Whether a transmit waits for the socket to become writable.
