@@ -107,10 +107,57 @@ fn read_split(
     }
 }
 
+/// Largest coalesced write: the virtio-net header room before it and after it (tun-rs
+/// wants both) around a 64 KiB IP packet.
+#[cfg(target_os = "linux")]
+const GRO_CAPACITY: usize = 2 * HEADER_ROOM + 65_535;
+
+/// One queued packet after its header room.
+///
+/// tun-rs coalesces a TCP segment into an earlier one only if the earlier one's buffer
+/// reports room for the result, and never grows a buffer itself to make room. A slot
+/// reports room for a whole 64 KiB packet but holds one MTU until a segment is actually
+/// coalesced into it: then it grows once, to that size.
+#[derive(Default)]
+struct Slot(Vec<u8>);
+
+impl AsRef<[u8]> for Slot {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsMut<[u8]> for Slot {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl tun_rs::ExpandBuffer for Slot {
+    fn buf_capacity(&self) -> usize {
+        self.0.capacity().max(GRO_CAPACITY)
+    }
+
+    fn buf_resize(&mut self, new_len: usize, value: u8) {
+        if new_len > self.0.capacity() {
+            // One reallocation to the largest size rather than doubling step by step.
+            self.0.reserve_exact(GRO_CAPACITY.max(new_len) - self.0.len());
+        }
+        self.0.resize(new_len, value);
+    }
+
+    fn buf_extend_from_slice(&mut self, src: &[u8]) {
+        self.buf_resize(self.0.len() + src.len(), 0);
+        let start = self.0.len() - src.len();
+        self.0[start..].copy_from_slice(src);
+    }
+}
+
 /// Queues packets and writes them in coalesced batches.
 pub(crate) struct Sender {
     /// Header room followed by one packet each; the first `queued` are in use.
-    bufs: Vec<Vec<u8>>,
+    bufs: Vec<Slot>,
     queued: usize,
     #[cfg(target_os = "linux")]
     gro: tun_rs::GROTable,
@@ -134,9 +181,9 @@ impl Sender {
     /// Copies `packet` into the batch (which must not be full).
     pub(crate) fn queue(&mut self, packet: &[u8]) {
         if self.queued == self.bufs.len() {
-            self.bufs.push(Vec::with_capacity(HEADER_ROOM + 1500));
+            self.bufs.push(Slot(Vec::with_capacity(HEADER_ROOM + 1500)));
         }
-        let buf = &mut self.bufs[self.queued];
+        let buf = &mut self.bufs[self.queued].0;
         buf.clear();
         buf.resize(HEADER_ROOM, 0);
         buf.extend_from_slice(packet);
@@ -160,7 +207,7 @@ impl Sender {
             () => {
                 let mut last = Ok(());
                 for buf in bufs.iter() {
-                    match device.send(&buf[HEADER_ROOM..]) {
+                    match device.send(&buf.0[HEADER_ROOM..]) {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => refused += 1,
                         Err(e) => last = Err(e),
@@ -169,7 +216,7 @@ impl Sender {
                 last
             }
         };
-        for buf in bufs.iter_mut() {
+        for Slot(buf) in bufs.iter_mut() {
             if buf.capacity() > KEEP_CAPACITY {
                 buf.clear();
                 buf.shrink_to(HEADER_ROOM + 1500);
