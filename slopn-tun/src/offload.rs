@@ -142,7 +142,8 @@ impl tun_rs::ExpandBuffer for Slot {
     fn buf_resize(&mut self, new_len: usize, value: u8) {
         if new_len > self.0.capacity() {
             // One reallocation to the largest size rather than doubling step by step.
-            self.0.reserve_exact(GRO_CAPACITY.max(new_len) - self.0.len());
+            self.0
+                .reserve_exact(GRO_CAPACITY.max(new_len) - self.0.len());
         }
         self.0.resize(new_len, value);
     }
