@@ -89,7 +89,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             udp_reads_per_wakeup: 16,
-            tun_packets_per_wakeup: 256,
+            tun_packets_per_wakeup: 64,
             socket_buffer: 8 << 20,
             shutdown_grace: Duration::from_secs(2),
             event_queue: 1024,
