@@ -83,6 +83,9 @@ pub struct Options {
     pub event_queue: usize,
     /// Which advertised routes a spoke installs (full or split tunnel).
     pub routes: RoutePolicy,
+    /// The largest UDP payload the machine sends (its transport's `max_mtu`): bounds how many
+    /// datagrams go into one GSO send, which the kernel limits to 64 KiB.
+    pub max_udp_payload: u16,
 }
 
 impl Default for Options {
@@ -97,6 +100,7 @@ impl Default for Options {
                 accept_default_route: true,
                 ..RoutePolicy::default()
             },
+            max_udp_payload: slopn_proto::TransportSettings::default().max_mtu,
         }
     }
 }
@@ -226,8 +230,8 @@ pub fn spawn<M: Machine>(
         requests: Mutex::new(Vec::new()),
     });
     let (events_tx, events) = mpsc::sync_channel(options.event_queue);
-    let udp =
-        Udp::new(socket, options.socket_buffer).map_err(io_error("setting up the UDP socket"))?;
+    let udp = Udp::new(socket, options.socket_buffer, options.max_udp_payload)
+        .map_err(io_error("setting up the UDP socket"))?;
     let loop_shared = shared.clone();
     let thread = std::thread::Builder::new()
         .name("slopn-loop".into())

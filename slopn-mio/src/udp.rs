@@ -19,12 +19,19 @@ pub(crate) struct Udp {
     /// A transmit the socket refused with `WouldBlock`, sent again when writable.
     pending: Option<(Transmit, Vec<u8>)>,
     pub(crate) send_errors: u64,
+    /// Segments per GSO send that keep it within the kernel's 64 KiB limit.
+    segment_limit: usize,
 }
 
 impl Udp {
     /// Wraps `socket`, enabling GRO/GSO where the kernel has them and asking for buffers of
     /// `buffer_bytes` each way (warning when the kernel grants less).
-    pub(crate) fn new(socket: std::net::UdpSocket, buffer_bytes: usize) -> io::Result<Self> {
+    /// Datagrams are at most `max_payload` bytes.
+    pub(crate) fn new(
+        socket: std::net::UdpSocket,
+        buffer_bytes: usize,
+        max_payload: u16,
+    ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let socket = mio::net::UdpSocket::from_std(socket);
         let state = UdpSocketState::new((&socket).into())?;
@@ -65,12 +72,14 @@ impl Udp {
             state,
             pending: None,
             send_errors: 0,
+            segment_limit: usize::from(u16::MAX / max_payload.max(1)).max(1),
         })
     }
 
-    /// How many datagrams one transmit may carry.
+    /// How many datagrams one transmit may carry: as many as the kernel takes in one GSO
+    /// send (64 KiB): 45 of 1452 bytes.
     pub(crate) fn max_segments(&self) -> usize {
-        self.state.max_gso_segments().clamp(1, 32)
+        self.state.max_gso_segments().min(self.segment_limit).max(1)
     }
 
     /// Receives one batch and hands every datagram to `f`. Returns whether the socket may
