@@ -134,24 +134,30 @@ impl AsMut<[u8]> for Slot {
 }
 
 #[cfg(target_os = "linux")]
+impl Slot {
+    /// Makes room for `len` bytes: one reallocation to the largest size rather than
+    /// doubling step by step as segments are merged in.
+    fn reserve_for(&mut self, len: usize) {
+        if len > self.0.capacity() {
+            self.0.reserve_exact(GRO_CAPACITY.max(len) - self.0.len());
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
 impl tun_rs::ExpandBuffer for Slot {
     fn buf_capacity(&self) -> usize {
         self.0.capacity().max(GRO_CAPACITY)
     }
 
     fn buf_resize(&mut self, new_len: usize, value: u8) {
-        if new_len > self.0.capacity() {
-            // One reallocation to the largest size rather than doubling step by step.
-            self.0
-                .reserve_exact(GRO_CAPACITY.max(new_len) - self.0.len());
-        }
+        self.reserve_for(new_len);
         self.0.resize(new_len, value);
     }
 
     fn buf_extend_from_slice(&mut self, src: &[u8]) {
-        self.buf_resize(self.0.len() + src.len(), 0);
-        let start = self.0.len() - src.len();
-        self.0[start..].copy_from_slice(src);
+        self.reserve_for(self.0.len() + src.len());
+        self.0.extend_from_slice(src);
     }
 }
 
