@@ -5,10 +5,11 @@
 //! the same losses backs off twice, and on a path with random loss (radio, a lossy peering)
 //! it collapses: at 5 % loss, Cubic and NewReno hold the tunnel to a few packets per round
 //! trip while the inner TCP alone would fill the link, and the datagrams waiting for window
-//! push the inner round-trip time up. RFC 9484 (section 7) lets datagram-only tunnels drop
-//! congestion control altogether; [`Congestion::Tunnel`] keeps just enough of it to protect
-//! the path: it backs off when losses come with a standing queue (real congestion), never for
-//! losses on an empty path (noise), and stops growing while its own queue builds.
+//! push the inner round-trip time up. RFC 9484 (section 10, "Performance Considerations")
+//! lets the outer connection disable congestion control for datagrams altogether;
+//! [`Congestion::Tunnel`] keeps just enough of it to protect the path: it backs off when
+//! losses come with a standing queue (real congestion), never for losses on an empty path
+//! (noise), and grows only one packet per round trip while a queue stands.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -80,6 +81,9 @@ const INITIAL_WINDOW_CAP: u64 = 14_720;
 const MIN_QUEUE_DELAY: Duration = Duration::from_millis(2);
 /// Window kept after a congestion loss (CUBIC's beta).
 const BACKOFF: f64 = 0.7;
+/// Largest window: 10 Gbit/s over a 200 ms round trip. Only a path that never shows a queue
+/// gets there; the bound keeps quinn's pacing meaningful.
+const MAX_WINDOW: u64 = 256 << 20;
 
 /// A loss-tolerant, delay-aware congestion controller for tunnels (after TCP Veno).
 ///
@@ -148,14 +152,14 @@ impl TunnelController {
         }
         if !self.queueing {
             // No queue: slow start, whatever happened before.
-            self.window = self.window.saturating_add(bytes);
+            self.window = self.window.saturating_add(bytes).min(MAX_WINDOW);
             self.acked_in_avoidance = 0;
             return;
         }
         self.acked_in_avoidance += bytes;
         if self.acked_in_avoidance >= self.window {
             self.acked_in_avoidance -= self.window;
-            self.window = self.window.saturating_add(self.mtu);
+            self.window = self.window.saturating_add(self.mtu).min(MAX_WINDOW);
         }
     }
 }
@@ -262,6 +266,16 @@ mod tests {
             acked += 1400;
         }
         assert_eq!(c.window(), window + 1400);
+    }
+
+    #[test]
+    fn growth_stops_at_the_largest_window() {
+        let start = Instant::now();
+        let mut c = TunnelController::new(start, MTU);
+        for _ in 0..300 {
+            c.acked(start + MS, 1 << 20, false, MS, MS);
+        }
+        assert_eq!(c.window(), MAX_WINDOW);
     }
 
     #[test]
