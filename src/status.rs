@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use slopn_mio::{HubSnapshot, SpokeStatus};
+use slopn_mio::{HubSnapshot, IoCounters, SpokeStatus};
 use slopn_proto::{DisconnectReason, DropCounters, HubEvent, SpokeEvent, SpokeState};
 
 /// Receive and send rates from the last two samples of a byte counter pair.
@@ -47,6 +47,23 @@ fn drops(d: &DropCounters) -> Value {
     )
 }
 
+/// The machine's drops and the loop's own I/O losses (those only when there are any).
+fn all_drops(d: &DropCounters, io: &IoCounters) -> Value {
+    let mut all = drops(d);
+    if let Value::Object(map) = &mut all {
+        for (name, n) in [
+            ("tun_write_refused", io.tun_write_drops),
+            ("tun_read_unsplit", io.tun_read_drops),
+            ("udp_send_failed", io.udp_send_errors),
+        ] {
+            if n > 0 {
+                map.insert(name.to_owned(), json!(n));
+            }
+        }
+    }
+    all
+}
+
 fn state_name(state: SpokeState) -> &'static str {
     match state {
         SpokeState::Connecting => "connecting",
@@ -78,7 +95,7 @@ pub fn spoke_status(status: &SpokeStatus, hub: &str, rates: &Rates) -> Value {
         "tx_bytes": s.traffic.tx_bytes,
         "rx_bytes_per_sec": rx_rate,
         "tx_bytes_per_sec": tx_rate,
-        "drops": drops(&s.drops),
+        "drops": all_drops(&s.drops, &status.io),
         "connect_attempts": s.connect_attempts,
         "sessions": s.sessions,
     })
@@ -100,7 +117,7 @@ pub fn hub_status(snapshot: &HubSnapshot, rates: &Rates) -> Value {
         "tun_in_packets": h.tun_in_packets,
         "tun_out_packets": h.tun_out_packets,
         "auth_failures": h.auth_failures,
-        "drops": drops(&h.drops),
+        "drops": all_drops(&h.drops, &snapshot.io),
         "sessions": snapshot.spokes.iter().map(|s| json!({
             "session": s.id.0,
             "identity": s.identity,

@@ -59,7 +59,7 @@ use slopn_tun::{Routes, Tun, TunError};
 use tracing::{debug, info, warn};
 
 pub use machine::{
-    Flow, HubCommand, HubSnapshot, Machine, Os, RoutePolicy, SpokeCommand, SpokeStatus,
+    Flow, HubCommand, HubSnapshot, IoCounters, Machine, Os, RoutePolicy, SpokeCommand, SpokeStatus,
 };
 use udp::Udp;
 
@@ -362,7 +362,12 @@ impl<M: Machine> EventLoop<M> {
             match request {
                 Request::Stop => stop = true,
                 Request::Stats(reply) => {
-                    let _ = reply.try_send(self.machine.stats());
+                    let io = IoCounters {
+                        tun_write_drops: self.os.tun.dropped_writes(),
+                        tun_read_drops: self.os.tun.dropped_reads(),
+                        udp_send_errors: self.udp.send_errors,
+                    };
+                    let _ = reply.try_send(self.machine.stats(io));
                 }
                 Request::Command(command) => {
                     debug!(?command, "command");

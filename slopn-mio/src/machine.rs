@@ -133,8 +133,8 @@ pub trait Machine: Send + 'static {
     fn shut_down(&mut self, now: Instant);
     /// Whether the shutdown has finished.
     fn is_shut_down(&self) -> bool;
-    /// A statistics snapshot.
-    fn stats(&mut self) -> Self::Stats;
+    /// A statistics snapshot, with the loop's own I/O counters.
+    fn stats(&mut self, io: IoCounters) -> Self::Stats;
     /// Applies an event to the OS side (addresses, MTU, routes).
     fn apply(&mut self, event: &Self::Event, os: &mut Os) -> Result<Flow, TunError>;
 }
@@ -220,6 +220,19 @@ pub enum HubCommand {
     SetDnsServers(Vec<IpAddr>),
 }
 
+/// Packets the event loop itself lost on the way to or from the OS, beside the machine's
+/// drops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    /// Packets the TUN device refused on write: its queue full, a packet the kernel found
+    /// malformed, or the device down.
+    pub tun_write_drops: u64,
+    /// Super-packets read from the TUN device that could not be split into packets.
+    pub tun_read_drops: u64,
+    /// UDP sends that failed (other than for a full socket buffer, which waits).
+    pub udp_send_errors: u64,
+}
+
 /// A hub's statistics: the totals and every session.
 #[derive(Clone, Debug)]
 pub struct HubSnapshot {
@@ -227,6 +240,8 @@ pub struct HubSnapshot {
     pub hub: HubStats,
     /// One entry per session.
     pub spokes: Vec<SpokeStats>,
+    /// The loop's own I/O losses.
+    pub io: IoCounters,
 }
 
 impl Machine for Hub {
@@ -259,10 +274,11 @@ impl Machine for Hub {
     fn is_shut_down(&self) -> bool {
         self.is_closed()
     }
-    fn stats(&mut self) -> HubSnapshot {
+    fn stats(&mut self, io: IoCounters) -> HubSnapshot {
         HubSnapshot {
             hub: Hub::stats(self),
             spokes: self.spokes(),
+            io,
         }
     }
     fn apply(&mut self, _event: &HubEvent, _os: &mut Os) -> Result<Flow, TunError> {
@@ -292,6 +308,8 @@ pub struct SpokeStatus {
     pub routes: Vec<IpNet>,
     /// The DNS servers the hub pushed.
     pub dns_servers: Vec<IpAddr>,
+    /// The loop's own I/O losses.
+    pub io: IoCounters,
 }
 
 impl Machine for Spoke {
@@ -313,13 +331,14 @@ impl Machine for Spoke {
     fn is_shut_down(&self) -> bool {
         self.is_closed()
     }
-    fn stats(&mut self) -> SpokeStatus {
+    fn stats(&mut self, io: IoCounters) -> SpokeStatus {
         SpokeStatus {
             state: self.state(),
             stats: Spoke::stats(self),
             hub_addresses: self.hub_addresses(),
             routes: self.routes().iter().flat_map(|r| r.to_nets()).collect(),
             dns_servers: self.dns_servers().to_vec(),
+            io,
         }
     }
     fn apply(&mut self, event: &SpokeEvent, os: &mut Os) -> Result<Flow, TunError> {

@@ -148,8 +148,9 @@ impl Tun {
     }
 
     /// Writes the queued packets, coalescing segments of a flow where offload is on.
-    /// Packets the device refuses because its queue is full are dropped and counted
-    /// ([`Self::dropped_writes`]), as a full NIC queue drops.
+    /// Packets the device refuses (its queue is full, or the kernel finds one malformed)
+    /// are dropped and counted ([`Self::dropped_writes`]), as a full NIC queue drops; only
+    /// a device that is gone is an error.
     pub fn flush(&mut self) -> io::Result<()> {
         self.dropped_writes += self.sender.flush(&self.device, self.vnet_hdr)?;
         Ok(())
@@ -160,7 +161,7 @@ impl Tun {
         self.dropped_reads
     }
 
-    /// Writes dropped because the device's queue was full.
+    /// Writes the device refused (queue full, malformed packet, device down).
     pub fn dropped_writes(&self) -> u64 {
         self.dropped_writes
     }

@@ -197,8 +197,10 @@ impl Sender {
         self.queued += 1;
     }
 
-    /// Writes the batch. Returns how many writes the device refused because its queue was
-    /// full (those packets are dropped, as a full NIC queue drops); other errors end it.
+    /// Writes the batch. Returns how many writes the device refused (those packets are
+    /// dropped, as a full NIC queue drops): because its queue was full, or because the kernel
+    /// found a packet malformed. Packets come from the network, so no packet may end the
+    /// loop; only a device that is gone ([`is_fatal`]) does.
     pub(crate) fn flush(&mut self, device: &SyncDevice, vnet_hdr: bool) -> io::Result<u64> {
         if self.queued == 0 {
             return Ok(0);
@@ -216,8 +218,8 @@ impl Sender {
                 for buf in bufs.iter() {
                     match device.send(&buf.0[HEADER_ROOM..]) {
                         Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => refused += 1,
-                        Err(e) => last = Err(e),
+                        Err(e) if is_fatal(&e) => last = Err(e),
+                        Err(_) => refused += 1,
                     }
                 }
                 last
@@ -231,13 +233,23 @@ impl Sender {
         }
         match result {
             Ok(()) => Ok(refused),
+            Err(e) if is_fatal(&e) => Err(e),
             // tun-rs goes on after a refused write and reports the last error: at least one.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(refused.max(1)),
-            Err(e) if e.raw_os_error().is_none() => {
-                tracing::debug!("TUN write batch dropped: {e}");
+            Err(e) => {
+                tracing::debug!("TUN write dropped: {e}");
                 Ok(refused.max(1))
             }
-            Err(e) => Err(e),
         }
     }
+}
+
+/// Whether a write error means the device is unusable (rather than one packet refused:
+/// `EINVAL` for a malformed packet, `EIO` while the device is down, `ENOBUFS`).
+fn is_fatal(e: &io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    const GONE: &[i32] = &[libc::EBADF, libc::EBADFD];
+    #[cfg(not(target_os = "linux"))]
+    const GONE: &[i32] = &[libc::EBADF];
+    e.raw_os_error().is_some_and(|code| GONE.contains(&code))
 }

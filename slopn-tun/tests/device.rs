@@ -204,6 +204,126 @@ fn written_tcp_segments_are_coalesced() {
     });
 }
 
+/// What a spoke sends reaches the hub's TUN batch after only header checks, so the merging
+/// of segments sees hostile input: batches of mangled, truncated, duplicated and reordered
+/// segments (and fixed-up checksums, so that they get past tun-rs's checksum test) must
+/// never panic or end the device, only be written or dropped.
+#[test]
+fn hostile_segment_batches_are_written_or_dropped() {
+    if let Err(why) = netns::available() {
+        eprintln!("SKIPPED hostile_segment_batches_are_written_or_dropped: {why}");
+        return;
+    }
+    let ns = Namespace::create(format!("{}-grofz", netns::unique_prefix())).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter().unwrap();
+            let config = TunConfig {
+                name: Some("slopn-f0".into()),
+                mtu: 1400,
+                addresses: vec![(ip("10.9.0.1"), 24)],
+                offload: true,
+            };
+            let mut tun = Tun::open(&config).unwrap();
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+            let mut next = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            for _ in 0..2000 {
+                let count = 2 + next() % 40;
+                let payload = 1 + (next() % 1360) as usize;
+                let mut batch: Vec<Vec<u8>> = (0..count as u32)
+                    .map(|i| tcp_segment(i, 1_000 + i * payload as u32, payload, false))
+                    .collect();
+                for _ in 0..next() % 8 {
+                    let victim = (next() as usize) % batch.len();
+                    if next() % 6 == 5 {
+                        // A duplicate somewhere else in the batch.
+                        let copy = batch[victim].clone();
+                        let at = (next() as usize) % batch.len();
+                        batch.insert(at, copy);
+                        continue;
+                    }
+                    let p = &mut batch[victim];
+                    if p.len() < 40 {
+                        // Already truncated into the headers.
+                        continue;
+                    }
+                    match next() % 5 {
+                        // A byte anywhere in the IP or TCP header.
+                        0 => {
+                            let at = (next() % 40) as usize;
+                            p[at] = next() as u8;
+                        }
+                        // Truncated, with or without fixing the IP length.
+                        1 => {
+                            let keep = (next() as usize % p.len()).max(1);
+                            p.truncate(keep);
+                            if next() % 2 == 0 && keep >= 4 {
+                                p[2..4].copy_from_slice(&(keep as u16).to_be_bytes());
+                            }
+                        }
+                        // Other TCP flags, or a different data offset.
+                        2 => p[33] = next() as u8,
+                        3 => p[32] = (next() as u8) & 0xf0,
+                        // Sequence numbers that overlap or leave gaps.
+                        _ => p[24..28].copy_from_slice(&(next() as u32).to_be_bytes()),
+                    }
+                    if next() % 2 == 0 {
+                        fix_checksums(p);
+                    }
+                }
+                if next() % 3 == 0 {
+                    let a = (next() as usize) % batch.len();
+                    let b = (next() as usize) % batch.len();
+                    batch.swap(a, b);
+                }
+                for p in &batch {
+                    tun.queue_packet(p).unwrap();
+                }
+                tun.flush()
+                    .expect("a hostile batch must not end the device");
+            }
+            // The device still works: a clean batch still arrives coalesced or not, intact.
+            for i in 0..4 {
+                tun.queue_packet(&tcp_segment(i, 50_000 + i * 100, 100, i == 3))
+                    .unwrap();
+            }
+            tun.flush().unwrap();
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+/// Recomputes the IPv4 header and TCP checksums of a (possibly mangled) packet where its
+/// lengths allow.
+fn fix_checksums(p: &mut [u8]) {
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    if ihl < 20 || p.len() < ihl {
+        return;
+    }
+    p[10..12].fill(0);
+    let sum = checksum(&p[..ihl], 0);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    if p.len() < ihl + 20 {
+        return;
+    }
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&p[12..20]);
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&((p.len() - ihl) as u16).to_be_bytes());
+    p[ihl + 16..ihl + 18].fill(0);
+    let sum = checksum(&p[ihl..], checksum_partial(&pseudo));
+    p[ihl + 16..ihl + 18].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// A TCP segment 10.9.0.2:40000 -> 10.9.0.1:5001 with valid checksums: ACK, and PSH on the
 /// last one, as a sender's segmentation leaves them.
 fn tcp_segment(index: u32, seq: u32, payload: usize, last: bool) -> Vec<u8> {
