@@ -209,3 +209,24 @@ pub fn hub_event(event: &HubEvent) -> Value {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slopn_proto::DropReason;
+
+    #[test]
+    fn loop_losses_join_the_drops_only_when_there_are_any() {
+        let mut machine = DropCounters::default();
+        machine.add(DropReason::Congested);
+        let io = IoCounters {
+            tun_write_drops: 3,
+            ..IoCounters::default()
+        };
+        let all = all_drops(&machine, &io);
+        assert_eq!(all["congested"], 1);
+        assert_eq!(all["tun_write_refused"], 3);
+        assert!(all.get("udp_send_failed").is_none(), "{all}");
+        assert!(all.get("tun_read_unsplit").is_none(), "{all}");
+    }
+}
