@@ -623,6 +623,20 @@ mod tests {
                 .contains(&Credential::certificate("carol"))
         );
         assert!(!config.client_ca.is_empty());
+
+        // The congestion controller: `init` writes the default, other names are taken, an
+        // unknown one is refused with the list.
+        assert_eq!(config.transport.congestion, Congestion::Tunnel);
+        let mut hub: HubFile = load(&hub_path, "hub").unwrap();
+        hub.congestion = "bbr".into();
+        let (config, _) = hub.resolve(&hub_path).unwrap();
+        assert_eq!(config.transport.congestion, Congestion::Bbr);
+        hub.congestion = "vegas".into();
+        let e = hub.resolve(&hub_path).unwrap_err().to_string();
+        assert!(
+            e.contains("\"vegas\"") && e.contains("tunnel, cubic, newreno, bbr"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
