@@ -205,9 +205,10 @@ fn written_tcp_segments_are_coalesced() {
 }
 
 /// What a spoke sends reaches the hub's TUN batch after only header checks, so the merging
-/// of segments sees hostile input: batches of mangled, truncated, duplicated and reordered
-/// segments (and fixed-up checksums, so that they get past tun-rs's checksum test) must
-/// never panic or end the device, only be written or dropped.
+/// of TCP segments and UDP datagrams (IPv4 and IPv6) sees hostile input: batches of mangled,
+/// truncated, duplicated and reordered packets (checksums fixed up half of the time, so that
+/// they get past tun-rs's checksum test) must never panic or end the device, only be written
+/// or dropped.
 #[test]
 fn hostile_segment_batches_are_written_or_dropped() {
     if let Err(why) = netns::available() {
@@ -221,7 +222,7 @@ fn hostile_segment_batches_are_written_or_dropped() {
             let config = TunConfig {
                 name: Some("slopn-f0".into()),
                 mtu: 1400,
-                addresses: vec![(ip("10.9.0.1"), 24)],
+                addresses: vec![(ip("10.9.0.1"), 24), (ip("fd00:9::1"), 64)],
                 offload: true,
             };
             let mut tun = Tun::open(&config).unwrap();
@@ -233,10 +234,11 @@ fn hostile_segment_batches_are_written_or_dropped() {
                 rng
             };
             for _ in 0..2000 {
+                let kind = [Kind::Tcp4, Kind::Udp4, Kind::Tcp6, Kind::Udp6][(next() % 4) as usize];
                 let count = 2 + next() % 40;
-                let payload = 1 + (next() % 1360) as usize;
+                let payload = 1 + (next() % 1300) as usize;
                 let mut batch: Vec<Vec<u8>> = (0..count as u32)
-                    .map(|i| tcp_segment(i, 1_000 + i * payload as u32, payload, false))
+                    .map(|i| segment(kind, i, 1_000 + i * payload as u32, payload, false))
                     .collect();
                 for _ in 0..next() % 8 {
                     let victim = (next() as usize) % batch.len();
@@ -248,29 +250,30 @@ fn hostile_segment_batches_are_written_or_dropped() {
                         continue;
                     }
                     let p = &mut batch[victim];
-                    if p.len() < 40 {
+                    let l3 = kind.l3_len();
+                    if p.len() < l3 + 20 {
                         // Already truncated into the headers.
                         continue;
                     }
                     match next() % 5 {
-                        // A byte anywhere in the IP or TCP header.
+                        // A byte anywhere in the headers.
                         0 => {
-                            let at = (next() % 40) as usize;
+                            let at = (next() as usize) % (l3 + 20);
                             p[at] = next() as u8;
                         }
                         // Truncated, with or without fixing the IP length.
                         1 => {
                             let keep = (next() as usize % p.len()).max(1);
                             p.truncate(keep);
-                            if next() % 2 == 0 && keep >= 4 {
-                                p[2..4].copy_from_slice(&(keep as u16).to_be_bytes());
+                            if next() % 2 == 0 {
+                                set_ip_length(p);
                             }
                         }
-                        // Other TCP flags, or a different data offset.
-                        2 => p[33] = next() as u8,
-                        3 => p[32] = (next() as u8) & 0xf0,
-                        // Sequence numbers that overlap or leave gaps.
-                        _ => p[24..28].copy_from_slice(&(next() as u32).to_be_bytes()),
+                        // TCP flags / data offset, or the UDP length.
+                        2 => p[l3 + 13] = next() as u8,
+                        3 => p[l3 + 12] = next() as u8,
+                        // Sequence numbers (TCP) or ports and length (UDP) that do not fit.
+                        _ => p[l3 + 4..l3 + 8].copy_from_slice(&(next() as u32).to_be_bytes()),
                     }
                     if next() % 2 == 0 {
                         fix_checksums(p);
@@ -299,63 +302,113 @@ fn hostile_segment_batches_are_written_or_dropped() {
     });
 }
 
-/// Recomputes the IPv4 header and TCP checksums of a (possibly mangled) packet where its
-/// lengths allow.
-fn fix_checksums(p: &mut [u8]) {
-    if p.len() < 20 || p[0] >> 4 != 4 {
-        return;
+/// The packets the hostile-batch test starts from.
+#[derive(Clone, Copy)]
+enum Kind {
+    Tcp4,
+    Udp4,
+    Tcp6,
+    Udp6,
+}
+
+impl Kind {
+    fn l3_len(self) -> usize {
+        match self {
+            Kind::Tcp4 | Kind::Udp4 => 20,
+            Kind::Tcp6 | Kind::Udp6 => 40,
+        }
     }
-    let ihl = usize::from(p[0] & 0x0f) * 4;
-    if ihl < 20 || p.len() < ihl {
-        return;
-    }
-    p[10..12].fill(0);
-    let sum = checksum(&p[..ihl], 0);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
-    if p.len() < ihl + 20 {
-        return;
-    }
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&p[12..20]);
-    pseudo.extend_from_slice(&[0, 6]);
-    pseudo.extend_from_slice(&((p.len() - ihl) as u16).to_be_bytes());
-    p[ihl + 16..ihl + 18].fill(0);
-    let sum = checksum(&p[ihl..], checksum_partial(&pseudo));
-    p[ihl + 16..ihl + 18].copy_from_slice(&sum.to_be_bytes());
 }
 
 /// A TCP segment 10.9.0.2:40000 -> 10.9.0.1:5001 with valid checksums: ACK, and PSH on the
 /// last one, as a sender's segmentation leaves them.
 fn tcp_segment(index: u32, seq: u32, payload: usize, last: bool) -> Vec<u8> {
-    let total = 40 + payload;
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[4..6].copy_from_slice(&(0x100 + index as u16).to_be_bytes());
-    p[6] = 0x40; // don't fragment
-    p[8] = 64;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&[10, 9, 0, 2]);
-    p[16..20].copy_from_slice(&[10, 9, 0, 1]);
-    let sum = checksum(&p[..20], 0);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
-    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-    p[22..24].copy_from_slice(&5001u16.to_be_bytes());
-    p[24..28].copy_from_slice(&seq.to_be_bytes());
-    p[28..32].copy_from_slice(&1u32.to_be_bytes());
-    p[32] = 5 << 4;
-    p[33] = if last { 0x18 } else { 0x10 };
-    p[34..36].copy_from_slice(&65535u16.to_be_bytes());
-    for (i, b) in p[40..].iter_mut().enumerate() {
+    segment(Kind::Tcp4, index, seq, payload, last)
+}
+
+/// One packet of a flow from 10.9.0.2 / fd00:9::2 port 40000 to 10.9.0.1 / fd00:9::1 port
+/// 5001 with valid checksums: TCP segments carry ACK (and PSH on the last one) and `seq`;
+/// UDP datagrams are all the same size, as a sender's segmentation leaves them.
+fn segment(kind: Kind, index: u32, seq: u32, payload: usize, last: bool) -> Vec<u8> {
+    let l3 = kind.l3_len();
+    let tcp = matches!(kind, Kind::Tcp4 | Kind::Tcp6);
+    let l4 = if tcp { 20 } else { 8 };
+    let mut p = vec![0u8; l3 + l4 + payload];
+    if l3 == 20 {
+        p[0] = 0x45;
+        p[4..6].copy_from_slice(&(0x100 + index as u16).to_be_bytes());
+        p[6] = 0x40; // don't fragment
+        p[8] = 64;
+        p[9] = if tcp { 6 } else { 17 };
+        p[12..16].copy_from_slice(&[10, 9, 0, 2]);
+        p[16..20].copy_from_slice(&[10, 9, 0, 1]);
+    } else {
+        p[0] = 0x60;
+        p[6] = if tcp { 6 } else { 17 };
+        p[7] = 64;
+        p[8..24].copy_from_slice(&"fd00:9::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        p[24..40].copy_from_slice(&"fd00:9::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    }
+    set_ip_length(&mut p);
+    p[l3..l3 + 2].copy_from_slice(&40000u16.to_be_bytes());
+    p[l3 + 2..l3 + 4].copy_from_slice(&5001u16.to_be_bytes());
+    if tcp {
+        p[l3 + 4..l3 + 8].copy_from_slice(&seq.to_be_bytes());
+        p[l3 + 8..l3 + 12].copy_from_slice(&1u32.to_be_bytes());
+        p[l3 + 12] = 5 << 4;
+        p[l3 + 13] = if last { 0x18 } else { 0x10 };
+        p[l3 + 14..l3 + 16].copy_from_slice(&65535u16.to_be_bytes());
+    } else {
+        p[l3 + 4..l3 + 6].copy_from_slice(&((l4 + payload) as u16).to_be_bytes());
+    }
+    for (i, b) in p[l3 + l4..].iter_mut().enumerate() {
         *b = (i as u32 + seq) as u8;
     }
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&p[12..20]);
-    pseudo.extend_from_slice(&[0, 6]);
-    pseudo.extend_from_slice(&((total - 20) as u16).to_be_bytes());
-    let sum = checksum(&p[20..], checksum_partial(&pseudo));
-    p[36..38].copy_from_slice(&sum.to_be_bytes());
+    fix_checksums(&mut p);
     p
+}
+
+/// Sets the IPv4 total length or the IPv6 payload length to the packet's length.
+fn set_ip_length(p: &mut [u8]) {
+    let len = p.len();
+    match p.first().map(|b| b >> 4) {
+        Some(4) if len >= 4 => p[2..4].copy_from_slice(&(len as u16).to_be_bytes()),
+        Some(6) if len >= 40 => p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes()),
+        _ => {}
+    }
+}
+
+/// Recomputes the IPv4 header checksum and the TCP or UDP checksum of a (possibly mangled)
+/// packet where its lengths allow.
+fn fix_checksums(p: &mut [u8]) {
+    let (l3, protocol, pseudo) = match p.first().map(|b| b >> 4) {
+        Some(4) if p.len() >= 20 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            if ihl < 20 || p.len() < ihl {
+                return;
+            }
+            p[10..12].fill(0);
+            let sum = checksum(&p[..ihl], 0);
+            p[10..12].copy_from_slice(&sum.to_be_bytes());
+            (ihl, p[9], p[12..20].to_vec())
+        }
+        Some(6) if p.len() >= 40 => (40, p[6], p[8..40].to_vec()),
+        _ => return,
+    };
+    let at = match protocol {
+        6 => l3 + 16,
+        17 => l3 + 6,
+        _ => return,
+    };
+    if p.len() < at + 2 {
+        return;
+    }
+    let mut pseudo = pseudo;
+    pseudo.extend_from_slice(&[0, protocol]);
+    pseudo.extend_from_slice(&((p.len() - l3) as u16).to_be_bytes());
+    p[at..at + 2].fill(0);
+    let sum = checksum(&p[l3..], checksum_partial(&pseudo));
+    p[at..at + 2].copy_from_slice(&sum.to_be_bytes());
 }
 
 fn checksum_partial(data: &[u8]) -> u32 {
