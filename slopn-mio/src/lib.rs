@@ -73,6 +73,9 @@ pub struct Options {
     /// Receive calls (each up to `quinn_udp::BATCH_SIZE` datagrams) per wakeup.
     pub udp_reads_per_wakeup: usize,
     /// TUN packets read per wakeup (a split super-packet counts each of its packets).
+    /// Everything read is queued before anything is sent, so this many packets plus one
+    /// 64 KiB super-packet must fit the machine's datagram queue (`datagram_queue_bytes`,
+    /// 256 KiB by default) or a burst tail-drops: 64 is about 150 KB at MTU 1414.
     pub tun_packets_per_wakeup: usize,
     /// Socket buffer size asked for in each direction.
     pub socket_buffer: usize,

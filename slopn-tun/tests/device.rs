@@ -12,104 +12,94 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn tun_device_addresses_mtu_routes_and_packets() {
-    if let Err(why) = netns::available() {
-        eprintln!("SKIPPED tun_device_addresses_mtu_routes_and_packets: {why}");
-        return;
-    }
-    let ns = Namespace::create(format!("{}-tun", netns::unique_prefix())).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            ns.enter().unwrap();
-            let config = TunConfig {
-                name: Some("slopn-t0".into()),
-                mtu: 1380,
-                addresses: vec![(ip("10.9.0.1"), 24)],
-                offload: true,
-            };
-            let mut tun = Tun::open(&config).unwrap();
-            assert_eq!(tun.name(), "slopn-t0");
-            let link = ns.ip(&["-o", "link", "show", "dev", "slopn-t0"]).unwrap();
-            assert!(link.contains("mtu 1380") && link.contains(",UP"), "{link}");
-            let addrs = ns.ip(&["-o", "addr", "show", "dev", "slopn-t0"]).unwrap();
-            assert!(addrs.contains("10.9.0.1/24"), "{addrs}");
+    in_namespace("tun_device_addresses_mtu_routes_and_packets", "tun", |ns| {
+        let config = TunConfig {
+            name: Some("slopn-t0".into()),
+            mtu: 1380,
+            addresses: vec![(ip("10.9.0.1"), 24)],
+            offload: true,
+        };
+        let mut tun = Tun::open(&config).unwrap();
+        assert_eq!(tun.name(), "slopn-t0");
+        let link = ns.ip(&["-o", "link", "show", "dev", "slopn-t0"]).unwrap();
+        assert!(link.contains("mtu 1380") && link.contains(",UP"), "{link}");
+        let addrs = ns.ip(&["-o", "addr", "show", "dev", "slopn-t0"]).unwrap();
+        assert!(addrs.contains("10.9.0.1/24"), "{addrs}");
 
-            tun.set_mtu(1300).unwrap();
-            assert_eq!(tun.mtu().unwrap(), 1300);
-            tun.set_addresses(&[(ip("10.9.0.2"), 32), (ip("fd00:9::2"), 64)])
-                .unwrap();
-            let addrs = ns.ip(&["-o", "addr", "show", "dev", "slopn-t0"]).unwrap();
-            assert!(
-                addrs.contains("10.9.0.2/32") && addrs.contains("fd00:9::2/64"),
-                "{addrs}"
-            );
-            assert!(!addrs.contains("10.9.0.1/24"), "{addrs}");
+        tun.set_mtu(1300).unwrap();
+        assert_eq!(tun.mtu().unwrap(), 1300);
+        tun.set_addresses(&[(ip("10.9.0.2"), 32), (ip("fd00:9::2"), 64)])
+            .unwrap();
+        let addrs = ns.ip(&["-o", "addr", "show", "dev", "slopn-t0"]).unwrap();
+        assert!(
+            addrs.contains("10.9.0.2/32") && addrs.contains("fd00:9::2/64"),
+            "{addrs}"
+        );
+        assert!(!addrs.contains("10.9.0.1/24"), "{addrs}");
 
-            // Routes come and go.
-            let mut routes = Routes::new("slopn-t0");
-            routes
-                .set(&[
-                    "10.50.0.0/16".parse().unwrap(),
-                    "fd00:50::/48".parse().unwrap(),
-                ])
-                .unwrap();
-            let table = ns.ip(&["route", "show"]).unwrap();
-            assert!(table.contains("10.50.0.0/16 dev slopn-t0"), "{table}");
-            routes.set(&["10.60.0.0/16".parse().unwrap()]).unwrap();
-            let table = ns.ip(&["route", "show"]).unwrap();
-            assert!(
-                !table.contains("10.50.0.0/16") && table.contains("10.60.0.0/16"),
-                "{table}"
-            );
+        // Routes come and go.
+        let mut routes = Routes::new("slopn-t0");
+        routes
+            .set(&[
+                "10.50.0.0/16".parse().unwrap(),
+                "fd00:50::/48".parse().unwrap(),
+            ])
+            .unwrap();
+        let table = ns.ip(&["route", "show"]).unwrap();
+        assert!(table.contains("10.50.0.0/16 dev slopn-t0"), "{table}");
+        routes.set(&["10.60.0.0/16".parse().unwrap()]).unwrap();
+        let table = ns.ip(&["route", "show"]).unwrap();
+        assert!(
+            !table.contains("10.50.0.0/16") && table.contains("10.60.0.0/16"),
+            "{table}"
+        );
 
-            // A packet routed into the device comes out of it.
-            let mut ping = ns
-                .command("ping")
-                .args(["-c", "1", "-W", "1", "10.60.1.1"])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(2);
-            let mut found = None;
-            let packet = loop {
-                match tun.recv_packets(|p| {
-                    if slopn_like_dst(p) == Some(ip("10.60.1.1")) {
-                        found = Some(p.to_vec());
-                    }
-                }) {
-                    Ok(_) => {
-                        if let Some(p) = found.take() {
-                            break p;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        assert!(
-                            Instant::now() < deadline,
-                            "no packet came out of the TUN device"
-                        );
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => panic!("{e}"),
+        // A packet routed into the device comes out of it.
+        let mut ping = ns
+            .command("ping")
+            .args(["-c", "1", "-W", "1", "10.60.1.1"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut found = None;
+        let packet = loop {
+            match tun.recv_packets(|p| {
+                if slopn_like_dst(p) == Some(ip("10.60.1.1")) {
+                    found = Some(p.to_vec());
                 }
-            };
-            assert_eq!(packet[9], 1, "an ICMP echo request");
-            let _ = ping.wait();
-
-            // The name is taken while the device exists.
-            match Tun::open(&config) {
-                Err(TunError::NameInUse(name)) => assert_eq!(name, "slopn-t0"),
-                other => panic!("expected NameInUse, got {other:?}"),
+            }) {
+                Ok(_) => {
+                    if let Some(p) = found.take() {
+                        break p;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no packet came out of the TUN device"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
             }
-            drop(routes);
-            let table = ns.ip(&["route", "show"]).unwrap();
-            assert!(!table.contains("10.60.0.0/16"), "{table}");
-            drop(tun);
-            assert!(
-                ns.ip(&["link", "show", "dev", "slopn-t0"]).is_err(),
-                "device removed"
-            );
-        })
-        .join()
-        .unwrap();
+        };
+        assert_eq!(packet[9], 1, "an ICMP echo request");
+        let _ = ping.wait();
+
+        // The name is taken while the device exists.
+        match Tun::open(&config) {
+            Err(TunError::NameInUse(name)) => assert_eq!(name, "slopn-t0"),
+            other => panic!("expected NameInUse, got {other:?}"),
+        }
+        drop(routes);
+        let table = ns.ip(&["route", "show"]).unwrap();
+        assert!(!table.contains("10.60.0.0/16"), "{table}");
+        drop(tun);
+        assert!(
+            ns.ip(&["link", "show", "dev", "slopn-t0"]).is_err(),
+            "device removed"
+        );
     });
 }
 
@@ -126,6 +116,35 @@ fn bad_names_are_refused_clearly() {
     assert!(err.to_string().contains("1 to 15 characters"));
 }
 
+/// Runs `body` on a thread inside a network namespace of its own (removed afterwards), or
+/// prints why `test` is skipped.
+fn in_namespace(test: &str, suffix: &str, body: impl FnOnce(&Namespace) + Send) {
+    if let Err(why) = netns::available() {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let ns = Namespace::create(format!("{}-{suffix}", netns::unique_prefix())).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter().unwrap();
+            body(&ns);
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+/// A TUN device with offload and the given addresses, MTU 1400.
+fn offload_tun(name: &str, addresses: &[(&str, u8)]) -> Tun {
+    Tun::open(&TunConfig {
+        name: Some(name.into()),
+        mtu: 1400,
+        addresses: addresses.iter().map(|(a, len)| (ip(a), *len)).collect(),
+        offload: true,
+    })
+    .unwrap()
+}
+
 /// The destination of an IPv4 packet.
 fn slopn_like_dst(p: &[u8]) -> Option<IpAddr> {
     (p.len() >= 20 && p[0] >> 4 == 4).then(|| IpAddr::from([p[16], p[17], p[18], p[19]]))
@@ -135,72 +154,56 @@ fn slopn_like_dst(p: &[u8]) -> Option<IpAddr> {
 /// coalesced packet (the hub's fast path), not one write each.
 #[test]
 fn written_tcp_segments_are_coalesced() {
-    if let Err(why) = netns::available() {
-        eprintln!("SKIPPED written_tcp_segments_are_coalesced: {why}");
-        return;
-    }
-    let ns = Namespace::create(format!("{}-gro", netns::unique_prefix())).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            ns.enter().unwrap();
-            let config = TunConfig {
-                name: Some("slopn-g0".into()),
-                mtu: 1400,
-                addresses: vec![(ip("10.9.0.1"), 24)],
-                offload: true,
-            };
-            let mut tun = Tun::open(&config).unwrap();
-            if !tun.offload() {
-                eprintln!("SKIPPED written_tcp_segments_are_coalesced: no TUN offload here");
-                return;
-            }
-            // Sees every packet the namespace's stack receives, as the device hands it over.
-            let capture = socket2::Socket::new(
-                socket2::Domain::PACKET,
-                socket2::Type::DGRAM,
-                Some(socket2::Protocol::from(i32::from(
-                    (libc::ETH_P_ALL as u16).to_be(),
-                ))),
-            )
-            .unwrap();
-            capture
-                .set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
-
-            const SEGMENTS: u32 = 8;
-            const PAYLOAD: usize = 1000;
-            for i in 0..SEGMENTS {
-                let last = i == SEGMENTS - 1;
-                tun.queue_packet(&tcp_segment(i, 1_000 + i * PAYLOAD as u32, PAYLOAD, last))
-                    .unwrap();
-            }
-            tun.flush().unwrap();
-
-            let mut sizes = Vec::new();
-            let mut buf = [0u8; 70_000];
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline {
-                match std::io::Read::read(&mut &capture, &mut buf) {
-                    // Ours come from 10.9.0.2; the kernel's answers (RSTs) from 10.9.0.1.
-                    Ok(n) if n >= 20 && buf[12..16] == [10, 9, 0, 2] => sizes.push(n),
-                    Ok(_) => {}
-                    Err(_) if !sizes.is_empty() => break,
-                    Err(_) => {}
-                }
-            }
-            let total: usize = sizes.iter().map(|n| n - 40).sum();
-            assert_eq!(
-                total,
-                SEGMENTS as usize * PAYLOAD,
-                "every byte arrived: {sizes:?}"
-            );
-            assert!(
-                sizes.len() < SEGMENTS as usize,
-                "segments were written one by one: {sizes:?}"
-            );
-        })
-        .join()
+    in_namespace("written_tcp_segments_are_coalesced", "gro", |ns| {
+        let mut tun = offload_tun("slopn-g0", &[("10.9.0.1", 24)]);
+        if !tun.offload() {
+            eprintln!("SKIPPED written_tcp_segments_are_coalesced: no TUN offload here");
+            return;
+        }
+        // Sees every packet the namespace's stack receives, as the device hands it over.
+        let capture = socket2::Socket::new(
+            socket2::Domain::PACKET,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::from(i32::from(
+                (libc::ETH_P_ALL as u16).to_be(),
+            ))),
+        )
         .unwrap();
+        capture
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+
+        const SEGMENTS: u32 = 8;
+        const PAYLOAD: usize = 1000;
+        for i in 0..SEGMENTS {
+            let last = i == SEGMENTS - 1;
+            tun.queue_packet(&tcp_segment(i, 1_000 + i * PAYLOAD as u32, PAYLOAD, last))
+                .unwrap();
+        }
+        tun.flush().unwrap();
+
+        let mut sizes = Vec::new();
+        let mut buf = [0u8; 70_000];
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match std::io::Read::read(&mut &capture, &mut buf) {
+                // Ours come from 10.9.0.2; the kernel's answers (RSTs) from 10.9.0.1.
+                Ok(n) if n >= 20 && buf[12..16] == [10, 9, 0, 2] => sizes.push(n),
+                Ok(_) => {}
+                Err(_) if !sizes.is_empty() => break,
+                Err(_) => {}
+            }
+        }
+        let total: usize = sizes.iter().map(|n| n - 40).sum();
+        assert_eq!(
+            total,
+            SEGMENTS as usize * PAYLOAD,
+            "every byte arrived: {sizes:?}"
+        );
+        assert!(
+            sizes.len() < SEGMENTS as usize,
+            "segments were written one by one: {sizes:?}"
+        );
     });
 }
 
@@ -211,21 +214,11 @@ fn written_tcp_segments_are_coalesced() {
 /// or dropped.
 #[test]
 fn hostile_segment_batches_are_written_or_dropped() {
-    if let Err(why) = netns::available() {
-        eprintln!("SKIPPED hostile_segment_batches_are_written_or_dropped: {why}");
-        return;
-    }
-    let ns = Namespace::create(format!("{}-grofz", netns::unique_prefix())).unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            ns.enter().unwrap();
-            let config = TunConfig {
-                name: Some("slopn-f0".into()),
-                mtu: 1400,
-                addresses: vec![(ip("10.9.0.1"), 24), (ip("fd00:9::1"), 64)],
-                offload: true,
-            };
-            let mut tun = Tun::open(&config).unwrap();
+    in_namespace(
+        "hostile_segment_batches_are_written_or_dropped",
+        "grofz",
+        |ns| {
+            let mut tun = offload_tun("slopn-f0", &[("10.9.0.1", 24), ("fd00:9::1", 64)]);
             let mut rng = 0x9e37_79b9_7f4a_7c15u64;
             let mut next = move || {
                 rng ^= rng << 13;
@@ -296,10 +289,8 @@ fn hostile_segment_batches_are_written_or_dropped() {
                     .unwrap();
             }
             tun.flush().unwrap();
-        })
-        .join()
-        .unwrap();
-    });
+        },
+    );
 }
 
 /// The packets the hostile-batch test starts from.
