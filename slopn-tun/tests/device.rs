@@ -154,7 +154,7 @@ fn slopn_like_dst(p: &[u8]) -> Option<IpAddr> {
 /// coalesced packet (the hub's fast path), not one write each.
 #[test]
 fn written_tcp_segments_are_coalesced() {
-    in_namespace("written_tcp_segments_are_coalesced", "gro", |ns| {
+    in_namespace("written_tcp_segments_are_coalesced", "gro", |_| {
         let mut tun = offload_tun("slopn-g0", &[("10.9.0.1", 24)]);
         if !tun.offload() {
             eprintln!("SKIPPED written_tcp_segments_are_coalesced: no TUN offload here");
@@ -217,7 +217,7 @@ fn hostile_segment_batches_are_written_or_dropped() {
     in_namespace(
         "hostile_segment_batches_are_written_or_dropped",
         "grofz",
-        |ns| {
+        |_| {
             let mut tun = offload_tun("slopn-f0", &[("10.9.0.1", 24), ("fd00:9::1", 64)]);
             let mut rng = 0x9e37_79b9_7f4a_7c15u64;
             let mut next = move || {
