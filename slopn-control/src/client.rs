@@ -1,0 +1,198 @@
+//! The client side: requests and subscriptions, with errors that tell "not running" from
+//! "not allowed" so that each program can say what to do about it.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::protocol::{Request, VersionInfo};
+
+/// Why a request did not get an answer, or got a refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket: the server is not running (or uses another path).
+    #[error("nothing answers on the control socket {0}: the service is not running")]
+    NotRunning(PathBuf),
+    /// The socket exists but this user may not open it.
+    #[error("no permission to use the control socket {0}")]
+    Forbidden(PathBuf),
+    /// Another failure talking to the socket.
+    #[error("control socket {path}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The server hung up before answering.
+    #[error("the server on {0} closed the connection")]
+    Closed(PathBuf),
+    /// The answer is not what the protocol says.
+    #[error("control socket {path}: unreadable answer: {detail}")]
+    BadAnswer {
+        /// The socket.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The server refused the request; this is its sentence.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A connection to a control socket.
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    /// Connects to the server at `path`.
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning(path.to_owned())
+            }
+            io::ErrorKind::PermissionDenied => ClientError::Forbidden(path.to_owned()),
+            _ => ClientError::Io {
+                path: path.to_owned(),
+                source: e,
+            },
+        })?;
+        let writer = stream.try_clone().map_err(|source| ClientError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// Limits how long a request waits for its answer (`None`: forever).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(timeout)
+            .and_then(|()| self.writer.set_write_timeout(timeout))
+            .map_err(|e| self.io(e))
+    }
+
+    fn io(&self, source: io::Error) -> ClientError {
+        ClientError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        let mut line = request.to_line();
+        line.push('\n');
+        self.writer
+            .write_all(line.as_bytes())
+            .map_err(|e| self.io(e))
+    }
+
+    /// The next line from the server as a JSON object; `None` when it hung up.
+    fn read(&mut self) -> Result<Option<Map<String, Value>>, ClientError> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).map_err(|e| self.io(e))? == 0 {
+            return Ok(None);
+        }
+        match serde_json::from_str(&line) {
+            Ok(Value::Object(map)) => Ok(Some(map)),
+            Ok(_) => Err(self.bad("not a JSON object")),
+            Err(e) => Err(self.bad(&e.to_string())),
+        }
+    }
+
+    fn bad(&self, detail: &str) -> ClientError {
+        ClientError::BadAnswer {
+            path: self.path.clone(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// Sends `request` and returns the answer's fields (with `ok`), or the server's
+    /// refusal as [`ClientError::Refused`].
+    pub fn request(&mut self, request: &Request) -> Result<Map<String, Value>, ClientError> {
+        self.send(request)?;
+        let answer = self.read()?.ok_or(ClientError::Closed(self.path.clone()))?;
+        match answer.get("ok") {
+            Some(Value::Bool(true)) => Ok(answer),
+            Some(Value::Bool(false)) => Err(ClientError::Refused(
+                answer
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("refused without a reason")
+                    .to_owned(),
+            )),
+            _ => Err(self.bad("no \"ok\" field")),
+        }
+    }
+
+    /// Sends `request` and reads field `field` of the answer as a `T`.
+    pub fn request_field<T: DeserializeOwned>(
+        &mut self,
+        request: &Request,
+        field: &str,
+    ) -> Result<T, ClientError> {
+        let mut answer = self.request(request)?;
+        let value = answer.remove(field).unwrap_or(Value::Null);
+        serde_json::from_value(value).map_err(|e| self.bad(&format!("{field}: {e}")))
+    }
+
+    /// The server's protocol version and role. A version-1 server, which does not know the
+    /// request, is reported as protocol 1 of an unknown role.
+    pub fn version(&mut self) -> Result<VersionInfo, ClientError> {
+        match self.request(&Request::Version) {
+            Ok(answer) => {
+                serde_json::from_value(Value::Object(answer)).map_err(|e| self.bad(&e.to_string()))
+            }
+            Err(ClientError::Refused(sentence)) if sentence.contains("unknown variant") => {
+                Ok(VersionInfo {
+                    protocol: 1,
+                    ..VersionInfo::default()
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Subscribes with `request` ([`Request::Events`] or [`Request::Logs`]); the connection
+    /// then carries only that stream.
+    pub fn subscribe(mut self, request: &Request) -> Result<Subscription, ClientError> {
+        self.request(request)?;
+        Ok(Subscription { client: self })
+    }
+}
+
+/// A stream of events or log lines.
+pub struct Subscription {
+    client: Client,
+}
+
+impl Subscription {
+    /// The next line as a JSON object, waiting for it; `None` when the server hung up (it
+    /// ended, or cut this subscriber off for not reading).
+    pub fn next_line(&mut self) -> Result<Option<Map<String, Value>>, ClientError> {
+        self.client.read()
+    }
+
+    /// Limits how long [`next_line`](Self::next_line) waits (`None`: forever).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.client.set_timeout(timeout)
+    }
+}
+
+/// Connects, sends one request, and returns its answer.
+pub fn request(path: &Path, request: &Request) -> Result<Map<String, Value>, ClientError> {
+    Client::connect(path)?.request(request)
+}

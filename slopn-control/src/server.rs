@@ -1,0 +1,464 @@
+//! The server side: a Unix stream socket, one thread per client, requests answered by a
+//! [`Handler`], `events` and `logs` streamed from [`Topic`]s.
+//!
+//! Nothing a client sends can stop the server or stall the others: lines longer than
+//! [`MAX_REQUEST_BYTES`] end that connection, unparsable ones are answered with a sentence,
+//! at most [`MAX_CLIENTS`] are served at once, and a subscriber that stops reading is cut off
+//! rather than waited for. Every refusal is counted ([`ControlStats`]).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::protocol::{ControlStats, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Role};
+use crate::topic::Topic;
+
+/// Clients served at once; further ones are told so and turned away.
+pub const MAX_CLIENTS: usize = 64;
+
+/// How long a write to a client may block before the client is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a subscription with nothing to send checks whether its client hung up.
+const HANGUP_CHECK: Duration = Duration::from_secs(1);
+
+/// A successful answer's fields besides `"ok": true`, or a sentence for the user.
+pub type Answer = Result<Map<String, Value>, String>;
+
+/// What answers the requests (all but `version`, `events` and `logs`, which the server
+/// answers itself).
+pub trait Handler: Send + Sync + 'static {
+    /// What this server is, for `version`.
+    fn role(&self) -> Role;
+    /// Answers one request. `Err` is a sentence saying what is wrong and what to do.
+    fn handle(&self, request: &Request) -> Answer;
+}
+
+/// Who may use the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// The socket file's permission bits (0600: the owner only; 0660: the owner and a group).
+    pub mode: u32,
+    /// The group to give the socket to (with mode 0660).
+    pub group: Option<u32>,
+}
+
+impl Access {
+    /// The owner (and root) only: mode 0600.
+    pub const OWNER: Access = Access {
+        mode: 0o600,
+        group: None,
+    };
+
+    /// The owner and the members of group `gid`: mode 0660.
+    pub fn group(gid: u32) -> Self {
+        Self {
+            mode: 0o660,
+            group: Some(gid),
+        }
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Another process answers on the socket.
+    #[error(
+        "control socket {0} is in use: another hub or spoke is running with it. Stop it or use \
+         another socket path."
+    )]
+    InUse(PathBuf),
+    /// Creating, binding or securing the socket failed.
+    #[error("control socket {path}: {what}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    refused: AtomicU64,
+    oversized: AtomicU64,
+    busy: AtomicU64,
+}
+
+struct Shared {
+    handler: Arc<dyn Handler>,
+    events: Arc<Topic>,
+    logs: Arc<Topic>,
+    counters: Counters,
+    clients: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn stats(&self) -> ControlStats {
+        let c = &self.counters;
+        ControlStats {
+            requests: c.requests.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            oversized: c.oversized.load(Ordering::Relaxed),
+            busy: c.busy.load(Ordering::Relaxed),
+            cut_off: self.events.cut_off() + self.logs.cut_off(),
+            clients: self.clients.load(Ordering::Relaxed) as u64,
+        }
+    }
+}
+
+/// A running control socket. Dropping it stops accepting and removes the socket file.
+pub struct Server {
+    path: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Serves `path` (creating its directory, replacing a stale socket) with `handler`;
+    /// `events` and `logs` are what `events` and `logs` subscribers receive.
+    pub fn start(
+        path: &Path,
+        access: Access,
+        handler: Arc<dyn Handler>,
+        events: Arc<Topic>,
+        logs: Arc<Topic>,
+    ) -> Result<Self, ServerError> {
+        let listener = bind(path, access)?;
+        let shared = Arc::new(Shared {
+            handler,
+            events,
+            logs,
+            counters: Counters::default(),
+            clients: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("slopn-control".into())
+            .spawn(move || accept(listener, weak))
+            .map_err(|source| ServerError::Io {
+                path: path.to_owned(),
+                what: "starting its thread",
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_owned(),
+            shared,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The socket's counters.
+    pub fn stats(&self) -> ControlStats {
+        self.shared.stats()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        // Wake the accepting thread so that it sees the flag and ends.
+        let _ = UnixStream::connect(&self.path);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds under a temporary name, sets mode and group, then renames into place, so the
+/// socket is never reachable with looser permissions.
+fn bind(path: &Path, access: Access) -> Result<UnixListener, ServerError> {
+    let fail = |what| {
+        move |source| ServerError::Io {
+            path: path.to_owned(),
+            what,
+            source,
+        }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(fail("creating its directory"))?;
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(ServerError::InUse(path.to_owned()));
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&temporary);
+    let listener = UnixListener::bind(&temporary).map_err(fail("binding"))?;
+    let secured =
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(access.mode))
+            .map_err(fail("setting its permissions"))
+            .and_then(|()| match access.group {
+                Some(gid) => std::os::unix::fs::chown(&temporary, None, Some(gid))
+                    .map_err(fail("giving it to its group")),
+                None => Ok(()),
+            })
+            .and_then(|()| std::fs::rename(&temporary, path).map_err(fail("moving it into place")));
+    if let Err(e) = secured {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+fn accept(listener: UnixListener, shared: Weak<Shared>) {
+    for stream in listener.incoming() {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(mut stream) = stream else { continue };
+        if shared.clients.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
+            shared.clients.fetch_sub(1, Ordering::Relaxed);
+            shared.counters.busy.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+            let _ = write_line(
+                &mut stream,
+                &refusal(&format!(
+                    "{MAX_CLIENTS} clients are connected to the control socket already; close \
+                     some and try again"
+                )),
+            );
+            continue;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("slopn-control-client".into())
+            .spawn({
+                let shared = shared.clone();
+                move || {
+                    serve(&shared, stream);
+                    shared.clients.fetch_sub(1, Ordering::Relaxed);
+                }
+            });
+        if spawned.is_err() {
+            shared.clients.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn refusal(sentence: &str) -> String {
+    json!({ "ok": false, "error": sentence }).to_string()
+}
+
+fn write_line(stream: &mut UnixStream, line: &str) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    stream.write_all(&buf)
+}
+
+/// The outcome of reading one request line.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A line is in the buffer (without its `\n`).
+    Complete,
+    /// The client hung up.
+    End,
+    /// The line exceeds the limit (what was read is discarded).
+    TooLong,
+}
+
+/// Reads up to the next `\n`, never buffering more than `max` bytes.
+fn read_line(reader: &mut impl BufRead, max: usize, line: &mut Vec<u8>) -> io::Result<Line> {
+    line.clear();
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(if line.is_empty() {
+                Line::End
+            } else {
+                Line::Complete
+            });
+        }
+        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], true),
+            None => (available, false),
+        };
+        if line.len() + chunk.len() > max {
+            return Ok(Line::TooLong);
+        }
+        line.extend_from_slice(chunk);
+        let used = chunk.len() + usize::from(done);
+        reader.consume(used);
+        if done {
+            return Ok(Line::Complete);
+        }
+    }
+}
+
+fn parse(line: &[u8]) -> Result<Request, String> {
+    serde_json::from_slice(line).map_err(|e| {
+        format!(
+            "bad request: {e}. A request is one JSON object per line, such as \
+             {{\"command\":\"status\"}} (docs/PROTOCOL.md section 8)"
+        )
+    })
+}
+
+fn serve(shared: &Shared, stream: UnixStream) {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    let counters = &shared.counters;
+    loop {
+        match read_line(&mut reader, MAX_REQUEST_BYTES, &mut line) {
+            Ok(Line::Complete) => {}
+            Ok(Line::End) | Err(_) => return,
+            Ok(Line::TooLong) => {
+                counters.oversized.fetch_add(1, Ordering::Relaxed);
+                let _ = write_line(
+                    &mut writer,
+                    &refusal(&format!(
+                        "request longer than {} KiB: refused, and the connection closed",
+                        MAX_REQUEST_BYTES / 1024
+                    )),
+                );
+                return;
+            }
+        }
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = match parse(&line) {
+            Ok(Request::Events) => return subscribe(&shared.events, writer, reader),
+            Ok(Request::Logs) => return subscribe(&shared.logs, writer, reader),
+            Ok(Request::Version) => Ok(version(shared.handler.role())),
+            Ok(request) => {
+                let mut answer = shared.handler.handle(&request);
+                if let (Request::Status, Ok(fields)) = (&request, &mut answer) {
+                    add_control_stats(fields, shared.stats());
+                }
+                answer
+            }
+            Err(e) => Err(e),
+        };
+        let reply = match answer {
+            Ok(mut fields) => {
+                fields.insert("ok".into(), Value::Bool(true));
+                Value::Object(fields).to_string()
+            }
+            Err(sentence) => {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%sentence, "control request refused");
+                refusal(&sentence)
+            }
+        };
+        if write_line(&mut writer, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn version(role: Role) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("protocol".into(), json!(PROTOCOL_VERSION));
+    fields.insert("role".into(), json!(role));
+    fields.insert("software".into(), json!(env!("CARGO_PKG_VERSION")));
+    fields
+}
+
+fn add_control_stats(fields: &mut Map<String, Value>, stats: ControlStats) {
+    if let Some(Value::Object(status)) = fields.get_mut("status") {
+        status.insert("control".into(), json!(stats));
+    }
+}
+
+/// Streams `topic` to the client until it hangs up, stops reading, or is cut off.
+fn subscribe(topic: &Topic, mut writer: UnixStream, mut reader: BufReader<UnixStream>) {
+    let subscription = topic.subscribe();
+    if write_line(&mut writer, r#"{"ok":true}"#).is_err() {
+        return;
+    }
+    for line in &subscription.backlog {
+        if write_line(&mut writer, line).is_err() {
+            return;
+        }
+    }
+    drop(subscription.backlog);
+    let _ = reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(1)));
+    loop {
+        match subscription.lines.recv_timeout(HANGUP_CHECK) {
+            Ok(line) => {
+                if write_line(&mut writer, &line).is_err() {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if !hung_up(&mut reader) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Whether a subscribed client closed its side (anything it sends is ignored).
+fn hung_up(reader: &mut BufReader<UnixStream>) -> bool {
+    let mut scratch = [0; 512];
+    match reader.get_mut().read(&mut scratch) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_bounded_and_split() {
+        let input = b"{\"a\":1}\n\nabcdefghij\nlast".as_slice();
+        let mut reader = BufReader::with_capacity(4, input);
+        let mut line = Vec::new();
+        assert_eq!(
+            read_line(&mut reader, 8, &mut line).unwrap(),
+            Line::Complete
+        );
+        assert_eq!(line, b"{\"a\":1}");
+        assert_eq!(
+            read_line(&mut reader, 8, &mut line).unwrap(),
+            Line::Complete
+        );
+        assert!(line.is_empty());
+        assert_eq!(read_line(&mut reader, 8, &mut line).unwrap(), Line::TooLong);
+        let mut reader = BufReader::new(b"last".as_slice());
+        assert_eq!(
+            read_line(&mut reader, 8, &mut line).unwrap(),
+            Line::Complete
+        );
+        assert_eq!(line, b"last");
+        assert_eq!(read_line(&mut reader, 8, &mut line).unwrap(), Line::End);
+    }
+
+    #[test]
+    fn bad_requests_get_a_sentence() {
+        for bad in [&b"garbage"[..], b"{\"command\":\"explode\"}", b"\xff\xfe"] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.starts_with("bad request: "), "{e}");
+            assert!(e.contains("{\"command\":\"status\"}"), "{e}");
+        }
+    }
+}
