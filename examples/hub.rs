@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use slopn::cli::explain;
 use slopn::config::AuthMode;
 use slopn::control::{self, Request};
 use slopn::keys::{self, InitOptions};
@@ -125,20 +126,18 @@ fn main() -> ExitCode {
             )
         })
         .map_err(|e| e.to_string()),
-        Command::Run { config } => {
-            slopn::daemon::init_logging();
-            slopn::daemon::run_hub(&config)
-        }
-        Command::Status { socket, json } => {
-            control::request(&socket, &Request::Status).map(|v| print_status(&v["status"], json))
-        }
+        Command::Run { config } => slopn::daemon::run_hub(&config, slopn::logs::init()),
+        Command::Status { socket, json } => control::request(&socket, &Request::Status)
+            .map(|v| print_status(&v["status"], json))
+            .map_err(|e| explain(&e)),
         Command::Disconnect { socket, session } => control::request(
             &socket,
             &Request::Disconnect {
                 session: Some(session),
             },
         )
-        .map(drop),
+        .map(drop)
+        .map_err(|e| explain(&e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

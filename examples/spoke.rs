@@ -1,16 +1,19 @@
 //! The SloPN spoke.
 //!
 //! ```text
-//! spoke run --config /etc/slopn/spoke.toml
-//! spoke status
-//! spoke disconnect; spoke connect
+//! spoke run --config /etc/slopn/spoke.toml      # one configuration, until stopped
+//! spoke service                                  # the desktop client's privileged half
+//! spoke import work spoke.toml; spoke connect work
+//! spoke status; spoke logs --follow; spoke disconnect
 //! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use slopn::control::{self, Request};
+use slopn::cli::explain;
+use slopn::control::{self, Client, LogLine, ProfileSummary, Request, SpokeStatus};
+use slopn::service::{self, ServiceOptions};
 
 /// SloPN spoke: connects to a hub, gets a tunnel address and carries this host's packets.
 /// It reconnects by itself when the hub goes away. Logs go to stderr; set RUST_LOG for more.
@@ -21,22 +24,34 @@ struct Cli {
     command: Command,
 }
 
-const SOCKET: &str = "/run/slopn/spoke.sock";
-
 #[derive(Subcommand)]
 enum Command {
-    /// Run the spoke (needs root or CAP_NET_ADMIN for its TUN device). SIGINT or SIGTERM
-    /// says goodbye to the hub and removes the TUN device and routes.
+    /// Run the spoke from one configuration file (needs root or CAP_NET_ADMIN for its TUN
+    /// device). SIGINT or SIGTERM says goodbye to the hub and removes the TUN device and
+    /// routes.
     Run {
         /// The spoke configuration (as written by `hub add-spoke`).
         #[arg(long, default_value = "/etc/slopn/spoke.toml")]
         config: PathBuf,
     },
-    /// Show the tunnel: addresses, RTT, bytes and rates each way, drops.
-    Status {
-        /// The spoke's control socket.
-        #[arg(long, default_value = SOCKET)]
+    /// Run the spoke service: no tunnel until a client (the desktop app, `spoke connect`)
+    /// asks for one; profiles are imported over the control socket. Runs as root (or with
+    /// CAP_NET_ADMIN), normally from systemd (slopn-spoke.service).
+    Service {
+        /// The control socket (mode 0660 and group --group if that group exists, else 0600).
+        #[arg(long, default_value = service::SOCKET)]
         socket: PathBuf,
+        /// Where profiles are kept (created mode 0700).
+        #[arg(long, default_value = service::PROFILES)]
+        profiles: PathBuf,
+        /// The group whose members may use the socket.
+        #[arg(long, default_value = service::GROUP)]
+        group: String,
+    },
+    /// Show the tunnel: state, addresses, RTT, bytes and rates each way, drops.
+    Status {
+        #[command(flatten)]
+        socket: Socket,
         /// Print the raw JSON document.
         #[arg(long)]
         json: bool,
@@ -44,45 +59,74 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Connect now (after `disconnect`, or to skip a reconnect delay).
+    /// Connect now. The service needs a profile (default: the one it used last); `spoke run`
+    /// skips any reconnect delay.
     Connect {
-        /// The spoke's control socket.
-        #[arg(long, default_value = SOCKET)]
-        socket: PathBuf,
+        /// The profile to connect (spoke service).
+        profile: Option<String>,
+        #[command(flatten)]
+        socket: Socket,
     },
-    /// Say goodbye to the hub and stay disconnected (the TUN device stays).
+    /// Say goodbye to the hub. The service also removes the TUN device, routes and DNS;
+    /// `spoke run` keeps them and waits for `connect`.
     Disconnect {
-        /// The spoke's control socket.
-        #[arg(long, default_value = SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        socket: Socket,
+    },
+    /// List the service's profiles.
+    Profiles {
+        #[command(flatten)]
+        socket: Socket,
+    },
+    /// Give the service a spoke file (as `hub add-spoke` wrote it) as profile NAME.
+    Import {
+        /// The profile's name.
+        name: String,
+        /// The spoke file (read by this command, as you).
+        file: PathBuf,
+        #[command(flatten)]
+        socket: Socket,
+    },
+    /// Delete one of the service's profiles.
+    Remove {
+        /// The profile's name.
+        name: String,
+        #[command(flatten)]
+        socket: Socket,
+    },
+    /// Show the recent log lines of the spoke (or service).
+    Logs {
+        /// Keep printing new lines as they come.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        socket: Socket,
     },
 }
 
+#[derive(clap::Args)]
+struct Socket {
+    /// The control socket of the spoke or the spoke service.
+    #[arg(long = "socket", default_value = service::SOCKET)]
+    path: PathBuf,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run { config } => {
-            slopn::daemon::init_logging();
-            slopn::daemon::run_spoke(&config)
-        }
-        Command::Status {
+    let result = match Cli::parse().command {
+        Command::Run { config } => slopn::daemon::run_spoke(&config, slopn::logs::init()),
+        Command::Service {
             socket,
-            json,
-            watch,
-        } => control::request(&socket, &Request::Status).and_then(|v| {
-            print_status(&v["status"], json);
-            if watch {
-                control::watch(&socket, |event| {
-                    println!("{event}");
-                    true
-                })?;
-            }
-            Ok(())
-        }),
-        Command::Connect { socket } => control::request(&socket, &Request::Connect).map(drop),
-        Command::Disconnect { socket } => {
-            control::request(&socket, &Request::Disconnect { session: None }).map(drop)
-        }
+            profiles,
+            group,
+        } => service::run_service(
+            &ServiceOptions {
+                socket,
+                profiles,
+                group,
+            },
+            slopn::logs::init(),
+        ),
+        command => client(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,33 +137,119 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_status(s: &serde_json::Value, json: bool) {
+/// The commands that talk to a running spoke or service.
+fn client(command: Command) -> Result<(), String> {
+    let simple = |socket: &Socket, request: Request| {
+        control::request(&socket.path, &request)
+            .map(drop)
+            .map_err(|e| explain(&e))
+    };
+    match command {
+        Command::Status {
+            socket,
+            json,
+            watch,
+        } => {
+            let mut client = Client::connect(&socket.path).map_err(|e| explain(&e))?;
+            let status: serde_json::Value = client
+                .request_field(&Request::Status, "status")
+                .map_err(|e| explain(&e))?;
+            print_status(&status, json);
+            if watch {
+                let mut events = Client::connect(&socket.path)
+                    .and_then(|c| c.subscribe(&Request::Events))
+                    .map_err(|e| explain(&e))?;
+                while let Some(event) = events.next_line().map_err(|e| explain(&e))? {
+                    println!("{}", serde_json::Value::Object(event));
+                }
+            }
+            Ok(())
+        }
+        Command::Connect { profile, socket } => simple(&socket, Request::Connect { profile }),
+        Command::Disconnect { socket } => simple(&socket, Request::Disconnect { session: None }),
+        Command::Profiles { socket } => {
+            let profiles: Vec<ProfileSummary> = Client::connect(&socket.path)
+                .and_then(|mut c| c.request_field(&Request::Profiles, "profiles"))
+                .map_err(|e| explain(&e))?;
+            if profiles.is_empty() {
+                println!("no profiles: add one with `spoke import NAME FILE`");
+            }
+            for p in profiles {
+                println!(
+                    "{:<20} {:<32} {} ({})",
+                    p.name, p.hub, p.server_name, p.auth
+                );
+            }
+            Ok(())
+        }
+        Command::Import { name, file, socket } => {
+            let toml = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let answer = control::request(&socket.path, &Request::Import { name, toml })
+                .map_err(|e| explain(&e))?;
+            if let Some(warning) = answer.get("warning").and_then(|w| w.as_str()) {
+                eprintln!("spoke: warning: {warning}");
+            }
+            Ok(())
+        }
+        Command::Remove { name, socket } => simple(&socket, Request::Remove { name }),
+        Command::Logs { follow, socket } => {
+            let mut logs = Client::connect(&socket.path)
+                .and_then(|c| c.subscribe(&Request::Logs))
+                .map_err(|e| explain(&e))?;
+            // Past lines arrive at once; when none comes for a moment, the backlog is done.
+            if !follow {
+                logs.set_timeout(Some(std::time::Duration::from_millis(200)))
+                    .map_err(|e| explain(&e))?;
+            }
+            while let Ok(Some(line)) = logs.next_line() {
+                let line: LogLine =
+                    serde_json::from_value(serde_json::Value::Object(line)).unwrap_or_default();
+                println!("{} {:>5} {}", line.time, line.level, line.message);
+            }
+            Ok(())
+        }
+        Command::Run { .. } | Command::Service { .. } => unreachable!("handled in main"),
+    }
+}
+
+fn print_status(value: &serde_json::Value, json: bool) {
     if json {
-        println!("{s}");
+        println!("{value}");
         return;
     }
-    let rate = |k: &str| s[k].as_f64().unwrap_or(0.0) * 8.0 / 1e6;
-    println!("state:     {}", s["state"].as_str().unwrap_or("?"));
-    println!("hub:       {}", s["hub"].as_str().unwrap_or("?"));
-    println!("identity:  {}", s["identity"].as_str().unwrap_or("-"));
-    println!("addresses: {}", s["addresses"]);
-    println!("routes:    {}", s["routes"]);
-    match s["rtt_ms"].as_f64() {
+    let s: SpokeStatus = serde_json::from_value(value.clone()).unwrap_or_default();
+    let mbit = |bytes_per_sec: f64| bytes_per_sec * 8.0 / 1e6;
+    println!("state:     {}", s.state.name());
+    if let Some(profile) = &s.profile {
+        println!("profile:   {profile}");
+    }
+    if let Some(error) = &s.error {
+        println!("error:     {error}");
+    }
+    println!("hub:       {}", s.hub);
+    println!("identity:  {}", s.identity.as_deref().unwrap_or("-"));
+    println!("addresses: {:?}", s.addresses);
+    println!("routes:    {:?}", s.routes);
+    match s.rtt_ms {
         Some(rtt) => println!("rtt:       {rtt:.2} ms"),
         None => println!("rtt:       -"),
     }
-    println!("mtu:       {}", s["tun_mtu"]);
+    match s.tun_mtu {
+        Some(mtu) => println!("mtu:       {mtu}"),
+        None => println!("mtu:       -"),
+    }
     println!(
         "received:  {} B in {} packets ({:.2} Mbit/s)",
-        s["rx_bytes"],
-        s["rx_packets"],
-        rate("rx_bytes_per_sec")
+        s.rx_bytes,
+        s.rx_packets,
+        mbit(s.rx_bytes_per_sec)
     );
     println!(
         "sent:      {} B in {} packets ({:.2} Mbit/s)",
-        s["tx_bytes"],
-        s["tx_packets"],
-        rate("tx_bytes_per_sec")
+        s.tx_bytes,
+        s.tx_packets,
+        mbit(s.tx_bytes_per_sec)
     );
-    println!("drops:     {}", s["drops"]);
+    println!("drops:     {:?}", s.drops);
 }

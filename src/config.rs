@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use slopn_proto::control::MAX_CREDENTIAL_LEN;
 use slopn_proto::tls::{self, CertifiedKey};
 use slopn_proto::{Auth, Congestion, Credential, HubConfig, PoolConfig, SpokeConfig};
 
@@ -32,12 +33,11 @@ pub(crate) fn default_congestion() -> String {
 }
 
 /// The congestion controller named in `path`'s `congestion` option.
-fn congestion(path: &Path, name: &str) -> Result<Congestion, ConfigError> {
+fn congestion(label: &str, name: &str) -> Result<Congestion, ConfigError> {
     Congestion::from_name(name).ok_or_else(|| {
         let names: Vec<_> = Congestion::ALL.iter().map(|c| c.name()).collect();
         ConfigError::new(format!(
-            "{}: unknown congestion controller {name:?}; use one of {}",
-            path.display(),
+            "{label}: unknown congestion controller {name:?}; use one of {}",
             names.join(", ")
         ))
     })
@@ -308,7 +308,7 @@ impl HubFile {
         config.dns_servers = reload.dns;
         config.isolate_spokes = self.isolate_spokes;
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
-        config.transport.congestion = congestion(path, &self.congestion)?;
+        config.transport.congestion = congestion(&path.display().to_string(), &self.congestion)?;
         config.seed = crate::keys::random_seed();
         // The reset key survives restarts (it comes from the private key), so a restarted hub
         // resets its predecessor's connections and spokes reconnect at once.
@@ -417,8 +417,6 @@ fn pool_config(net: IpNet, hub: Option<IpAddr>, path: &Path) -> Result<PoolConfi
 pub struct SpokeRuntime {
     /// TUN name.
     pub tun_name: String,
-    /// Control socket path.
-    pub control_socket: PathBuf,
     /// How long to wait for the first session.
     pub connect_timeout: Duration,
     /// The hub as written in the file, for messages.
@@ -426,78 +424,138 @@ pub struct SpokeRuntime {
 }
 
 impl SpokeFile {
-    /// The state machine's configuration and the runtime settings.
+    /// The state machine's configuration and the runtime settings, for the file at `path`
+    /// (relative paths are resolved against its directory). Resolves the hub's name.
     pub fn resolve(&self, path: &Path) -> Result<(SpokeConfig, SpokeRuntime), ConfigError> {
-        let base = path.parent().unwrap_or(Path::new("."));
-        let pem = match (&self.ca_pem, &self.ca) {
-            (Some(pem), _) => pem.as_bytes().to_vec(),
-            (None, Some(ca)) => read_file(
+        let label = path.display().to_string();
+        let hub = self.hub_address(&label)?;
+        self.build(path.parent(), &label, hub)
+    }
+
+    /// The same for a stored profile: `label` names it in messages, and the file may not
+    /// refer to other files.
+    pub fn resolve_profile(&self, label: &str) -> Result<(SpokeConfig, SpokeRuntime), ConfigError> {
+        let hub = self.hub_address(label)?;
+        self.build(None, label, hub)
+    }
+
+    /// Everything [`resolve_profile`](Self::resolve_profile) checks except that the hub's
+    /// name resolves: what a profile must pass to be stored.
+    pub fn check_profile(&self, label: &str) -> Result<(), ConfigError> {
+        let port = hub_port(&self.hub).ok_or_else(|| {
+            ConfigError::new(format!(
+                "{label}: the hub address {:?} is not host:port, e.g. hub.example.com:4433",
+                self.hub
+            ))
+        })?;
+        let placeholder = SocketAddr::from(([192, 0, 2, 1], port));
+        let (config, _) = self.build(None, label, placeholder)?;
+        slopn_proto::Spoke::new(
+            config,
+            std::time::Instant::now(),
+            std::time::SystemTime::now(),
+        )
+        .map(drop)
+        .map_err(|e| ConfigError::new(format!("{label}: {e}")))
+    }
+
+    /// Resolves the hub's name (`label` names the configuration in the error).
+    pub fn hub_address(&self, label: &str) -> Result<SocketAddr, ConfigError> {
+        resolve_hub(&self.hub).map_err(|e| {
+            ConfigError::new(format!(
+                "{label}: cannot resolve the hub address {:?}: {e}. Check the name for typos \
+                 and that this computer can resolve names (is it online?); the address is \
+                 host:port, e.g. hub.example.com:4433.",
+                self.hub
+            ))
+        })
+    }
+
+    /// `base` is the directory relative `ca` paths start from; `None` refuses them.
+    fn build(
+        &self,
+        base: Option<&Path>,
+        label: &str,
+        hub: SocketAddr,
+    ) -> Result<(SpokeConfig, SpokeRuntime), ConfigError> {
+        let pem = match (&self.ca_pem, &self.ca, base) {
+            (Some(pem), _, _) => pem.as_bytes().to_vec(),
+            (None, Some(ca), Some(base)) => read_file(
                 &relative(base, ca),
                 "the CA certificate",
                 "Copy the hub's ca.pem there or set `ca_pem` in the configuration.",
             )?,
-            (None, None) => {
+            (None, Some(ca), None) => {
                 return Err(ConfigError::new(format!(
-                    "{}: no CA certificate: set `ca` (a PEM file) or `ca_pem`",
-                    path.display()
+                    "{label}: the CA certificate must be inline (`ca_pem`, as `hub add-spoke` \
+                     writes it), not a file ({})",
+                    ca.display()
+                )));
+            }
+            (None, None, _) => {
+                return Err(ConfigError::new(format!(
+                    "{label}: no CA certificate: set `ca` (a PEM file) or `ca_pem`"
                 )));
             }
         };
         let trust = tls::parse_certificates(&pem).map_err(|e| {
             ConfigError::new(format!(
-                "{}: the CA certificate is unusable: {e}",
-                path.display()
+                "{label}: the CA certificate is unusable ({e}): it must be the PEM text \
+                 (-----BEGIN CERTIFICATE-----) of the hub's ca.pem"
             ))
         })?;
-        let hub = resolve_hub(&self.hub).map_err(|e| {
-            ConfigError::new(format!(
-                "{}: cannot resolve the hub address {:?}: {e}. Use host:port, e.g. \
-                 hub.example.com:4433.",
-                path.display(),
-                self.hub
-            ))
-        })?;
+        if self.token.len() > MAX_CREDENTIAL_LEN {
+            return Err(ConfigError::new(format!(
+                "{label}: the token is {} bytes long; at most {MAX_CREDENTIAL_LEN} are allowed. \
+                 Use the token from the hub operator's spoke file (`hub add-spoke`).",
+                self.token.len()
+            )));
+        }
         let mut config = SpokeConfig::new(hub, &self.server_name, trust, &self.token);
         config.client_certificate = match (&self.certificate_pem, &self.private_key_pem) {
             (Some(cert), Some(key)) => Some(
                 CertifiedKey::from_pem(cert.as_bytes(), key.as_bytes()).map_err(|e| {
                     ConfigError::new(format!(
-                        "{}: the client certificate or key is unusable: {e}",
-                        path.display()
+                        "{label}: the client certificate or key is unusable: {e}"
                     ))
                 })?,
             ),
             (None, None) => None,
             _ => {
                 return Err(ConfigError::new(format!(
-                    "{}: set both certificate_pem and private_key_pem, or neither",
-                    path.display()
+                    "{label}: set both certificate_pem and private_key_pem, or neither"
                 )));
             }
         };
         if self.token.is_empty() && config.client_certificate.is_none() {
             return Err(ConfigError::new(format!(
-                "{}: no credential: set `token`, or `certificate_pem` and `private_key_pem`",
-                path.display()
+                "{label}: no credential: set `token`, or `certificate_pem` and `private_key_pem`"
             )));
         }
         config.requested_addresses = self.address.into_iter().collect();
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
         config.transport.keep_alive_interval =
             Some(Duration::from_secs(self.keep_alive_secs.max(1)));
-        config.transport.congestion = congestion(path, &self.congestion)?;
+        config.transport.congestion = congestion(label, &self.congestion)?;
         config.seed = crate::keys::random_seed();
         let runtime = SpokeRuntime {
             tun_name: self.tun_name.clone(),
-            control_socket: self
-                .control_socket
-                .clone()
-                .unwrap_or_else(|| "/run/slopn/spoke.sock".into()),
             connect_timeout: Duration::from_secs(self.connect_timeout_secs.max(1)),
             hub: self.hub.clone(),
         };
         Ok((config, runtime))
     }
+}
+
+/// The port of `host:port` (`[v6]:port` too), if that is what `hub` is.
+fn hub_port(hub: &str) -> Option<u16> {
+    let (host, port) = hub.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && !host.contains(char::is_whitespace) && port != 0).then_some(port)
 }
 
 fn resolve_hub(hub: &str) -> std::io::Result<SocketAddr> {

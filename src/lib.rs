@@ -8,16 +8,24 @@
 //! - [`mio`]: the single-threaded event loop that drives them against UDP sockets and TUN
 //!   devices.
 //! - [`tun`]: TUN devices and operating-system network configuration.
+//! - [`control`]: the local control socket's protocol, client and server; [`cli`]: its
+//!   errors as sentences for the command-line tools.
 //! - [`config`]: the TOML configuration files; [`keys`]: `hub init` and `hub add-spoke`;
-//!   [`control`]: the local control socket; [`status`]: its documents; [`daemon`]: running
-//!   a hub or a spoke.
+//!   [`status`]: the control socket's documents; [`logs`]: logging, also to the socket.
+//! - [`daemon`]: running a hub, or a spoke from one file ([`tunnel`]); [`service`]: the
+//!   spoke service behind the desktop client, with its [`profiles`].
 
+pub mod cli;
 pub mod config;
-pub mod control;
 pub mod daemon;
 pub mod keys;
+pub mod logs;
+pub mod profiles;
+pub mod service;
 pub mod status;
+pub mod tunnel;
 
+pub use slopn_control as control;
 pub use slopn_mio as mio;
 pub use slopn_proto as proto;
 pub use slopn_tun as tun;

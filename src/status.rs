@@ -1,10 +1,12 @@
 //! Status and event documents for the control socket, and the rate sampler behind the
 //! "bytes per second each way" figures.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::{Value, json};
+use slopn_control::{SpokeStatus as StatusDocument, TunnelState};
 use slopn_mio::{HubSnapshot, IoCounters, SpokeStatus};
 use slopn_proto::{DisconnectReason, DropCounters, HubEvent, SpokeEvent, SpokeState};
 
@@ -39,66 +41,65 @@ impl Rates {
     }
 }
 
-fn drops(d: &DropCounters) -> Value {
-    Value::Object(
-        d.iter()
-            .map(|(reason, n)| (reason.name().to_owned(), json!(n)))
-            .collect(),
-    )
+fn drops(d: &DropCounters) -> BTreeMap<String, u64> {
+    d.iter()
+        .map(|(reason, n)| (reason.name().to_owned(), n))
+        .collect()
 }
 
 /// The machine's drops and the loop's own I/O losses (those only when there are any).
-fn all_drops(d: &DropCounters, io: &IoCounters) -> Value {
+fn all_drops(d: &DropCounters, io: &IoCounters) -> BTreeMap<String, u64> {
     let mut all = drops(d);
-    if let Value::Object(map) = &mut all {
-        for (name, n) in [
-            ("tun_write_refused", io.tun_write_drops),
-            ("tun_read_unsplit", io.tun_read_drops),
-            ("udp_send_failed", io.udp_send_errors),
-        ] {
-            if n > 0 {
-                map.insert(name.to_owned(), json!(n));
-            }
+    for (name, n) in [
+        ("tun_write_refused", io.tun_write_drops),
+        ("tun_read_unsplit", io.tun_read_drops),
+        ("udp_send_failed", io.udp_send_errors),
+    ] {
+        if n > 0 {
+            all.insert(name.to_owned(), n);
         }
     }
     all
 }
 
-fn state_name(state: SpokeState) -> &'static str {
+/// The control protocol's name for a spoke state.
+pub fn tunnel_state(state: SpokeState) -> TunnelState {
     match state {
-        SpokeState::Connecting => "connecting",
-        SpokeState::Authenticating => "authenticating",
-        SpokeState::Established => "established",
-        SpokeState::Reconnecting => "reconnecting",
-        SpokeState::Closing => "closing",
-        SpokeState::Stopped => "stopped",
+        SpokeState::Connecting => TunnelState::Connecting,
+        SpokeState::Authenticating => TunnelState::Authenticating,
+        SpokeState::Established => TunnelState::Established,
+        SpokeState::Reconnecting => TunnelState::Reconnecting,
+        SpokeState::Closing => TunnelState::Closing,
+        SpokeState::Stopped => TunnelState::Stopped,
     }
 }
 
-/// The spoke's status document.
-pub fn spoke_status(status: &SpokeStatus, hub: &str, rates: &Rates) -> Value {
+/// The spoke's status document (what the loop knows; the caller adds what only the event
+/// stream tells, such as `connected_secs`).
+pub fn spoke_status(status: &SpokeStatus, hub: &str, rates: &Rates) -> StatusDocument {
     let s = &status.stats;
     let (rx_rate, tx_rate) = rates.get();
-    json!({
-        "state": state_name(status.state),
-        "hub": hub,
-        "identity": s.identity,
-        "addresses": s.addresses,
-        "hub_addresses": status.hub_addresses,
-        "routes": status.routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "dns_servers": status.dns_servers,
-        "rtt_ms": s.rtt.map(|r| r.as_secs_f64() * 1e3),
-        "tun_mtu": s.tun_mtu,
-        "rx_packets": s.traffic.rx_packets,
-        "rx_bytes": s.traffic.rx_bytes,
-        "tx_packets": s.traffic.tx_packets,
-        "tx_bytes": s.traffic.tx_bytes,
-        "rx_bytes_per_sec": rx_rate,
-        "tx_bytes_per_sec": tx_rate,
-        "drops": all_drops(&s.drops, &status.io),
-        "connect_attempts": s.connect_attempts,
-        "sessions": s.sessions,
-    })
+    StatusDocument {
+        state: tunnel_state(status.state),
+        hub: hub.to_owned(),
+        identity: s.identity.clone(),
+        addresses: s.addresses.clone(),
+        hub_addresses: status.hub_addresses.clone(),
+        routes: status.routes.iter().map(ToString::to_string).collect(),
+        dns_servers: status.dns_servers.clone(),
+        rtt_ms: s.rtt.map(|r| r.as_secs_f64() * 1e3),
+        tun_mtu: s.tun_mtu,
+        rx_packets: s.traffic.rx_packets,
+        rx_bytes: s.traffic.rx_bytes,
+        tx_packets: s.traffic.tx_packets,
+        tx_bytes: s.traffic.tx_bytes,
+        rx_bytes_per_sec: rx_rate,
+        tx_bytes_per_sec: tx_rate,
+        drops: all_drops(&s.drops, &status.io),
+        connect_attempts: s.connect_attempts,
+        sessions: s.sessions,
+        ..StatusDocument::default()
+    }
 }
 
 /// The hub's status document.
@@ -226,7 +227,7 @@ mod tests {
         let all = all_drops(&machine, &io);
         assert_eq!(all["congested"], 1);
         assert_eq!(all["tun_write_refused"], 3);
-        assert!(all.get("udp_send_failed").is_none(), "{all}");
-        assert!(all.get("tun_read_unsplit").is_none(), "{all}");
+        assert!(!all.contains_key("udp_send_failed"), "{all:?}");
+        assert!(!all.contains_key("tun_read_unsplit"), "{all:?}");
     }
 }

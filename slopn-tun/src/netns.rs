@@ -120,8 +120,29 @@ impl Drop for Namespace {
     }
 }
 
+/// Whether a test that needs namespaces and TUN devices can run here; see [`available`].
+/// Where it cannot, it prints `SKIPPED test: why` and returns false, except under CI
+/// (`CI=true`), where a test that cannot run must fail: it panics with the reason.
+pub fn runnable(test: &str) -> bool {
+    skip_unless(test, available())
+}
+
+/// Like [`runnable`] for any precondition: `Err(why)` skips (or fails under CI).
+pub fn skip_unless(test: &str, precondition: Result<(), String>) -> bool {
+    match precondition {
+        Ok(()) => true,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test} cannot run here ({why}), and under CI=true no test may be skipped")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
 /// Whether this process may create namespaces and TUN devices (root on Linux with
-/// `/dev/net/tun` and `ip`). Tests that need them skip, saying why, when this is false.
+/// `/dev/net/tun` and `ip`).
 pub fn available() -> Result<(), String> {
     if !cfg!(target_os = "linux") {
         return Err("network namespaces need Linux".into());

@@ -1,9 +1,10 @@
 //! End-to-end tests: the real `hub` and `spoke` binaries, real TUN devices and UDP sockets,
 //! in network namespaces this test creates and removes. They need root (CI runs as root);
-//! elsewhere they print SKIPPED and why.
+//! elsewhere they print SKIPPED and why, except under CI (`CI=true`), where they fail.
 
 mod gateway;
 mod lab;
+mod service;
 mod traffic;
 
 use std::time::Duration;
@@ -302,7 +303,7 @@ fn the_control_socket_disconnects_and_reconnects_a_spoke() {
         l.hub_status().is_some_and(|h| h["spokes_assigned"] == 0)
     });
     assert!(hub_sees < Duration::from_secs(1), "goodbye, not a timeout");
-    slopn::control::request(&sock, &slopn::control::Request::Connect).unwrap();
+    slopn::control::request(&sock, &slopn::control::Request::Connect { profile: None }).unwrap();
     lab.wait_established(&[0], Duration::from_secs(3));
     lab.ping(&lab.spoke_ns[0], "10.100.0.1", 2)
         .expect("ping after reconnect");

@@ -1,0 +1,208 @@
+//! The spoke service's stored profiles: spoke files imported over the control socket, kept
+//! in a directory only root can read, each checked before it is saved and saved whole or
+//! not at all.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use slopn_control::{MAX_PROFILE_BYTES, ProfileSummary};
+use tracing::warn;
+
+use crate::config::SpokeFile;
+
+/// The longest profile name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Profiles in one directory, one `NAME.toml` each.
+#[derive(Debug)]
+pub struct ProfileStore {
+    dir: PathBuf,
+}
+
+/// Checks a profile name: 1-64 of `A-Za-z0-9._-`, not starting with `.` (so no `/`, no
+/// `..`, no hidden files).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let valid = (1..=MAX_NAME_LEN).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "the profile name {name:?} is not allowed: use 1 to {MAX_NAME_LEN} letters, digits, \
+             '.', '_' or '-', not starting with '.'"
+        ))
+    }
+}
+
+/// Parses and checks a spoke file's text as a profile (all but the hub's name resolving).
+pub fn parse(name: &str, text: &str) -> Result<SpokeFile, String> {
+    if text.len() > MAX_PROFILE_BYTES {
+        return Err(format!(
+            "the spoke file is {} KiB; spoke files are a few KiB (at most {} KiB). Check that \
+             you picked the file the hub operator gave you.",
+            text.len() / 1024,
+            MAX_PROFILE_BYTES / 1024
+        ));
+    }
+    let file: SpokeFile = toml::from_str(text).map_err(|e| {
+        format!(
+            "this is not a valid spoke file: {}. Import the file as `hub init` or `hub \
+             add-spoke` wrote it.",
+            e.message()
+        )
+    })?;
+    file.check_profile(&format!("profile {name:?}"))
+        .map_err(|e| e.to_string())?;
+    Ok(file)
+}
+
+fn summary(name: &str, file: &SpokeFile) -> ProfileSummary {
+    ProfileSummary {
+        name: name.to_owned(),
+        hub: file.hub.clone(),
+        server_name: file.server_name.clone(),
+        auth: if file.certificate_pem.is_some() {
+            "certificate"
+        } else {
+            "token"
+        }
+        .into(),
+    }
+}
+
+impl ProfileStore {
+    /// Opens the store at `dir`, creating it readable by its owner only.
+    pub fn open(dir: &Path) -> Result<Self, String> {
+        let fail = |e: std::io::Error| format!("profile directory {}: {e}", dir.display());
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(fail)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.toml"))
+    }
+
+    /// The stored profiles, by name. Files that no longer parse are skipped with a warning.
+    pub fn list(&self) -> Vec<ProfileSummary> {
+        let mut names: Vec<String> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let name = name.strip_suffix(".toml")?;
+                check_name(name).ok().map(|()| name.to_owned())
+            })
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|name| match self.load(&name) {
+                Ok(file) => Some(summary(&name, &file)),
+                Err(e) => {
+                    warn!("skipping profile {name:?}: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The profile `name`.
+    pub fn load(&self, name: &str) -> Result<SpokeFile, String> {
+        check_name(name)?;
+        let text = fs::read_to_string(self.path(name)).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "there is no profile named {name:?}: import the spoke file first (`profiles` \
+                 lists what there is)"
+            ),
+            _ => format!("cannot read profile {name:?}: {e}"),
+        })?;
+        toml::from_str(&text).map_err(|e| format!("profile {name:?} is damaged: {}", e.message()))
+    }
+
+    /// Checks and stores `text` as profile `name`, refusing to replace one.
+    pub fn import(&self, name: &str, text: &str) -> Result<ProfileSummary, String> {
+        check_name(name)?;
+        let file = parse(name, text)?;
+        self.create(&self.path(name), text)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => format!(
+                    "a profile named {name:?} exists already: remove it first, or import under \
+                 another name"
+                ),
+                _ => format!("cannot save profile {name:?}: {e}"),
+            })?;
+        Ok(summary(name, &file))
+    }
+
+    /// Writes a temporary file, syncs it, and links it into place only if `path` does not
+    /// exist: a crash or a concurrent import leaves no half file and replaces nothing.
+    fn create(&self, path: &Path, text: &str) -> std::io::Result<()> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let temporary = self.dir.join(format!(
+            ".import-{}-{}.tmp",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let created = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temporary)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            fs::hard_link(&temporary, path)
+        })();
+        let _ = fs::remove_file(&temporary);
+        created?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Deletes profile `name`.
+    pub fn remove(&self, name: &str) -> Result<(), String> {
+        check_name(name)?;
+        fs::remove_file(self.path(name)).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("there is no profile named {name:?}"),
+            _ => format!("cannot remove profile {name:?}: {e}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_or_hide_are_refused() {
+        for good in ["alice", "work-vpn", "a.b_c", "X1", &"n".repeat(64)] {
+            check_name(good).unwrap();
+        }
+        for bad in [
+            "",
+            "..",
+            ".hidden",
+            "a/b",
+            "../etc/passwd",
+            "a b",
+            "ä",
+            &"n".repeat(65),
+        ] {
+            let e = check_name(bad).unwrap_err();
+            assert!(e.contains("is not allowed"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! A spoke's tunnel: its TUN device, UDP socket and event loop, started from a spoke file and
+//! watched by a thread that publishes its events, gives up when the first session never
+//! comes, and turns how it ended into a sentence. `spoke run` runs one until a signal; the
+//! spoke service starts and stops them on request.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+use slopn_control::{SpokeStatus as StatusDocument, Topic, TunnelState};
+use slopn_mio::{Handle, Machine, Options, RoutePolicy, RunError, SpokeCommand, spawn};
+use slopn_proto::control::CloseCode;
+use slopn_proto::{DisconnectReason, Spoke, SpokeEvent};
+use slopn_tun::{Tun, TunConfig};
+use tracing::{info, warn};
+
+use crate::config::SpokeFile;
+use crate::status::{self, Rates};
+
+/// What the event stream tells beyond the loop's own snapshot.
+#[derive(Debug, Default)]
+struct Watch {
+    /// When the current session was established.
+    established_at: Option<Instant>,
+    /// When the next attempt starts, while waiting to reconnect.
+    retry_at: Option<Instant>,
+    /// How the loop ended: `Ok` for an orderly stop, else the sentence for the user.
+    ended: Option<Result<(), String>>,
+}
+
+/// A running (or ended) spoke tunnel.
+pub struct Tunnel {
+    handle: Arc<Handle<Spoke>>,
+    rates: Arc<Rates>,
+    watch: Arc<Mutex<Watch>>,
+    hub: String,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Where a tunnel's configuration came from, for messages.
+#[derive(Clone, Copy, Debug)]
+pub enum Origin<'a> {
+    /// A file given to `spoke run` (relative paths in it start from its directory).
+    File(&'a Path),
+    /// A profile stored by the spoke service, under this name.
+    Profile(&'a str),
+}
+
+impl Origin<'_> {
+    fn label(&self) -> String {
+        match self {
+            Origin::File(path) => path.display().to_string(),
+            Origin::Profile(name) => format!("profile {name:?}"),
+        }
+    }
+}
+
+/// Whether to use the TUN device's segmentation offload: yes unless the environment says
+/// `SLOPN_TUN_OFFLOAD=off` (for comparisons, or to rule offload out when troubleshooting).
+pub fn tun_offload() -> bool {
+    std::env::var("SLOPN_TUN_OFFLOAD").map_or(true, |v| v != "off")
+}
+
+/// Binds a UDP socket, saying what to do when that fails.
+pub fn bind(addr: SocketAddr) -> Result<UdpSocket, String> {
+    UdpSocket::bind(addr).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                " Another process (another hub?) uses this port: stop it or change `listen`."
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                " Ports below 1024 need root or CAP_NET_BIND_SERVICE."
+            }
+            std::io::ErrorKind::AddrNotAvailable => " This host has no such address: fix `listen`.",
+            _ => "",
+        };
+        format!("cannot use UDP address {addr}: {e}.{hint}")
+    })
+}
+
+/// Opens a TUN device, saying what to do when that fails.
+pub fn open_tun(config: &TunConfig) -> Result<Tun, String> {
+    Tun::open(config).map_err(|e| {
+        format!(
+            "cannot create the TUN device {}: {e}",
+            config.name.as_deref().unwrap_or("")
+        )
+    })
+}
+
+/// Samples byte counters once a second for the rates in `status`, until the loop ends.
+pub fn sample_rates<M: Machine>(
+    handle: &Arc<Handle<M>>,
+    rates: &Arc<Rates>,
+    counters: fn(&M::Stats) -> (u64, u64),
+) {
+    let (handle, rates) = (handle.clone(), rates.clone());
+    let _ = std::thread::Builder::new()
+        .name("slopn-rates".into())
+        .spawn(move || {
+            while !handle.is_finished() {
+                if let Some(stats) = handle.stats() {
+                    let (rx, tx) = counters(&stats);
+                    rates.sample(Instant::now(), rx, tx);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+}
+
+impl Tunnel {
+    /// Resolves the hub, creates the TUN device and socket, and starts the loop and its
+    /// watcher, which publishes every event to `events`.
+    pub fn start(file: &SpokeFile, origin: Origin<'_>, events: Arc<Topic>) -> Result<Self, String> {
+        let label = origin.label();
+        let (config, runtime) = match origin {
+            Origin::File(path) => file.resolve(path),
+            Origin::Profile(_) => file.resolve_profile(&label),
+        }
+        .map_err(|e| e.to_string())?;
+        let hub_addr = config.hub;
+        let tun = open_tun(&TunConfig {
+            name: Some(runtime.tun_name.clone()),
+            mtu: 1280,
+            addresses: Vec::new(),
+            offload: tun_offload(),
+        })?;
+        let local: SocketAddr = if hub_addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = bind(local)?;
+        let spoke = Spoke::new(config, Instant::now(), SystemTime::now())
+            .map_err(|e| format!("{label}: {e}"))?;
+        let options = Options {
+            routes: RoutePolicy {
+                accept_default_route: file.accept_default_route,
+                only: file.routes.clone(),
+                hub: Some(hub_addr.ip()),
+            },
+            ..Options::default()
+        };
+        let handle = Arc::new(spawn(spoke, tun, socket, options).map_err(|e| e.to_string())?);
+        info!(hub = %runtime.hub, address = %hub_addr, tun = %runtime.tun_name, "spoke running");
+        let rates = Arc::new(Rates::default());
+        sample_rates(&handle, &rates, |s: &slopn_mio::SpokeStatus| {
+            (s.stats.traffic.rx_bytes, s.stats.traffic.tx_bytes)
+        });
+        let watch = Arc::new(Mutex::new(Watch::default()));
+        let watcher = Watcher {
+            handle: handle.clone(),
+            watch: watch.clone(),
+            events,
+            hub: runtime.hub.clone(),
+            hub_addr,
+            label,
+            connect_timeout: runtime.connect_timeout,
+        };
+        let watcher = std::thread::Builder::new()
+            .name("slopn-tunnel".into())
+            .spawn(move || watcher.run())
+            .map_err(|e| {
+                handle.stop();
+                format!("cannot start the tunnel's watcher thread: {e}")
+            })?;
+        Ok(Self {
+            handle,
+            rates,
+            watch,
+            hub: runtime.hub,
+            watcher: Mutex::new(Some(watcher)),
+        })
+    }
+
+    fn watch(&self) -> MutexGuard<'_, Watch> {
+        self.watch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The status document.
+    pub fn status(&self) -> StatusDocument {
+        let ended = self.watch().ended.clone();
+        // A finished loop answers no more questions (asking would wait for a timeout).
+        let snapshot = match ended {
+            None if !self.handle.is_finished() => self.handle.stats(),
+            _ => None,
+        };
+        let Some(snapshot) = snapshot else {
+            return StatusDocument {
+                state: TunnelState::Stopped,
+                hub: self.hub.clone(),
+                error: ended.and_then(Result::err),
+                ..StatusDocument::default()
+            };
+        };
+        let mut doc = status::spoke_status(&snapshot, &self.hub, &self.rates);
+        let watch = self.watch();
+        let now = Instant::now();
+        if doc.state == TunnelState::Established {
+            doc.connected_secs = watch
+                .established_at
+                .map(|t| now.duration_since(t).as_secs_f64());
+        }
+        if doc.state == TunnelState::Reconnecting {
+            doc.retry_in_ms = watch
+                .retry_at
+                .map(|t| t.saturating_duration_since(now).as_millis() as u64);
+        }
+        doc
+    }
+
+    /// Sends the machine a command.
+    pub fn command(&self, command: SpokeCommand) {
+        self.handle.command(command);
+    }
+
+    /// How the tunnel ended, once it has: `Ok` for an orderly stop, else why.
+    pub fn ended(&self) -> Option<Result<(), String>> {
+        self.watch().ended.clone()
+    }
+
+    /// Asks the loop to say goodbye and end (the TUN device and routes go with it).
+    pub fn stop(&self) {
+        self.handle.stop();
+    }
+
+    /// Waits until the loop and its watcher have ended; how it ended.
+    pub fn wait(&self) -> Result<(), String> {
+        let watcher = self.watcher.lock().ok().and_then(|mut w| w.take());
+        if let Some(watcher) = watcher {
+            let _ = watcher.join();
+        }
+        self.watch().ended.clone().unwrap_or(Ok(()))
+    }
+}
+
+/// The thread that follows a tunnel's events.
+struct Watcher {
+    handle: Arc<Handle<Spoke>>,
+    watch: Arc<Mutex<Watch>>,
+    events: Arc<Topic>,
+    hub: String,
+    hub_addr: SocketAddr,
+    label: String,
+    connect_timeout: Duration,
+}
+
+impl Watcher {
+    fn run(self) {
+        let started = Instant::now();
+        let mut established_once = false;
+        let mut last_reason: Option<DisconnectReason> = None;
+        let mut failure: Option<String> = None;
+        loop {
+            match self.handle.next_event(Duration::from_millis(200)) {
+                Ok(event) => {
+                    self.note(&event);
+                    match &event {
+                        SpokeEvent::Assigned { addresses, .. } if !established_once => {
+                            established_once = true;
+                            info!(?addresses, "connected to the hub");
+                        }
+                        SpokeEvent::Disconnected { reason, .. } => {
+                            last_reason = Some(reason.clone());
+                        }
+                        _ => {}
+                    }
+                    self.events.publish(status::spoke_event(&event).to_string());
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if !established_once
+                        && failure.is_none()
+                        && started.elapsed() > self.connect_timeout
+                    {
+                        let sentence = unreachable(
+                            &self.hub,
+                            self.hub_addr,
+                            self.connect_timeout,
+                            last_reason.as_ref(),
+                        );
+                        warn!("giving up: {sentence}");
+                        failure = Some(sentence);
+                        self.handle.stop();
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let ended = match self.handle.join() {
+            Err(RunError::GaveUp(reason)) => Err(refused(&reason, &self.label)),
+            Err(e) => Err(e.to_string()),
+            Ok(()) => failure.map_or(Ok(()), Err),
+        };
+        if let Err(sentence) = &ended {
+            warn!("the tunnel stopped: {sentence}");
+        }
+        self.events
+            .publish(json!({ "event": "stopped", "error": ended.as_ref().err() }).to_string());
+        if let Ok(mut watch) = self.watch.lock() {
+            watch.ended = Some(ended);
+        }
+    }
+
+    /// Keeps what the status document needs from the event.
+    fn note(&self, event: &SpokeEvent) {
+        let Ok(mut watch) = self.watch.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        match event {
+            SpokeEvent::Assigned { .. } if watch.established_at.is_none() => {
+                watch.established_at = Some(now);
+            }
+            SpokeEvent::Connecting { .. } => watch.retry_at = None,
+            SpokeEvent::Disconnected { retry_in, .. } => {
+                watch.established_at = None;
+                watch.retry_at = retry_in.map(|d| now + d);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Why the first session never came.
+fn unreachable(
+    hub: &str,
+    addr: SocketAddr,
+    waited: Duration,
+    last: Option<&DisconnectReason>,
+) -> String {
+    let why = match last {
+        Some(DisconnectReason::Local { reason, .. }) => reason.clone(),
+        Some(other) => other.to_string(),
+        None => "no answer".into(),
+    };
+    format!(
+        "could not reach the hub at {hub} ({addr}) within {} s: {why}. Check the address and \
+         port, that the hub is running, and that UDP port {} is not blocked by a firewall.",
+        waited.as_secs(),
+        addr.port()
+    )
+}
+
+/// Why the hub refused this spoke for good; `label` names the configuration to fix.
+fn refused(reason: &DisconnectReason, label: &str) -> String {
+    match reason {
+        DisconnectReason::Remote { code, reason } => match *code {
+            CloseCode::AUTH_FAILED => format!(
+                "the hub refused this spoke: authentication failed. Check `token` in {label}, \
+                 or ask the hub operator for a new spoke configuration (`hub add-spoke`)."
+            ),
+            CloseCode::UNSUPPORTED_VERSION => format!(
+                "the hub speaks another protocol version ({reason}): upgrade the older side."
+            ),
+            CloseCode::REPLACED => "another spoke connected with the same identity and took \
+                over: every spoke needs its own configuration (`hub add-spoke`)."
+                .into(),
+            CloseCode::REVOKED => "the hub operator revoked this spoke's access.".into(),
+            _ => format!("the hub ended the session: {code}: {reason}"),
+        },
+        DisconnectReason::Transport {
+            error,
+            tls: true,
+            by_peer: true,
+        } => format!(
+            "the hub refused the TLS handshake: {error}. If this spoke authenticates with a \
+             certificate, check that `certificate_pem` in {label} was issued by the hub's CA \
+             and is still valid (`hub add-spoke --auth certificate` issues a new one)."
+        ),
+        DisconnectReason::Transport {
+            error, tls: true, ..
+        } => format!(
+            "the TLS handshake with the hub failed: {error}. Check that `ca` (or `ca_pem`) in \
+             {label} is the CA that signed the hub's certificate, and that `server_name` is a \
+             name in that certificate."
+        ),
+        other => format!("the session with the hub ended: {other}"),
+    }
+}
