@@ -226,6 +226,7 @@ fn build_tray(app: &AppHandle) -> tauri::Result<Tray> {
     let separator = PredefinedMenuItem::separator(app)?;
     let menu = Menu::with_items(app, &[&connect, &disconnect, &show_item, &separator, &quit])?;
     let icon = TrayIconBuilder::with_id("slopn")
+        .temp_dir_path(tray_files())
         .icon(tray_image("red"))
         .tooltip("SloPN")
         .menu(&menu)
@@ -243,6 +244,17 @@ fn build_tray(app: &AppHandle) -> tauri::Result<Tray> {
         connect,
         disconnect,
     })
+}
+
+/// Where the tray may write its icon files: a directory of this user's, not the shared
+/// /tmp/tray-icon that another user may own.
+fn tray_files() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("slopn-gui"),
+        None => {
+            std::env::temp_dir().join(format!("slopn-gui-{}", effective_uid().unwrap_or(u32::MAX)))
+        }
+    }
 }
 
 /// The effective user ID, from /proc (0 is root).

@@ -239,15 +239,20 @@ fn poll(shared: &Shared, wakes: &Receiver<Wake>, tick: Duration) {
 
 impl Poller {
     /// Asks the service; on any failure the connection is dropped and made again next time.
+    /// A connection that breaks is tried again at once on a new one, so that a service that
+    /// stopped is reported as stopped, not as a broken connection.
     fn refresh(&mut self, socket: &Path) -> View {
-        match self.ask(socket) {
+        let mut answer = self.ask(socket);
+        if answer.is_err() && self.client.take().is_some() {
+            answer = self.ask(socket);
+        }
+        match answer {
             Ok(mut view) => {
                 self.sample(view.rx_rate, view.tx_rate);
                 view.history = self.history.iter().copied().collect();
                 view
             }
             Err(problem) => {
-                self.client = None;
                 self.profiles = None;
                 View::unavailable(problem)
             }

@@ -176,17 +176,17 @@ pub struct View {
 
 impl View {
     /// The view of a service that cannot be used.
+    /// (The sentence is in `service`; the window shows it once, in its banner.)
     pub fn unavailable(service: ServiceAccess) -> Self {
-        let detail = match &service {
-            ServiceAccess::Problem(sentence) => Some(sentence.clone()),
-            _ => None,
+        let headline = match service {
+            ServiceAccess::Unknown => "Looking for the service…",
+            _ => "Service unavailable",
         };
         Self {
             service,
             phase: Phase::Unavailable,
             tone: Phase::Unavailable.tone(),
-            headline: "Service unavailable".into(),
-            detail,
+            headline: headline.into(),
             ..Self::default()
         }
     }

@@ -108,11 +108,26 @@ struct Fake {
     _server: Server,
 }
 
-fn dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("slopn-gui-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory of the test's own, removed when it ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("slopn-gui-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.0.join("spoke.sock")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn serve(socket: &Path, role: Role) -> Fake {
@@ -174,7 +189,8 @@ const SECOND: Duration = Duration::from_secs(1);
 
 #[test]
 fn a_missing_service_is_explained_and_followed_once_it_starts() {
-    let socket = dir("missing").join("spoke.sock");
+    let dir = TempDir::new("missing");
+    let socket = dir.socket();
     let (link, recorder) = start(&socket, SECOND);
     wait_for("the problem", 5 * SECOND, || {
         matches!(link.view().service, ServiceAccess::Problem(_))
@@ -204,7 +220,8 @@ fn a_missing_service_is_explained_and_followed_once_it_starts() {
 
 #[test]
 fn commands_reach_the_service_and_the_view_follows() {
-    let socket = dir("commands").join("spoke.sock");
+    let dir = TempDir::new("commands");
+    let socket = dir.socket();
     let fake = serve(&socket, Role::SpokeService);
     let (link, _recorder) = start(&socket, SECOND);
     wait_for("the service", 5 * SECOND, || {
@@ -249,7 +266,8 @@ fn commands_reach_the_service_and_the_view_follows() {
 
 #[test]
 fn events_refresh_the_window_at_once_without_waiting_for_the_tick() {
-    let socket = dir("events").join("spoke.sock");
+    let dir = TempDir::new("events");
+    let socket = dir.socket();
     let fake = serve(&socket, Role::SpokeService);
     // A tick of an hour: only events can bring the change.
     let (link, _recorder) = start(&socket, Duration::from_secs(3600));
@@ -274,7 +292,8 @@ fn events_refresh_the_window_at_once_without_waiting_for_the_tick() {
 
 #[test]
 fn a_service_of_another_kind_or_age_is_named() {
-    let socket = dir("old").join("spoke.sock");
+    let dir = TempDir::new("old");
+    let socket = dir.socket();
     let _fake = serve(&socket, Role::Spoke);
     let (link, _recorder) = start(&socket, SECOND);
     wait_for("the problem", 5 * SECOND, || {
@@ -288,7 +307,8 @@ fn a_service_of_another_kind_or_age_is_named() {
 
 #[test]
 fn log_lines_stream_to_the_window_backlog_first() {
-    let socket = dir("logs").join("spoke.sock");
+    let dir = TempDir::new("logs");
+    let socket = dir.socket();
     let fake = serve(&socket, Role::SpokeService);
     let line = |m: &str| {
         serde_json::to_string(&LogLine {
@@ -314,7 +334,8 @@ fn log_lines_stream_to_the_window_backlog_first() {
 
 #[test]
 fn two_windows_show_the_same_state() {
-    let socket = dir("two").join("spoke.sock");
+    let dir = TempDir::new("two");
+    let socket = dir.socket();
     let fake = serve(&socket, Role::SpokeService);
     let (a, _) = start(&socket, SECOND);
     let (b, _) = start(&socket, SECOND);
@@ -337,7 +358,8 @@ fn two_windows_show_the_same_state() {
 
 #[test]
 fn a_lost_tunnel_is_notified_once_and_its_return_too() {
-    let socket = dir("notify").join("spoke.sock");
+    let dir = TempDir::new("notify");
+    let socket = dir.socket();
     let fake = serve(&socket, Role::SpokeService);
     let (link, recorder) = start(&socket, Duration::from_millis(200));
     link.import("work", "hub = \"10.0.0.2:4433\"\n").unwrap();
