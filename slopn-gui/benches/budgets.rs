@@ -121,8 +121,9 @@ async fn main() {
     }
     gui.close().await;
 
-    // Idle, connected, with the window open: launched directly, as a user would.
-    let launcher = net.dir.join("launch-clicks");
+    // Idle, connected, with the window open: launched directly, as a user would (with the
+    // GUI's own rendering settings, unlike under WebDriver).
+    let launcher = desktop::launcher(&net, &desktop, "idle", true, false);
     let mut app = Command::new(&launcher)
         .env("DISPLAY", &desktop.display)
         .stdout(Stdio::null())

@@ -295,11 +295,14 @@ pub fn run() -> Result<(), String> {
                 app: app.handle().clone(),
                 tray: OnceLock::new(),
             });
-            match build_tray(app.handle()) {
-                Ok(tray) => {
-                    let _ = window.tray.set(tray);
+            // Without a tray the window is the app: closing it quits.
+            if std::env::var_os("SLOPN_NO_TRAY").is_none() {
+                match build_tray(app.handle()) {
+                    Ok(tray) => {
+                        let _ = window.tray.set(tray);
+                    }
+                    Err(e) => eprintln!("slopn-gui: no tray icon: {e}"),
                 }
-                Err(e) => eprintln!("slopn-gui: no tray icon: {e}"),
             }
             let link = Link::start(&socket, window, Duration::from_secs(1));
             app.manage(Arc::new(Backend { link }));

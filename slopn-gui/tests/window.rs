@@ -105,8 +105,12 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
     assert_eq!(second.text("#address").await, assigned);
     second.close().await;
 
-    // Disconnect: the TUN device is gone when the window says so.
-    gui.click("#toggle").await;
+    // Disconnect from the tray's menu (Connect is greyed out, so Disconnect is the first
+    // item the keyboard reaches): the TUN device is gone when the window says so.
+    desktop.open_tray_menu();
+    desktop::wait_until("the tray menu", SHORT, || desktop.menu_shown());
+    desktop.screenshot(&shot("3-tray-menu"));
+    desktop.pick_menu_item(1);
     gui.wait_phase("disconnected", SHORT).await;
     assert!(!net.tun_exists(), "the TUN device is removed");
     assert!(desktop.tray_pixels(tray_colour("grey")) > 50, "grey tray");

@@ -50,30 +50,46 @@ function toast(text, kind) {
 
 // ---- rendering ----------------------------------------------------------------------------
 
+// The window is updated once a second: touch only what changed, so that an idle window
+// repaints a few words and nothing else.
+function setText(id, text) {
+  const el = $(id);
+  if (el.textContent !== text) el.textContent = text;
+}
+
+function setHidden(id, hidden) {
+  const el = $(id);
+  if (el.hidden !== hidden) el.hidden = hidden;
+}
+
+function setData(key, value) {
+  if (document.body.dataset[key] !== value) document.body.dataset[key] = value;
+}
+
 function render(v) {
   view = v;
-  document.body.dataset.phase = v.phase;
-  document.body.dataset.tone = v.tone;
-  $("pill-text").textContent = v.headline;
-  $("status-headline").textContent = v.headline;
-  $("status-detail").textContent = v.detail || "";
-  $("status-detail").hidden = !v.detail;
+  setData("phase", v.phase);
+  setData("tone", v.tone);
+  setText("pill-text", v.headline);
+  setText("status-headline", v.headline);
+  setText("status-detail", v.detail || "");
+  setHidden("status-detail", !v.detail);
 
   const problem = v.service.kind === "problem";
-  $("service-banner").hidden = !problem;
-  $("service-message").textContent = problem ? v.service.message : "";
+  setHidden("service-banner", !problem);
+  setText("service-message", problem ? v.service.message : "");
 
   const connected = v.phase === "connected";
-  $("address").textContent = v.address || "–";
-  $("hub").textContent = v.hub || hubOf(selected) || "–";
-  $("rtt").textContent = connected && v.rtt_ms != null ? v.rtt_ms.toFixed(2) + " ms" : "–";
-  $("mtu").textContent = v.mtu != null && v.phase !== "disconnected" ? String(v.mtu) : "–";
-  $("connected-for").textContent = connected && v.connected_secs != null ? duration(v.connected_secs) : "–";
+  setText("address", v.address || "–");
+  setText("hub", v.hub || hubOf(selected) || "–");
+  setText("rtt", connected && v.rtt_ms != null ? v.rtt_ms.toFixed(2) + " ms" : "–");
+  setText("mtu", v.mtu != null && v.phase !== "disconnected" ? String(v.mtu) : "–");
+  setText("connected-for", connected && v.connected_secs != null ? duration(v.connected_secs) : "–");
 
-  $("rx-rate").textContent = bits(v.rx_rate);
-  $("tx-rate").textContent = bits(v.tx_rate);
-  $("rx-total").textContent = bytes(v.rx_total);
-  $("tx-total").textContent = bytes(v.tx_total);
+  setText("rx-rate", bits(v.rx_rate));
+  setText("tx-rate", bits(v.tx_rate));
+  setText("rx-total", bytes(v.rx_total));
+  setText("tx-total", bytes(v.tx_total));
 
   renderProfiles(v);
   renderToggle(v);
@@ -98,8 +114,9 @@ function renderProfiles(v) {
     select.replaceChildren(...v.profiles.map((p) => new Option(p.name, p.name)));
     select.dataset.options = options;
   }
-  select.value = selected || "";
-  select.disabled = names.length === 0 || active(v);
+  if (select.value !== (selected || "")) select.value = selected || "";
+  const locked = names.length === 0 || active(v);
+  if (select.disabled !== locked) select.disabled = locked;
 
   const list = $("profile-list");
   const key = JSON.stringify([v.profiles, v.profile, active(v)]);
@@ -107,7 +124,7 @@ function renderProfiles(v) {
     list.replaceChildren(...v.profiles.map((p) => profileItem(p, v)));
     list.dataset.key = key;
   }
-  $("no-profiles").hidden = names.length > 0;
+  setHidden("no-profiles", names.length > 0);
 }
 
 function profileItem(p, v) {
@@ -137,16 +154,32 @@ function active(v) {
 function renderToggle(v) {
   const toggle = $("toggle");
   const on = active(v);
-  toggle.textContent = on ? "Disconnect" : "Connect";
-  toggle.classList.toggle("active", on);
-  toggle.disabled = busy || v.service.kind !== "ok" || (!on && !selected);
+  setText("toggle", on ? "Disconnect" : "Connect");
+  if (toggle.classList.contains("active") !== on) toggle.classList.toggle("active", on);
+  const disabled = busy || v.service.kind !== "ok" || (!on && !selected);
+  if (toggle.disabled !== disabled) toggle.disabled = disabled;
 }
 
-// The last minute of rates: download (teal) and upload (amber), scaled to the largest.
-function drawChart(history) {
+// The last minute of rates: download (teal) and upload (amber), scaled to the largest. Drawn
+// only when a line would move by a pixel.
+let lastPlot = null;
+
+function drawChart(history, force) {
   const canvas = $("chart");
   const ratio = window.devicePixelRatio || 1;
   const w = canvas.clientWidth, h = canvas.clientHeight;
+  const top = Math.max(1, ...history.map(([rx, tx]) => Math.max(rx, tx)));
+  const scale = niceMax(top * 8);
+  const pad = { l: 2, r: 2, t: 14, b: 4 };
+  const plotH = h - pad.t - pad.b;
+  const x = (i) => pad.l + ((w - pad.l - pad.r) * (i + 60 - history.length)) / 59;
+  const y = (bytesPerSec) => pad.t + plotH - (plotH * bytesPerSec * 8) / scale;
+  const plot = [w, h, scale, history.length]
+    .concat(history.map(([rx, tx]) => Math.round(y(rx)) * 1000 + Math.round(y(tx))))
+    .join(",");
+  const flat = history.every(([rx, tx]) => Math.round(y(rx)) === Math.round(y(0)) && Math.round(y(tx)) === Math.round(y(0)));
+  if (!force && (plot === lastPlot || (flat && lastPlot === "flat:" + [w, h, scale]))) return;
+  lastPlot = flat ? "flat:" + [w, h, scale] : plot;
   if (canvas.width !== Math.round(w * ratio)) {
     canvas.width = Math.round(w * ratio);
     canvas.height = Math.round(h * ratio);
@@ -154,12 +187,6 @@ function drawChart(history) {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, w, h);
-  const top = Math.max(1, ...history.map(([rx, tx]) => Math.max(rx, tx)));
-  const scale = niceMax(top * 8);
-  const pad = { l: 2, r: 2, t: 14, b: 4 };
-  const plotH = h - pad.t - pad.b;
-  const x = (i) => pad.l + ((w - pad.l - pad.r) * (i + 60 - history.length)) / 59;
-  const y = (bytesPerSec) => pad.t + plotH - (plotH * bytesPerSec * 8) / scale;
 
   ctx.strokeStyle = "#e3e7ee";
   ctx.lineWidth = 1;
@@ -178,7 +205,7 @@ function drawChart(history) {
   ctx.textAlign = "left";
 
   for (const [index, colour] of [[0, "#2ec4b6"], [1, "#f09a28"]]) {
-    if (history.length < 2) break;
+    if (history.length < 2 || flat) break;
     ctx.strokeStyle = colour;
     ctx.lineWidth = 2;
     ctx.beginPath();
@@ -351,7 +378,7 @@ async function start() {
   $("ca-choose").addEventListener("click", () => $("ca-file").click());
   $("ca-file").addEventListener("change", chooseCa);
   $("save-logs").addEventListener("click", saveLogs);
-  window.addEventListener("resize", () => view && drawChart(view.history));
+  window.addEventListener("resize", () => view && drawChart(view.history, true));
 
   await listen("view", (e) => render(e.payload));
   await listen("logs", (e) => appendLogs(e.payload));

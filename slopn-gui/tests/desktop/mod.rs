@@ -113,14 +113,25 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn spawn(command: &mut Command, log: &Path) -> Child {
+/// A child process in a process group of its own, stopped with its group when dropped.
+pub struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        kill_group(&mut self.0, "-TERM");
+    }
+}
+
+fn spawn(command: &mut Command, log: &Path) -> Process {
     let log = std::fs::File::create(log).unwrap();
-    command
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"))
+    Process(
+        command
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command:?}: {e}")),
+    )
 }
 
 /// Kills a child's whole process group and reaps it.
@@ -201,8 +212,8 @@ pub struct Network {
     pub hub_bin: PathBuf,
     pub spoke_bin: PathBuf,
     pub gui_bin: PathBuf,
-    hub: Option<Child>,
-    service: Option<Child>,
+    hub: Option<Process>,
+    service: Option<Process>,
 }
 
 impl Network {
@@ -318,7 +329,7 @@ impl Network {
 
     pub fn kill_hub(&mut self) {
         let mut hub = self.hub.take().expect("hub running");
-        kill_group(&mut hub, "-KILL");
+        kill_group(&mut hub.0, "-KILL");
         let _ = std::fs::remove_file(self.dir.join("hub.sock"));
     }
 
@@ -339,8 +350,7 @@ impl Network {
     }
 
     pub fn stop_service(&mut self) {
-        let mut service = self.service.take().expect("service running");
-        kill_group(&mut service, "-TERM");
+        drop(self.service.take().expect("service running"));
     }
 
     /// The service's status document.
@@ -373,9 +383,8 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        for child in self.hub.iter_mut().chain(self.service.iter_mut()) {
-            kill_group(child, "-TERM");
-        }
+        self.hub.take();
+        self.service.take();
         if std::thread::panicking() {
             for log in ["hub.log", "service.log", "gui.log", "driver.log"] {
                 eprintln!("===== {log} =====\n{}", self.log(log));
@@ -396,8 +405,8 @@ pub struct Desktop {
     pub display: String,
     pub bus: String,
     pub notifications: PathBuf,
-    xvfb: Child,
-    others: Vec<Child>,
+    /// Xvfb first; stopped last.
+    others: Vec<Process>,
     dir: PathBuf,
 }
 
@@ -423,35 +432,42 @@ impl Desktop {
         BufReader::new(xvfb.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let display = format!(":{}", line.trim());
-        let dir = net.dir.clone();
         let bus_path = net.user_dir("bus").join("session");
-        let bus = format!("unix:path={}", bus_path.display());
-        let mut others = Vec::new();
+        // From here on, whatever starts is stopped on drop, even if a later step fails.
+        let mut desktop = Self {
+            display: format!(":{}", line.trim()),
+            bus: format!("unix:path={}", bus_path.display()),
+            notifications: net.dir.join("notifications.log"),
+            others: vec![Process(xvfb)],
+            dir: net.dir.clone(),
+        };
         let mut daemon = Command::new("setpriv");
         daemon
             .args(user_ids(true))
             .args(["dbus-daemon", "--session", "--nofork", "--nopidfile"])
-            .arg(format!("--address={bus}"));
-        others.push(spawn(&mut daemon, &dir.join("dbus.log")));
+            .arg(format!("--address={}", desktop.bus));
+        desktop
+            .others
+            .push(spawn(&mut daemon, &desktop.dir.join("dbus.log")));
         wait_until("the session bus", Duration::from_secs(10), || {
             bus_path.exists()
         });
-        let notifications = dir.join("notifications.log");
         // As the bus's user (a session bus admits only its own), line-buffered so that each
         // call is in the file as soon as it is seen.
         let mut monitor = Command::new("setpriv");
         monitor
             .args(user_ids(true))
-            .args(["stdbuf", "-oL", "dbus-monitor", "--address", &bus])
+            .args(["stdbuf", "-oL", "dbus-monitor", "--address", &desktop.bus])
             .arg("type='method_call',interface='org.freedesktop.Notifications',member='Notify'");
-        others.push(spawn(&mut monitor, &notifications));
+        desktop
+            .others
+            .push(spawn(&mut monitor, &desktop.notifications));
         // It says NameLost once it has become a monitor; calls before that would be missed.
         wait_until("dbus-monitor", Duration::from_secs(10), || {
-            std::fs::read_to_string(&notifications).is_ok_and(|t| t.contains("NameLost"))
+            desktop.notifications().contains("NameLost")
         });
         let mut tray = Command::new("trayer");
-        tray.env("DISPLAY", &display).args([
+        tray.env("DISPLAY", &desktop.display).args([
             "--edge",
             "top",
             "--align",
@@ -467,15 +483,10 @@ impl Desktop {
             "--SetDockType",
             "false",
         ]);
-        others.push(spawn(&mut tray, &dir.join("trayer.log")));
-        Self {
-            display,
-            bus,
-            notifications,
-            xvfb,
-            others,
-            dir,
-        }
+        desktop
+            .others
+            .push(spawn(&mut tray, &desktop.dir.join("trayer.log")));
+        desktop
     }
 
     /// The notifications the desktop was asked to show, as dbus-monitor printed them.
@@ -493,26 +504,42 @@ impl Desktop {
         assert!(status.success(), "import -window root");
     }
 
-    /// How many pixels of the tray area (top right, 80 by 40) have about this colour.
-    pub fn tray_pixels(&self, rgb: [u8; 3]) -> usize {
-        let shot = self.dir.join("tray-check.png");
+    /// The pixels of a region (`WxH+X+Y`) of the screen.
+    fn pixels(&self, region: &str) -> Vec<[u8; 3]> {
+        let shot = self.dir.join("region.png");
         self.screenshot(&shot);
         let out = Command::new("convert")
             .arg(&shot)
-            .args(["-crop", "80x40+1200+0", "-depth", "8", "txt:-"])
+            .args(["-crop", region, "-depth", "8", "txt:-"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
                 // "12,3: (34,168,90)  #22A85A  srgb(...)"
-                let hex = l.split_whitespace().nth(2)?;
-                let hex = hex.strip_prefix('#')?;
+                let hex = l.split_whitespace().nth(2)?.strip_prefix('#')?;
                 let v = u32::from_str_radix(hex.get(..6)?, 16).ok()?;
                 Some([(v >> 16) as u8, (v >> 8) as u8, v as u8])
             })
+            .collect()
+    }
+
+    /// How many pixels of the tray area (top right, 80 by 40) have about this colour.
+    pub fn tray_pixels(&self, rgb: [u8; 3]) -> usize {
+        self.pixels("80x40+1200+0")
+            .into_iter()
             .filter(|p| p.iter().zip(rgb).all(|(a, b)| a.abs_diff(b) <= 12))
             .count()
+    }
+
+    /// Whether a menu is painted below the tray (the screen there is black otherwise).
+    pub fn menu_shown(&self) -> bool {
+        let painted = self
+            .pixels("120x60+1150+45")
+            .into_iter()
+            .filter(|p| p.iter().any(|&c| c > 40))
+            .count();
+        painted > 2000
     }
 
     fn xdotool(&self, args: &[&str]) -> Output {
@@ -521,6 +548,23 @@ impl Desktop {
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// Opens the tray icon's menu (a click on the icon, top right).
+    pub fn open_tray_menu(&self) {
+        assert!(
+            self.xdotool(&["mousemove", "1262", "20", "click", "1"])
+                .status
+                .success()
+        );
+    }
+
+    /// Picks the `n`th enabled item (1 = the first) of the open menu with the keyboard.
+    pub fn pick_menu_item(&self, n: usize) {
+        for _ in 0..n {
+            assert!(self.xdotool(&["key", "Down"]).status.success());
+        }
+        assert!(self.xdotool(&["key", "Return"]).status.success());
     }
 
     /// Waits for a window titled `title` (a native dialog), gives it the keyboard, types
@@ -562,10 +606,7 @@ impl Desktop {
 
 impl Drop for Desktop {
     fn drop(&mut self) {
-        for child in &mut self.others {
-            kill_group(child, "-TERM");
-        }
-        kill_group(&mut self.xvfb, "-TERM");
+        while self.others.pop().is_some() {}
     }
 }
 
@@ -588,36 +629,55 @@ fn user_ids(with_group: bool) -> Vec<String> {
 /// session that drives it.
 pub struct Gui {
     pub client: Client,
-    driver: Child,
+    driver: Process,
     pub started: Instant,
 }
 
-impl Gui {
-    /// Starts the GUI (as nobody; in the socket's group when `with_group`) and waits until
-    /// its page has run.
-    pub async fn start(net: &Network, desktop: &Desktop, name: &str, with_group: bool) -> Self {
-        // The GUI's user cannot read cargo's target directory: it gets a copy.
-        let binary = net.dir.join("slopn-gui");
-        if !binary.exists() {
-            std::fs::copy(&net.gui_bin, &binary).unwrap();
-        }
-        let home = net.user_dir(&format!("home-{name}"));
-        let runtime = net.user_dir(&format!("run-{name}"));
-        let launcher = net.dir.join(format!("launch-{name}"));
-        let script = format!(
-            "#!/bin/sh\nexec setpriv {} env HOME={} XDG_RUNTIME_DIR={} \
-             DBUS_SESSION_BUS_ADDRESS={} SLOPN_SOCKET={} {} \"$@\" 2>>{}\n",
-            user_ids(with_group).join(" "),
-            home.display(),
-            runtime.display(),
-            desktop.bus,
-            net.socket().display(),
-            binary.display(),
-            net.dir.join("gui.log").display(),
-        );
-        std::fs::write(&launcher, script).unwrap();
-        std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+/// A script that starts the GUI as the unprivileged user (in the socket's group when
+/// `with_group`), with its own home and runtime directory, on the desktop's session bus.
+/// `automation`: for a WebDriver session, which never starts while WebKit's compositing
+/// is off (the GUI turns it off by default), so it is turned back on there.
+pub fn launcher(
+    net: &Network,
+    desktop: &Desktop,
+    name: &str,
+    with_group: bool,
+    automation: bool,
+) -> PathBuf {
+    // The GUI's user cannot read cargo's target directory: it gets a copy.
+    let binary = net.dir.join("slopn-gui");
+    if !binary.exists() {
+        std::fs::copy(&net.gui_bin, &binary).unwrap();
+    }
+    let home = net.user_dir(&format!("home-{name}"));
+    let runtime = net.user_dir(&format!("run-{name}"));
+    let launcher = net.dir.join(format!("launch-{name}"));
+    let compositing = if automation {
+        "WEBKIT_DISABLE_COMPOSITING_MODE=0 "
+    } else {
+        ""
+    };
+    let script = format!(
+        "#!/bin/sh\nexec setpriv {} env {compositing}HOME={} XDG_RUNTIME_DIR={} \
+         DBUS_SESSION_BUS_ADDRESS={} SLOPN_SOCKET={} {} \"$@\" 2>>{}\n",
+        user_ids(with_group).join(" "),
+        home.display(),
+        runtime.display(),
+        desktop.bus,
+        net.socket().display(),
+        binary.display(),
+        net.dir.join("gui.log").display(),
+    );
+    std::fs::write(&launcher, script).unwrap();
+    std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
+    launcher
+}
 
+impl Gui {
+    /// Starts the GUI (as nobody; in the socket's group when `with_group`) under tauri-driver
+    /// and waits until its page has run.
+    pub async fn start(net: &Network, desktop: &Desktop, name: &str, with_group: bool) -> Self {
+        let launcher = launcher(net, desktop, name, with_group, true);
         let (port, native) = (free_port(), free_port());
         let mut driver = Command::new(tauri_driver().unwrap());
         driver
@@ -762,9 +822,9 @@ impl Gui {
     }
 
     /// Ends the session (the GUI exits) and the driver.
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
-        kill_group(&mut self.driver, "-TERM");
+        drop(self.driver);
     }
 }
 
