@@ -199,7 +199,7 @@ function drawChart(history, force) {
   }
   ctx.fillStyle = "#6b7688";
   ctx.font = "10px sans-serif";
-  ctx.fillText(bits(scale / 8), pad.l + 2, 10);
+  ctx.fillText(axisLabel(scale), pad.l + 2, 10);
   ctx.textAlign = "right";
   ctx.fillText("last 60 s", w - pad.r - 2, 10);
   ctx.textAlign = "left";
@@ -216,6 +216,14 @@ function drawChart(history, force) {
     });
     ctx.stroke();
   }
+}
+
+// The chart's scale (1, 2 or 5 times a power of ten, in bit/s) without decimals.
+function axisLabel(bitsPerSec) {
+  for (const [unit, size] of [["Gbit/s", 1e9], ["Mbit/s", 1e6], ["kbit/s", 1e3]]) {
+    if (bitsPerSec >= size) return bitsPerSec / size + " " + unit;
+  }
+  return bitsPerSec + " bit/s";
 }
 
 function niceMax(bitsPerSec) {
