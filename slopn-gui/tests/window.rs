@@ -63,18 +63,13 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
     assert!(net.tun_exists());
 
     // Traffic through the tunnel shows as a download rate above zero.
-    let ping = std::thread::spawn({
-        let ns = net.spoke_ns.clone();
-        move || {
-            std::process::Command::new("ip")
-                .args([
-                    "netns", "exec", &ns, "ping", "-c", "15", "-i", "0.2", "-s", "1000",
-                ])
-                .arg(HUB_TUNNEL_IP)
-                .output()
-                .unwrap()
-        }
-    });
+    let ping = net
+        .spoke_ns
+        .command("ping")
+        .args(["-c", "15", "-i", "0.2", "-s", "1000", HUB_TUNNEL_IP])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let rose = Instant::now();
     loop {
         let rate = gui.text("#rx-rate").await;
@@ -91,7 +86,7 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
     gui.screenshot(&shot("3-connected")).await;
     desktop.screenshot(&shot("3-connected-desktop"));
     assert!(
-        ping.join().unwrap().status.success(),
+        ping.wait_with_output().unwrap().status.success(),
         "ping through the tunnel"
     );
     assert!(

@@ -1,7 +1,7 @@
 //! A whole desktop for the GUI's end-to-end tests and budget figures, made of real parts:
 //!
 //! - a network: a hub in one network namespace, the spoke service in another, joined by a
-//!   veth pair (namespaces with a unique prefix, removed on drop);
+//!   veth pair (slopn-tun's test namespaces: a unique prefix, removed on drop);
 //! - a screen: Xvfb, an XEmbed tray (trayer), a D-Bus session bus whose notification calls
 //!   are recorded (dbus-monitor);
 //! - the GUI, run as an unprivileged user (nobody, with the group the service's socket
@@ -21,6 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use slopn_tun::netns::{self, Namespace};
 
 /// The unprivileged user the GUI runs as.
 pub const GUI_UID: u32 = 65534;
@@ -33,20 +34,8 @@ pub const HUB_TUNNEL_IP: &str = "10.100.0.1";
 
 /// Whether everything the desktop needs is here: root, namespaces, and the programs.
 pub fn available() -> Result<(), String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0");
-    if !root {
-        return Err("not running as root".into());
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Err("/dev/net/tun is missing".into());
-    }
+    netns::available()?;
     for program in [
-        "ip",
         "Xvfb",
         "WebKitWebDriver",
         "dbus-daemon",
@@ -56,6 +45,7 @@ pub fn available() -> Result<(), String> {
         "import",
         "convert",
         "setpriv",
+        "stdbuf",
         "ping",
     ] {
         if which(program).is_none() {
@@ -85,32 +75,7 @@ fn tauri_driver() -> Option<PathBuf> {
 
 /// Skips (prints why) or, under CI, fails when the desktop cannot be built here.
 pub fn runnable(test: &str) -> bool {
-    match available() {
-        Ok(()) => true,
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{test} cannot run here ({why}), and under CI=true no test may be skipped")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-    }
-}
-
-/// Runs a command and returns its output, failing the test with its stderr if it fails.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("{program}: {e}");
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns::skip_unless(test, available())
 }
 
 /// A child process in a process group of its own, stopped with its group when dropped.
@@ -173,15 +138,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A unique prefix per run, for namespace names and the work directory.
-fn prefix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("sg{}-{}", std::process::id() % 100_000, nanos % 10_000)
-}
-
 /// Where the binaries are: the GUI from cargo, the hub and spoke examples beside it (built
 /// with `cargo build --examples` if `cargo test -p slopn-gui` ran alone).
 fn binaries() -> (PathBuf, PathBuf, PathBuf) {
@@ -207,8 +163,8 @@ fn binaries() -> (PathBuf, PathBuf, PathBuf) {
 /// The hub and the spoke service in their namespaces.
 pub struct Network {
     pub dir: PathBuf,
-    pub hub_ns: String,
-    pub spoke_ns: String,
+    pub hub_ns: Namespace,
+    pub spoke_ns: Namespace,
     pub hub_bin: PathBuf,
     pub spoke_bin: PathBuf,
     pub gui_bin: PathBuf,
@@ -220,15 +176,17 @@ impl Network {
     /// Namespaces, `hub init` with one spoke ("laptop"); nothing running yet.
     pub fn new() -> Self {
         let (gui_bin, hub_bin, spoke_bin) = binaries();
-        let prefix = prefix();
+        let prefix = netns::unique_prefix();
         let dir = std::env::temp_dir().join(&prefix);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // The GUI's user must reach the socket and the files it is given.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (hub_ns, spoke_ns) = (format!("{prefix}-hub"), format!("{prefix}-spk"));
-        run("ip", &["netns", "add", &hub_ns]);
-        run("ip", &["netns", "add", &spoke_ns]);
+        let hub_ns = Namespace::create(format!("{prefix}-hub")).unwrap();
+        let spoke_ns = Namespace::create(format!("{prefix}-spk")).unwrap();
+        hub_ns
+            .veth("wan0", "10.0.0.2/24", &spoke_ns, "wan0", "10.0.0.3/24")
+            .unwrap();
         let net = Self {
             dir,
             hub_ns,
@@ -239,32 +197,6 @@ impl Network {
             hub: None,
             service: None,
         };
-        let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &a,
-                "netns",
-                &net.hub_ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &b,
-                "netns",
-                &net.spoke_ns,
-            ],
-        );
-        for (ns, dev, addr) in [
-            (&net.hub_ns, &a, "10.0.0.2/24"),
-            (&net.spoke_ns, &b, "10.0.0.3/24"),
-        ] {
-            run("ip", &["-n", ns, "addr", "add", addr, "dev", dev]);
-            run("ip", &["-n", ns, "link", "set", dev, "up"]);
-            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        }
         let out = Command::new(&net.hub_bin)
             .args(["init", "--dir"])
             .arg(&net.dir)
@@ -310,15 +242,9 @@ impl Network {
         dir
     }
 
-    fn in_ns(&self, ns: &str, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).arg(program);
-        c
-    }
-
     pub fn start_hub(&mut self) {
         assert!(self.hub.is_none());
-        let mut c = self.in_ns(&self.hub_ns, &self.hub_bin);
+        let mut c = self.hub_ns.command(self.hub_bin.to_str().unwrap());
         c.arg("run").arg("--config").arg(self.dir.join("hub.toml"));
         self.hub = Some(spawn(&mut c, &self.dir.join("hub.log")));
         let socket = self.dir.join("hub.sock");
@@ -335,7 +261,7 @@ impl Network {
 
     pub fn start_service(&mut self) {
         assert!(self.service.is_none());
-        let mut c = self.in_ns(&self.spoke_ns, &self.spoke_bin);
+        let mut c = self.spoke_ns.command(self.spoke_bin.to_str().unwrap());
         c.arg("service")
             .arg("--socket")
             .arg(self.socket())
@@ -360,20 +286,9 @@ impl Network {
             .unwrap()
     }
 
-    /// Runs a program in the spoke's namespace.
-    pub fn in_spoke(&self, program: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.spoke_ns, program])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
     /// Whether the spoke's namespace has the TUN device.
     pub fn tun_exists(&self) -> bool {
-        self.in_spoke("ip", &["link", "show", "dev", "slopn0"])
-            .status
-            .success()
+        self.spoke_ns.ip(&["link", "show", "dev", "slopn0"]).is_ok()
     }
 
     pub fn log(&self, name: &str) -> String {
@@ -390,13 +305,8 @@ impl Drop for Network {
                 eprintln!("===== {log} =====\n{}", self.log(log));
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.hub_ns])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.spoke_ns])
-            .status();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The namespaces go as their fields drop.
     }
 }
 
