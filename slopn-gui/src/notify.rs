@@ -68,7 +68,7 @@ impl Notifier {
                 Some(Notice {
                     title: "SloPN: tunnel lost".into(),
                     body: match &self.stopped {
-                        Some(why) => format!("The tunnel stopped: {why}"),
+                        Some(why) => why.clone(),
                         None => "The connection to the hub was lost; reconnecting.".into(),
                     },
                 })
@@ -162,6 +162,6 @@ mod tests {
         let why = "the hub operator revoked this spoke's access.";
         n.update(secs(t0, 21.0), Phase::Stopped, Some(why));
         let told = n.update(secs(t0, 24.5), Phase::Stopped, Some(why)).unwrap();
-        assert_eq!(told.body, format!("The tunnel stopped: {why}"));
+        assert_eq!(told.body, why);
     }
 }

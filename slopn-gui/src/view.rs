@@ -217,7 +217,7 @@ impl View {
                 }),
             ),
             Phase::Disconnecting => ("Disconnecting…".to_owned(), None),
-            Phase::Stopped => ("Stopped".to_owned(), status.error.clone()),
+            Phase::Stopped => ("Stopped".to_owned(), status.error.as_deref().map(sentence)),
             Phase::Unavailable => (
                 "Unknown state".to_owned(),
                 Some("The service reports a state this app does not know: update the app.".into()),
@@ -255,6 +255,15 @@ impl View {
     }
 }
 
+/// The service's sentence with a capital first letter, as the window shows it.
+fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,7 +292,10 @@ mod tests {
         let view = View::from_status(&refused, Vec::new());
         assert_eq!(view.phase, Phase::Stopped);
         assert_eq!(view.tone, "red");
-        assert!(view.detail.unwrap().contains("authentication failed"));
+        assert_eq!(
+            view.detail.as_deref(),
+            Some("The hub refused this spoke: authentication failed.")
+        );
     }
 
     #[test]

@@ -595,8 +595,10 @@ impl Gui {
             .args(["--port", &port.to_string()])
             .args(["--native-port", &native.to_string()]);
         let driver = spawn(&mut driver, &net.dir.join("driver.log"));
+        // Both listening: tauri-driver, and the WebKitWebDriver it starts and forwards to.
         wait_until("tauri-driver", Duration::from_secs(10), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", native)).is_ok()
         });
         let mut caps = serde_json::Map::new();
         caps.insert(
