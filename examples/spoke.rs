@@ -39,7 +39,7 @@ enum Command {
     /// CAP_NET_ADMIN), normally from systemd (slopn-spoke.service).
     Service {
         /// The control socket (mode 0660 and group --group if that group exists, else 0600).
-        #[arg(long, default_value = service::SOCKET)]
+        #[arg(long, default_value = slopn::control::SPOKE_SOCKET)]
         socket: PathBuf,
         /// Where profiles are kept (created mode 0700).
         #[arg(long, default_value = service::PROFILES)]
@@ -107,7 +107,7 @@ enum Command {
 #[derive(clap::Args)]
 struct Socket {
     /// The control socket of the spoke or the spoke service.
-    #[arg(long = "socket", default_value = service::SOCKET)]
+    #[arg(long = "socket", default_value = slopn::control::SPOKE_SOCKET)]
     path: PathBuf,
 }
 

@@ -442,7 +442,7 @@ impl SpokeFile {
     /// Everything [`resolve_profile`](Self::resolve_profile) checks except that the hub's
     /// name resolves: what a profile must pass to be stored.
     pub fn check_profile(&self, label: &str) -> Result<(), ConfigError> {
-        let port = hub_port(&self.hub).ok_or_else(|| {
+        let port = slopn_control::hub_port(&self.hub).ok_or_else(|| {
             ConfigError::new(format!(
                 "{label}: the hub address {:?} is not host:port, e.g. hub.example.com:4433",
                 self.hub
@@ -532,30 +532,49 @@ impl SpokeFile {
                 "{label}: no credential: set `token`, or `certificate_pem` and `private_key_pem`"
             )));
         }
+        for (key, value) in [
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("keep_alive_secs", self.keep_alive_secs),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+        ] {
+            if !(1..=MAX_TIMER_SECS).contains(&value) {
+                return Err(ConfigError::new(format!(
+                    "{label}: `{key}` is {value}; it must be 1 to {MAX_TIMER_SECS} seconds"
+                )));
+            }
+        }
+        if !tun_name_ok(&self.tun_name) {
+            return Err(ConfigError::new(format!(
+                "{label}: `tun_name` {:?} is not a device name: 1 to 15 letters, digits, '_', \
+                 '.' or '-', starting with a letter or digit",
+                self.tun_name
+            )));
+        }
         config.requested_addresses = self.address.into_iter().collect();
-        config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
-        config.transport.keep_alive_interval =
-            Some(Duration::from_secs(self.keep_alive_secs.max(1)));
+        config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
+        config.transport.keep_alive_interval = Some(Duration::from_secs(self.keep_alive_secs));
         config.transport.congestion = congestion(label, &self.congestion)?;
         config.seed = crate::keys::random_seed();
         let runtime = SpokeRuntime {
             tun_name: self.tun_name.clone(),
-            connect_timeout: Duration::from_secs(self.connect_timeout_secs.max(1)),
+            connect_timeout: Duration::from_secs(self.connect_timeout_secs),
             hub: self.hub.clone(),
         };
         Ok((config, runtime))
     }
 }
 
-/// The port of `host:port` (`[v6]:port` too), if that is what `hub` is.
-fn hub_port(hub: &str) -> Option<u16> {
-    let (host, port) = hub.rsplit_once(':')?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let port: u16 = port.parse().ok()?;
-    (!host.is_empty() && !host.contains(char::is_whitespace) && port != 0).then_some(port)
+/// The longest timer a spoke file may set (an hour): far longer makes no sense, and makes
+/// deadlines overflow.
+const MAX_TIMER_SECS: u64 = 3600;
+
+/// Whether `name` can name a TUN device (and cannot pass for a command's option).
+fn tun_name_ok(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 fn resolve_hub(hub: &str) -> std::io::Result<SocketAddr> {
@@ -614,6 +633,45 @@ mod tests {
             e.contains("no CA certificate") && e.contains("ca_pem"),
             "{e}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn spoke_files_with_unusable_values_are_refused_with_the_key_named() {
+        // The desktop client checks tokens against the wire protocol's own limit.
+        assert_eq!(slopn_control::MAX_TOKEN_BYTES, MAX_CREDENTIAL_LEN);
+        let dir = temp("values");
+        init(&InitOptions {
+            dir: dir.clone(),
+            name: "192.0.2.1".into(),
+            port: 4433,
+            pool: "10.7.0.0/24".parse().unwrap(),
+            spokes: vec!["alice".into()],
+        })
+        .unwrap();
+        let good: SpokeFile = load(&dir.join("spokes/alice.toml"), "spoke").unwrap();
+        good.check_profile("alice").unwrap();
+        type Change = fn(&mut SpokeFile);
+        let cases: [(Change, &str); 6] = [
+            (|f| f.keep_alive_secs = u64::MAX, "`keep_alive_secs`"),
+            (|f| f.idle_timeout_secs = 0, "`idle_timeout_secs`"),
+            (|f| f.connect_timeout_secs = 3601, "`connect_timeout_secs`"),
+            (|f| f.tun_name = "-dns".into(), "`tun_name`"),
+            (
+                |f| f.tun_name = "a-name-too-long-for-linux".into(),
+                "`tun_name`",
+            ),
+            (
+                |f| f.token = "t".repeat(MAX_CREDENTIAL_LEN + 1),
+                "at most 4096",
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut file = good.clone();
+            change(&mut file);
+            let e = file.check_profile("alice").unwrap_err().to_string();
+            assert!(e.contains(expected), "{expected}: {e}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::config::{self, HubFile, SpokeFile};
 use crate::status::{self, Rates};
-use crate::tunnel::{Origin, Tunnel, bind, open_tun, sample_rates, tun_offload};
+use crate::tunnel::{Origin, Resolved, Tunnel, bind, open_tun, sample_rates, tun_offload};
 
 /// Calls `on_stop` on SIGINT or SIGTERM and `on_hangup` on SIGHUP, from a thread of its own.
 pub fn handle_signals(
@@ -93,7 +93,7 @@ impl Handler for HubService {
             }
             other => Err(format!(
                 "a hub does not take the command {:?}",
-                other.to_line()
+                other.name()
             )),
         }
     }
@@ -203,8 +203,8 @@ impl Handler for SpokeRunService {
             }
             other => Err(format!(
                 "this spoke runs one configuration file (`spoke run`) and does not take the \
-                 command {}; profiles need the spoke service (`spoke service`)",
-                other.to_line()
+                 command {:?}; profiles need the spoke service (`spoke service`)",
+                other.name()
             )),
         }
     }
@@ -216,11 +216,12 @@ pub fn run_spoke(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
     let file: SpokeFile = config::load(path, "spoke").map_err(|e| e.to_string())?;
     let socket = file.control_socket.clone();
     let events = Arc::new(Topic::new(0));
-    let tunnel = Arc::new(Tunnel::start(&file, Origin::File(path), events.clone())?);
+    let resolved = Resolved::new(&file, Origin::File(path))?;
+    let tunnel = Arc::new(Tunnel::start(&file, resolved, events.clone())?);
     let server = Server::start(
         socket
             .as_deref()
-            .unwrap_or(Path::new(crate::service::SOCKET)),
+            .unwrap_or(Path::new(slopn_control::SPOKE_SOCKET)),
         Access::OWNER,
         Arc::new(SpokeRunService {
             tunnel: tunnel.clone(),

@@ -8,13 +8,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use slopn_control::{MAX_PROFILE_BYTES, ProfileSummary};
+use slopn_control::{MAX_PROFILE_BYTES, MAX_PROFILE_NAME, MAX_PROFILES, ProfileSummary};
 use tracing::warn;
 
 use crate::config::SpokeFile;
-
-/// The longest profile name.
-pub const MAX_NAME_LEN: usize = 64;
 
 /// Profiles in one directory, one `NAME.toml` each.
 #[derive(Debug)]
@@ -25,17 +22,12 @@ pub struct ProfileStore {
 /// Checks a profile name: 1-64 of `A-Za-z0-9._-`, not starting with `.` (so no `/`, no
 /// `..`, no hidden files).
 pub fn check_name(name: &str) -> Result<(), String> {
-    let valid = (1..=MAX_NAME_LEN).contains(&name.len())
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if valid {
+    if slopn_control::is_profile_name(name) {
         Ok(())
     } else {
         Err(format!(
-            "the profile name {name:?} is not allowed: use 1 to {MAX_NAME_LEN} letters, digits, \
-             '.', '_' or '-', not starting with '.'"
+            "the profile name {name:?} is not allowed: use 1 to {MAX_PROFILE_NAME} letters, \
+             digits, '.', '_' or '-', not starting with '.'"
         ))
     }
 }
@@ -95,8 +87,8 @@ impl ProfileStore {
         self.dir.join(format!("{name}.toml"))
     }
 
-    /// The stored profiles, by name. Files that no longer parse are skipped with a warning.
-    pub fn list(&self) -> Vec<ProfileSummary> {
+    /// The names of the stored profiles, sorted.
+    fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
@@ -109,6 +101,11 @@ impl ProfileStore {
             .collect();
         names.sort();
         names
+    }
+
+    /// The stored profiles, by name. Files that no longer parse are skipped with a warning.
+    pub fn list(&self) -> Vec<ProfileSummary> {
+        self.names()
             .into_iter()
             .filter_map(|name| match self.load(&name) {
                 Ok(file) => Some(summary(&name, &file)),
@@ -137,6 +134,12 @@ impl ProfileStore {
     pub fn import(&self, name: &str, text: &str) -> Result<ProfileSummary, String> {
         check_name(name)?;
         let file = parse(name, text)?;
+        if self.names().len() >= MAX_PROFILES {
+            return Err(format!(
+                "there are {MAX_PROFILES} profiles already, as many as the service keeps: remove \
+                 one first"
+            ));
+        }
         self.create(&self.path(name), text)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => format!(

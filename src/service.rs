@@ -7,6 +7,7 @@
 //! something run one at a time; status requests never wait for them.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Map, json};
@@ -19,10 +20,8 @@ use tracing::{info, warn};
 
 use crate::daemon::{answer, handle_signals};
 use crate::profiles::ProfileStore;
-use crate::tunnel::{Origin, Tunnel};
+use crate::tunnel::{Origin, Resolved, Tunnel};
 
-/// The spoke's control socket, for `spoke run` and the service.
-pub const SOCKET: &str = "/run/slopn/spoke.sock";
 /// Where the service keeps profiles.
 pub const PROFILES: &str = "/var/lib/slopn/profiles";
 /// The group whose members may use the service's socket (if the group exists).
@@ -43,7 +42,7 @@ pub struct ServiceOptions {
 impl Default for ServiceOptions {
     fn default() -> Self {
         Self {
-            socket: SOCKET.into(),
+            socket: slopn_control::SPOKE_SOCKET.into(),
             profiles: PROFILES.into(),
             group: GROUP.into(),
         }
@@ -72,6 +71,7 @@ pub fn run_service(options: &ServiceOptions, logs: Arc<Topic>) -> Result<(), Str
         events: events.clone(),
         changes: Mutex::new(()),
         current: Mutex::new(Current::default()),
+        stopping: AtomicBool::new(false),
     });
     let server = Server::start(&options.socket, access, service.clone(), events, logs)
         .map_err(|e| e.to_string())?;
@@ -89,8 +89,10 @@ pub fn run_service(options: &ServiceOptions, logs: Arc<Topic>) -> Result<(), Str
         || info!("SIGHUP ignored by the spoke service"),
     )?;
     let _ = stopped.recv();
-    service.disconnect();
+    // No new tunnel from here on, then the one there is, in order.
+    service.stopping.store(true, Ordering::Relaxed);
     drop(server);
+    service.disconnect();
     info!("spoke service stopped");
     Ok(())
 }
@@ -111,6 +113,8 @@ struct SpokeService {
     changes: Mutex<()>,
     /// Held only briefly, so status answers never wait for a change in progress.
     current: Mutex<Current>,
+    /// Set when the service is ending: connects are refused.
+    stopping: AtomicBool,
 }
 
 impl SpokeService {
@@ -147,7 +151,6 @@ impl SpokeService {
     }
 
     fn connect(&self, profile: Option<&str>) -> Answer {
-        let _changes = self.changes();
         let name =
             match profile {
                 Some(name) => name.to_owned(),
@@ -156,19 +159,30 @@ impl SpokeService {
                 )?,
             };
         let file = self.store.load(&name)?;
-        let running = self.current().tunnel.clone();
-        if let Some(tunnel) = running {
-            let same = self.current().profile.as_deref() == Some(&name);
-            if same && tunnel.ended().is_none() {
-                // Already up or on its way: skip any reconnect delay.
-                tunnel.command(SpokeCommand::Connect);
-                return Ok(Map::new());
-            }
+        let same_running = {
+            let c = self.current();
+            c.profile.as_deref() == Some(&name)
+                && c.tunnel.as_ref().is_some_and(|t| t.ended().is_none())
+        };
+        // Already up or on its way: skip any reconnect delay.
+        if same_running && let Some(tunnel) = self.current().tunnel.clone() {
+            tunnel.command(SpokeCommand::Connect);
+            return Ok(Map::new());
+        }
+        // Resolving the hub's name can take seconds: before the lock, not under it.
+        let resolved = Resolved::new(&file, Origin::Profile(&name));
+        let _changes = self.changes();
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("the spoke service is stopping".into());
+        }
+        let previous = self.current().tunnel.clone();
+        if let Some(tunnel) = previous {
             tunnel.stop();
             let _ = tunnel.wait();
         }
         info!(profile = %name, "connecting");
-        let started = Tunnel::start(&file, Origin::Profile(&name), self.events.clone());
+        let started =
+            resolved.and_then(|resolved| Tunnel::start(&file, resolved, self.events.clone()));
         let mut current = self.current();
         current.profile = Some(name);
         match started {
@@ -209,40 +223,56 @@ impl SpokeService {
     fn import(&self, name: &str, toml: &str) -> Answer {
         let summary = {
             let _changes = self.changes();
-            self.store.import(name, toml)?
+            let summary = self.store.import(name, toml)?;
+            self.profiles_changed();
+            summary
         };
         info!(profile = %name, hub = %summary.hub, "profile imported");
-        self.profiles_changed();
         let mut fields = answer("profile", &summary)?;
         // Saved either way: the name may resolve later (offline now, VPN-only DNS...).
-        if let Ok(file) = self.store.load(name)
-            && let Err(e) = file.hub_address(&format!("profile {name:?}"))
-        {
-            fields.insert("warning".into(), json!(e.to_string()));
+        let mut warnings = Vec::new();
+        if let Ok(file) = self.store.load(name) {
+            if let Err(e) = file.hub_address(&format!("profile {name:?}")) {
+                warnings.push(e.to_string());
+            }
+            if file.control_socket.is_some() {
+                warnings.push(
+                    "`control_socket` in this file is ignored: the service has its own socket."
+                        .to_owned(),
+                );
+            }
+        }
+        if !warnings.is_empty() {
+            fields.insert("warning".into(), json!(warnings.join(" ")));
         }
         Ok(fields)
     }
 
     fn remove(&self, name: &str) -> Answer {
         let _changes = self.changes();
+        let in_use = {
+            let current = self.current();
+            current.profile.as_deref() == Some(name)
+                && current.tunnel.as_ref().is_some_and(|t| t.ended().is_none())
+        };
+        if in_use {
+            return Err(format!(
+                "profile {name:?} is connected: disconnect before removing it"
+            ));
+        }
+        self.store.remove(name)?;
         {
             let mut current = self.current();
             if current.profile.as_deref() == Some(name) {
-                let in_use = current.tunnel.as_ref().is_some_and(|t| t.ended().is_none());
-                if in_use {
-                    return Err(format!(
-                        "profile {name:?} is connected: disconnect before removing it"
-                    ));
-                }
                 *current = Current::default();
             }
         }
-        self.store.remove(name)?;
         info!(profile = %name, "profile removed");
         self.profiles_changed();
         Ok(Map::new())
     }
 
+    /// Tells subscribers the new list (called with `changes` held, so lists arrive in order).
     fn profiles_changed(&self) {
         self.events.publish(
             json!({ "event": "profiles_changed", "profiles": self.store.list() }).to_string(),
@@ -267,8 +297,8 @@ impl Handler for SpokeService {
                 Ok(Map::new())
             }
             other => Err(format!(
-                "the spoke service does not take the command {}",
-                other.to_line()
+                "the spoke service does not take the command {:?}",
+                other.name()
             )),
         }
     }

@@ -63,7 +63,7 @@ fn all_drops(d: &DropCounters, io: &IoCounters) -> BTreeMap<String, u64> {
 }
 
 /// The control protocol's name for a spoke state.
-pub fn tunnel_state(state: SpokeState) -> TunnelState {
+fn tunnel_state(state: SpokeState) -> TunnelState {
     match state {
         SpokeState::Connecting => TunnelState::Connecting,
         SpokeState::Authenticating => TunnelState::Authenticating,

@@ -14,11 +14,11 @@ use serde_json::json;
 use slopn_control::{SpokeStatus as StatusDocument, Topic, TunnelState};
 use slopn_mio::{Handle, Machine, Options, RoutePolicy, RunError, SpokeCommand, spawn};
 use slopn_proto::control::CloseCode;
-use slopn_proto::{DisconnectReason, Spoke, SpokeEvent};
+use slopn_proto::{DisconnectReason, Spoke, SpokeConfig, SpokeEvent};
 use slopn_tun::{Tun, TunConfig};
 use tracing::{info, warn};
 
-use crate::config::SpokeFile;
+use crate::config::{SpokeFile, SpokeRuntime};
 use crate::status::{self, Rates};
 
 /// What the event stream tells beyond the loop's own snapshot.
@@ -112,16 +112,41 @@ pub fn sample_rates<M: Machine>(
         });
 }
 
-impl Tunnel {
-    /// Resolves the hub, creates the TUN device and socket, and starts the loop and its
-    /// watcher, which publishes every event to `events`.
-    pub fn start(file: &SpokeFile, origin: Origin<'_>, events: Arc<Topic>) -> Result<Self, String> {
+/// A spoke file made ready to run: the state machine's configuration (the hub's name
+/// resolved), the runtime settings, and how messages name the file.
+pub struct Resolved {
+    config: SpokeConfig,
+    runtime: SpokeRuntime,
+    label: String,
+}
+
+impl Resolved {
+    /// Checks `file` and resolves its hub's name (which may take a while: do it before
+    /// taking locks).
+    pub fn new(file: &SpokeFile, origin: Origin<'_>) -> Result<Self, String> {
         let label = origin.label();
         let (config, runtime) = match origin {
             Origin::File(path) => file.resolve(path),
             Origin::Profile(_) => file.resolve_profile(&label),
         }
         .map_err(|e| e.to_string())?;
+        Ok(Self {
+            config,
+            runtime,
+            label,
+        })
+    }
+}
+
+impl Tunnel {
+    /// Creates the TUN device and socket, and starts the loop and its watcher, which
+    /// publishes every event to `events`.
+    pub fn start(file: &SpokeFile, resolved: Resolved, events: Arc<Topic>) -> Result<Self, String> {
+        let Resolved {
+            config,
+            runtime,
+            label,
+        } = resolved;
         let hub_addr = config.hub;
         let tun = open_tun(&TunConfig {
             name: Some(runtime.tun_name.clone()),

@@ -179,7 +179,27 @@ pub struct Subscription {
     client: Client,
 }
 
+/// Ends a [`Subscription`] from another thread: whoever waits in
+/// [`next_line`](Subscription::next_line) gets `None`.
+pub struct Closer(UnixStream);
+
+impl Closer {
+    /// Closes the connection (both directions).
+    pub fn close(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+}
+
 impl Subscription {
+    /// A handle that ends this subscription from elsewhere.
+    pub fn closer(&self) -> Result<Closer, ClientError> {
+        self.client
+            .writer
+            .try_clone()
+            .map(Closer)
+            .map_err(|e| self.client.io(e))
+    }
+
     /// The next line as a JSON object, waiting for it; `None` when the server hung up (it
     /// ended, or cut this subscriber off for not reading).
     pub fn next_line(&mut self) -> Result<Option<Map<String, Value>>, ClientError> {

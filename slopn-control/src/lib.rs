@@ -35,10 +35,11 @@ mod protocol;
 mod server;
 mod topic;
 
-pub use client::{Client, ClientError, Subscription, request};
+pub use client::{Client, ClientError, Closer, Subscription, request};
 pub use protocol::{
-    ControlStats, LogLine, MAX_PROFILE_BYTES, MAX_REQUEST_BYTES, PROTOCOL_VERSION, ProfileSummary,
-    Request, Role, SpokeStatus, TunnelState, VersionInfo,
+    ControlStats, LogLine, MAX_PROFILE_BYTES, MAX_PROFILE_NAME, MAX_PROFILES, MAX_REQUEST_BYTES,
+    MAX_TOKEN_BYTES, PROTOCOL_VERSION, ProfileSummary, Request, Role, SPOKE_SOCKET, SpokeStatus,
+    TunnelState, VersionInfo, hub_port, is_profile_name,
 };
-pub use server::{Access, Answer, Handler, MAX_CLIENTS, Server, ServerError};
+pub use server::{Access, Answer, Handler, IDLE_TIMEOUT, MAX_CLIENTS, Server, ServerError};
 pub use topic::{SUBSCRIBER_QUEUE, Topic};

@@ -19,6 +19,39 @@ pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 /// The longest profile a spoke service imports (the TOML text).
 pub const MAX_PROFILE_BYTES: usize = 64 * 1024;
 
+/// The most profiles a spoke service keeps.
+pub const MAX_PROFILES: usize = 100;
+
+/// The longest profile name.
+pub const MAX_PROFILE_NAME: usize = 64;
+
+/// The longest access token (the wire protocol's credential limit).
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// The spoke's control socket, for `spoke run` and the spoke service.
+pub const SPOKE_SOCKET: &str = "/run/slopn/spoke.sock";
+
+/// Whether `name` may name a profile: 1 to [`MAX_PROFILE_NAME`] of `A-Za-z0-9._-`, not
+/// starting with `.` (so no `/`, no `..`, no hidden file).
+pub fn is_profile_name(name: &str) -> bool {
+    (1..=MAX_PROFILE_NAME).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The port of a hub address written `host:port` (or `[v6]:port`), if it is one.
+pub fn hub_port(hub: &str) -> Option<u16> {
+    let (host, port) = hub.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && !host.contains(char::is_whitespace) && port != 0).then_some(port)
+}
+
 /// A request from a client: one JSON object with a `command` field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -63,6 +96,22 @@ pub enum Request {
 }
 
 impl Request {
+    /// The command's name as on the wire, for messages (never the request's content, which
+    /// may hold a token or a key).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Version => "version",
+            Self::Status => "status",
+            Self::Events => "events",
+            Self::Logs => "logs",
+            Self::Profiles => "profiles",
+            Self::Import { .. } => "import",
+            Self::Remove { .. } => "remove",
+            Self::Connect { .. } => "connect",
+            Self::Disconnect { .. } => "disconnect",
+        }
+    }
+
     /// The request as one line of JSON, without the `\n`.
     pub fn to_line(&self) -> String {
         // A derived Serialize of strings and integers cannot fail.
@@ -273,6 +322,30 @@ mod tests {
         for (request, line) in cases {
             assert_eq!(request.to_line(), line);
             assert_eq!(serde_json::from_str::<Request>(line).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn profile_names_and_hub_addresses() {
+        for good in ["alice", "work-vpn", "a.b_c", &"n".repeat(64)] {
+            assert!(is_profile_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "..",
+            ".hidden",
+            "a/b",
+            "../etc",
+            "a b",
+            "ä",
+            &"n".repeat(65),
+        ] {
+            assert!(!is_profile_name(bad), "{bad}");
+        }
+        assert_eq!(hub_port("hub.example.com:4433"), Some(4433));
+        assert_eq!(hub_port("[2001:db8::1]:443"), Some(443));
+        for bad in ["hub", "hub:0", ":4433", "hub:99999", "a b:1"] {
+            assert_eq!(hub_port(bad), None, "{bad}");
         }
     }
 

@@ -29,6 +29,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a subscription with nothing to send checks whether its client hung up.
 const HANGUP_CHECK: Duration = Duration::from_secs(1);
 
+/// A request connection silent for this long is closed, so that idle clients cannot hold
+/// the [`MAX_CLIENTS`] places (a client that polls once a second never comes near it).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A successful answer's fields besides `"ok": true`, or a sentence for the user.
 pub type Answer = Result<Map<String, Value>, String>;
 
@@ -313,6 +317,7 @@ fn parse(line: &[u8]) -> Result<Request, String> {
 
 fn serve(shared: &Shared, stream: UnixStream) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
@@ -359,7 +364,6 @@ fn serve(shared: &Shared, stream: UnixStream) {
             }
             Err(sentence) => {
                 counters.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%sentence, "control request refused");
                 refusal(&sentence)
             }
         };

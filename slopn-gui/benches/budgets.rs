@@ -144,7 +144,7 @@ async fn main() {
     let window = Duration::from_secs(60);
     std::thread::sleep(window);
     let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
-    let cpu = (after - before) as f64 / TICKS / window.as_secs_f64() * 100.0;
+    let cpu = after.saturating_sub(before) as f64 / TICKS / window.as_secs_f64() * 100.0;
     let mut rss = 0;
     let mut pss = 0;
     for &pid in &pids {
@@ -164,7 +164,7 @@ async fn main() {
     }
     let _ = app.kill();
     let _ = app.wait();
-    for pid in processes(desktop::GUI_UID, &GUI_PROCESSES) {
+    for pid in &pids {
         let _ = Command::new("kill").arg(pid.to_string()).status();
     }
 

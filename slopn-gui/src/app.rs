@@ -20,9 +20,6 @@ use crate::notify::Notice;
 use crate::tray;
 use crate::view::View;
 
-/// The control socket of the spoke service, unless `SLOPN_SOCKET` names another.
-pub const DEFAULT_SOCKET: &str = "/run/slopn/spoke.sock";
-
 /// When `main` started, for the "window ready" figure.
 static STARTED: OnceLock<Instant> = OnceLock::new();
 
@@ -274,8 +271,10 @@ pub fn run() -> Result<(), String> {
                 .into(),
         );
     }
-    let socket =
-        PathBuf::from(std::env::var_os("SLOPN_SOCKET").unwrap_or_else(|| DEFAULT_SOCKET.into()));
+    // The service's socket, unless SLOPN_SOCKET names another.
+    let socket = PathBuf::from(
+        std::env::var_os("SLOPN_SOCKET").unwrap_or_else(|| slopn_control::SPOKE_SOCKET.into()),
+    );
     tauri::Builder::default()
         .plugin(tauri_plugin_dialog::init())
         .plugin(tauri_plugin_notification::init())

@@ -2,6 +2,7 @@
 //! the spoke file the service imports (which checks it again, completely).
 
 use serde::{Deserialize, Serialize};
+use slopn_control::MAX_TOKEN_BYTES;
 
 /// The UDP port hubs listen on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 4433;
@@ -73,21 +74,13 @@ impl ProfileForm {
                 message: message.to_owned(),
             })
         };
-        let name_ok = (1..=64).contains(&name.len())
-            && !name.starts_with('.')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !name_ok {
+        if !slopn_control::is_profile_name(&name) {
             problem(
                 "name",
                 "Use 1 to 64 letters, digits, '.', '_' or '-' (not starting with '.').",
             );
         }
-        let port_ok = hub
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_some_and(|p| p != 0);
+        let port_ok = slopn_control::hub_port(&hub).is_some();
         if hub.is_empty() || host(&hub).is_empty() || hub.contains(char::is_whitespace) {
             problem(
                 "hub",
@@ -107,10 +100,13 @@ impl ProfileForm {
         }
         if token.is_empty() {
             problem("token", "Paste the access token the hub operator gave you.");
-        } else if token.len() > 4096 || token.contains(char::is_whitespace) {
+        } else if token.len() > MAX_TOKEN_BYTES || token.contains(char::is_whitespace) {
             problem(
                 "token",
-                "This is not an access token: a token is one word of at most 4096 characters.",
+                &format!(
+                    "This is not an access token: a token is one word of at most \
+                     {MAX_TOKEN_BYTES} characters."
+                ),
             );
         }
         if !(ca_pem.contains("-----BEGIN CERTIFICATE-----")

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use slopn_control::{
-    Client, ClientError, LogLine, ProfileSummary, Request, SpokeStatus, VersionInfo,
+    Client, ClientError, Closer, LogLine, ProfileSummary, Request, SpokeStatus, Subscription,
+    VersionInfo,
 };
 
 use crate::notify::{Notice, Notifier};
@@ -56,6 +57,9 @@ struct Shared {
     view: Mutex<View>,
     logs: Mutex<Logs>,
     stop: AtomicBool,
+    /// The open subscriptions (events, logs), closed when the link is dropped so that their
+    /// threads end.
+    closers: Mutex<[Option<Closer>; 2]>,
 }
 
 #[derive(Default)]
@@ -76,6 +80,21 @@ impl Shared {
 
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Subscribes with `request`, registered so that dropping the link ends it; `None` if
+    /// the service cannot be reached or the link is stopping.
+    fn subscribe(&self, request: &Request) -> Option<Subscription> {
+        let subscription = Client::connect(&self.socket)
+            .and_then(|c| c.subscribe(request))
+            .ok()?;
+        let closer = subscription.closer().ok()?;
+        let mut closers = lock(&self.closers);
+        if self.stopped() {
+            return None;
+        }
+        closers[usize::from(*request == Request::Logs)] = Some(closer);
+        Some(subscription)
     }
 
     /// Sleeps `d` unless the link stops meanwhile (checked every 100 ms).
@@ -104,6 +123,7 @@ impl Link {
             view: Mutex::new(View::unavailable(ServiceAccess::Unknown)),
             logs: Mutex::new(Logs::default()),
             stop: AtomicBool::new(false),
+            closers: Mutex::new([None, None]),
         });
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             let _ = std::thread::Builder::new().name(name.into()).spawn(f);
@@ -184,6 +204,12 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
+        for closer in lock(&self.shared.closers)
+            .iter_mut()
+            .filter_map(Option::take)
+        {
+            closer.close();
+        }
     }
 }
 
@@ -309,9 +335,7 @@ impl Poller {
 /// Wakes the status thread on every event (and the profile list on `profiles_changed`).
 fn follow_events(shared: &Shared) {
     while !shared.stopped() {
-        let subscribed =
-            Client::connect(&shared.socket).and_then(|c| c.subscribe(&Request::Events));
-        if let Ok(mut events) = subscribed {
+        if let Some(mut events) = shared.subscribe(&Request::Events) {
             shared.wake(Wake::Refresh { profiles: true });
             while let Ok(Some(event)) = events.next_line() {
                 if shared.stopped() {
@@ -329,8 +353,7 @@ fn follow_events(shared: &Shared) {
 /// Keeps the service's log lines and hands new ones to the status thread to pass on.
 fn follow_logs(shared: &Shared) {
     while !shared.stopped() {
-        let subscribed = Client::connect(&shared.socket).and_then(|c| c.subscribe(&Request::Logs));
-        if let Ok(mut lines) = subscribed {
+        if let Some(mut lines) = shared.subscribe(&Request::Logs) {
             {
                 let mut logs = lock(&shared.logs);
                 logs.kept.clear();

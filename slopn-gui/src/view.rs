@@ -162,7 +162,7 @@ pub struct View {
     pub retry_in_ms: Option<u64>,
     /// Connection attempts of this tunnel.
     pub attempts: u64,
-    /// Download and upload now, bytes per second.
+    /// Download now, bytes per second.
     pub rx_rate: f64,
     /// Upload now, bytes per second.
     pub tx_rate: f64,

@@ -91,7 +91,11 @@ impl Handler for FakeService {
                     }
                 });
             }
-            Request::Remove { name } => self.profiles.lock().unwrap().retain(|p| &p.name != name),
+            Request::Remove { name } => {
+                self.profiles.lock().unwrap().retain(|p| &p.name != name);
+                self.events
+                    .publish(json!({ "event": "profiles_changed" }).to_string());
+            }
             other => return Err(format!("not in the fake: {other:?}")),
         }
         Ok(fields)

@@ -60,6 +60,14 @@ fn connect(socket: &Path, profile: Option<&str>) -> Result<Map<String, Value>, S
     )
 }
 
+/// Spoke `i`'s file as `hub init` wrote it (the lab adds a `control_socket` for `spoke run`).
+fn spoke_file(lab: &Lab, i: usize) -> String {
+    let text = std::fs::read_to_string(lab.spoke_toml(i)).unwrap();
+    let mut file: toml::Table = toml::from_str(&text).unwrap();
+    file.remove("control_socket");
+    toml::to_string(&file).unwrap()
+}
+
 fn wait_state(lab: &Lab, socket: &Path, state: &str, timeout: Duration) -> Duration {
     lab.wait_for(&format!("state {state}"), timeout, |_| {
         status(socket).state.name() == state
@@ -87,9 +95,24 @@ fn the_service_imports_connects_disconnects_and_reconnects_without_restarting() 
     assert!(profiles(&socket).is_empty());
     assert!(!tun_exists(&lab), "no TUN device before a connect");
 
-    let spoke_file = std::fs::read_to_string(lab.spoke_toml(0)).unwrap();
-    let answer = import(&socket, "work", &spoke_file).unwrap();
+    let answer = import(&socket, "work", &spoke_file(&lab, 0)).unwrap();
     assert!(answer.get("warning").is_none(), "{answer:?}");
+    // A file made for `spoke run` works too; its control socket means nothing here.
+    let for_run = std::fs::read_to_string(lab.spoke_toml(0)).unwrap();
+    let answer = import(&socket, "for-run", &for_run).unwrap();
+    assert!(
+        answer["warning"]
+            .as_str()
+            .unwrap()
+            .contains("`control_socket`")
+    );
+    ask(
+        &socket,
+        Request::Remove {
+            name: "for-run".into(),
+        },
+    )
+    .unwrap();
     assert_eq!(answer["profile"]["hub"], "10.0.0.2:4433");
     assert_eq!(profiles(&socket), ["work"]);
     let dir = lab.service_profiles(0);
@@ -196,7 +219,7 @@ fn the_service_refuses_bad_input_with_a_sentence_saves_nothing_half_way_and_carr
     let mut stalled_logs = UnixStream::connect(&socket).unwrap();
     writeln!(stalled_logs, "{}", Request::Logs.to_line()).unwrap();
 
-    let good = std::fs::read_to_string(lab.spoke_toml(0)).unwrap();
+    let good = spoke_file(&lab, 0);
     let file: toml::Table = toml::from_str(&good).unwrap();
     let without = |key: &str| {
         let mut f = file.clone();
