@@ -111,7 +111,8 @@ function renderProfiles(v) {
   const select = $("profile-select");
   const options = names.join("\n");
   if (select.dataset.options !== options) {
-    select.replaceChildren(...v.profiles.map((p) => new Option(p.name, p.name)));
+    const choices = v.profiles.map((p) => new Option(p.name, p.name));
+    select.replaceChildren(...(choices.length ? choices : [new Option("No profile yet", "")]));
     select.dataset.options = options;
   }
   if (select.value !== (selected || "")) select.value = selected || "";
