@@ -111,8 +111,11 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
     assert!(desktop.tray_pixels(tray_colour("grey")) > 50, "grey tray");
     gui.screenshot(&shot("4-disconnected")).await;
 
-    // Connect again, then lose the hub: "reconnecting", a notification, and back.
-    gui.click("#toggle").await;
+    // Connect again from the tray (Connect is the first item now), then lose the hub:
+    // "reconnecting", a notification, and back.
+    desktop.open_tray_menu();
+    desktop::wait_until("the tray menu", SHORT, || desktop.menu_shown());
+    desktop.pick_menu_item(1);
     gui.wait_phase("connected", SHORT).await;
     net.kill_hub();
     gui.wait_phase("reconnecting", LONG).await;
@@ -144,41 +147,57 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
     assert!(text.contains("connected to the hub"), "{text}");
     gui.wait_css("#toast:not([hidden])", SHORT).await;
 
-    // A profile with a wrong token, made with the form: stopped, with the service's sentence.
+    // Profiles made with the form. One with a wrong token: stopped, with the service's
+    // sentence. One whose hub does not answer: connecting, then stopped, with the reason.
     gui.click("#toggle").await;
     gui.wait_phase("disconnected", SHORT).await;
-    gui.click("#new-profile").await;
-    gui.fill("#profile-form input[name='name']", "wrong").await;
-    gui.fill("#profile-form input[name='hub']", "10.0.0.2:4433")
-        .await;
-    gui.fill("#profile-form input[name='token']", "not-the-token")
-        .await;
     let ca = net.user_dir("files").join("ca.pem");
     std::fs::copy(net.dir.join("ca.pem"), &ca).unwrap();
     std::os::unix::fs::chown(&ca, Some(desktop::GUI_UID), None).unwrap();
-    gui.choose_file("#ca-file", &ca).await;
-    gui.wait_true(
-        "document.querySelector(\"textarea[name='ca_pem']\").value.includes('BEGIN CERTIFICATE')",
-        SHORT,
-    )
-    .await;
-    gui.click("#form-save").await;
-    gui.wait_css("#profile-list li[data-name='wrong']", SHORT)
-        .await;
-    gui.client
-        .execute(
-            "const s = document.getElementById('profile-select');
-             s.value = 'wrong'; s.dispatchEvent(new Event('change'));",
-            vec![],
+    for (name, hub, token) in [
+        ("wrong", "10.0.0.2:4433", "not-the-token"),
+        ("far", "10.0.0.2:4999", "some-token"),
+    ] {
+        gui.click("#new-profile").await;
+        gui.fill("#profile-form input[name='name']", name).await;
+        gui.fill("#profile-form input[name='hub']", hub).await;
+        gui.fill("#profile-form input[name='token']", token).await;
+        gui.choose_file("#ca-file", &ca).await;
+        gui.wait_true(
+            "document.querySelector(\"textarea[name='ca_pem']\").value.includes('BEGIN CERTIFICATE')",
+            SHORT,
         )
-        .await
-        .unwrap();
+        .await;
+        gui.click("#form-save").await;
+        gui.wait_css(&format!("#profile-list li[data-name='{name}']"), SHORT)
+            .await;
+    }
+    let choose = |name: &str| {
+        format!(
+            "const s = document.getElementById('profile-select');
+             s.value = '{name}'; s.dispatchEvent(new Event('change'));"
+        )
+    };
+    gui.client.execute(&choose("wrong"), vec![]).await.unwrap();
     gui.click("#toggle").await;
     gui.wait_phase("stopped", LONG).await;
     let why = gui.text("#status-detail").await;
     assert!(why.contains("authentication failed"), "{why}");
     assert!(desktop.tray_pixels(tray_colour("red")) > 50, "red tray");
     gui.screenshot(&shot("6-stopped-wrong-token")).await;
+
+    gui.client.execute(&choose("far"), vec![]).await.unwrap();
+    gui.click("#toggle").await;
+    gui.wait_phase("connecting", SHORT).await;
+    assert!(gui.text("#status-detail").await.contains("10.0.0.2:4999"));
+    gui.screenshot(&shot("6-connecting")).await;
+    gui.wait_phase("stopped", LONG).await;
+    let why = gui.text("#status-detail").await;
+    assert!(
+        why.contains("Could not reach the hub at 10.0.0.2:4999"),
+        "{why}"
+    );
+    gui.screenshot(&shot("6-stopped-unreachable")).await;
 
     // A user outside the socket's group is told how to get in.
     let outsider = Gui::start(&net, &desktop, "outsider", false).await;
@@ -200,6 +219,12 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
     )
     .await;
     gui.screenshot(&shot("8-service-stopped")).await;
+
+    // Quit from the tray (Show SloPN and Quit are the items left enabled): the app ends.
+    desktop.open_tray_menu();
+    desktop::wait_until("the tray menu", SHORT, || desktop.menu_shown());
+    desktop.pick_menu_item(2);
+    desktop::wait_until("the GUI to quit", SHORT, || desktop::gui_processes() == 0);
 
     println!(
         "window ready {ready:?} after launch; Connect to connected {click_to_connected:?}; \

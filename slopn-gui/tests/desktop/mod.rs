@@ -520,6 +520,23 @@ impl Drop for Desktop {
     }
 }
 
+/// How many GUI processes the unprivileged user runs.
+pub fn gui_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let dir = e.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+            comm.trim() == "slopn-gui"
+                && status
+                    .lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("65534"))
+        })
+        .count()
+}
+
 /// setpriv's arguments for the GUI's user, with or without the socket's group.
 fn user_ids(with_group: bool) -> Vec<String> {
     let groups = if with_group {
