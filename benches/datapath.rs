@@ -42,16 +42,15 @@ impl Pair {
             .issue_server(&["hub.bench".into()], [8; 32], validity)
             .unwrap();
         let token = "bench-token-0123456789abcdef";
-        let mut hub_config = HubConfig::new(
+        let hub_config = HubConfig::new(
             cert.certified_key().unwrap(),
             vec![PoolConfig::new("10.100.0.0/24".parse().unwrap())],
             vec![Credential::token("bench", token)],
+            [1; 32],
         );
-        hub_config.seed = [1; 32];
         let trust = tls::parse_certificates(ca.cert_pem().as_bytes()).unwrap();
-        let mut spoke_config =
-            SpokeConfig::new(HUB_UDP.parse().unwrap(), "hub.bench", trust, token);
-        spoke_config.seed = [2; 32];
+        let spoke_config =
+            SpokeConfig::new(HUB_UDP.parse().unwrap(), "hub.bench", trust, token, [2; 32]);
         let now = Instant::now();
         let mut pair = Pair {
             hub: Hub::new(hub_config, now, wall).unwrap(),

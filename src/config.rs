@@ -302,14 +302,18 @@ impl HubFile {
             }
             None => Vec::new(),
         };
-        let mut config = HubConfig::new(identity, pools.clone(), reload.credentials);
+        let mut config = HubConfig::new(
+            identity,
+            pools.clone(),
+            reload.credentials,
+            crate::keys::random_seed(),
+        );
         config.client_ca = client_ca;
         config.routes = reload.routes;
         config.dns_servers = reload.dns;
         config.isolate_spokes = self.isolate_spokes;
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
         config.transport.congestion = congestion(&path.display().to_string(), &self.congestion)?;
-        config.seed = crate::keys::random_seed();
         // The reset key survives restarts (it comes from the private key), so a restarted hub
         // resets its predecessor's connections and spokes reconnect at once.
         config.stateless_reset_key = Some(crate::keys::derive(&key, b"slopn stateless reset"));
@@ -511,7 +515,13 @@ impl SpokeFile {
                 self.token.len()
             )));
         }
-        let mut config = SpokeConfig::new(hub, &self.server_name, trust, &self.token);
+        let mut config = SpokeConfig::new(
+            hub,
+            &self.server_name,
+            trust,
+            &self.token,
+            crate::keys::random_seed(),
+        );
         config.client_certificate = match (&self.certificate_pem, &self.private_key_pem) {
             (Some(cert), Some(key)) => Some(
                 CertifiedKey::from_pem(cert.as_bytes(), key.as_bytes()).map_err(|e| {
@@ -554,7 +564,6 @@ impl SpokeFile {
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
         config.transport.keep_alive_interval = Some(Duration::from_secs(self.keep_alive_secs));
         config.transport.congestion = congestion(label, &self.congestion)?;
-        config.seed = crate::keys::random_seed();
         let runtime = SpokeRuntime {
             tun_name: self.tun_name.clone(),
             connect_timeout: Duration::from_secs(self.connect_timeout_secs),

@@ -21,7 +21,10 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let ca = tls::parse_certificates(&std::fs::read("ca.pem")?)?;
-//! let config = SpokeConfig::new("192.0.2.1:4433".parse()?, "hub.example.com", ca, "token");
+//! // The seed keys connection IDs and stateless resets: a secret, fresh from the OS.
+//! let mut seed = [0u8; 32];
+//! getrandom::fill(&mut seed)?;
+//! let config = SpokeConfig::new("192.0.2.1:4433".parse()?, "hub.example.com", ca, "token", seed);
 //! let spoke = Spoke::new(config, Instant::now(), SystemTime::now())?;
 //! let tun = Tun::open(&TunConfig { name: Some("slopn0".into()), mtu: 1280, addresses: vec![], offload: true })?;
 //! let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;

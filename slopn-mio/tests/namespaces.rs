@@ -88,6 +88,7 @@ fn hub_and_spokes_on_real_sockets_and_tun_devices() {
         cert.certified_key().unwrap(),
         vec![PoolConfig::new("10.100.0.0/24".parse().unwrap())],
         credentials,
+        [1; 32],
     );
 
     let hub = inside(&net.hub, || {
@@ -115,6 +116,7 @@ fn hub_and_spokes_on_real_sockets_and_tun_devices() {
                 "hub.slopn.test",
                 trust.clone(),
                 format!("token-{}", i + 1),
+                [i as u8 + 2; 32],
             );
             inside(ns, || {
                 let tun = Tun::open(&TunConfig {

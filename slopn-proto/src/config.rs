@@ -207,8 +207,10 @@ pub struct HubConfig {
     /// Authentication failures from one IP address within a minute after which that
     /// address is refused for a minute.
     pub auth_failures_per_minute: u32,
-    /// Seed for all randomness (connection IDs, tokens). Use fresh OS randomness in
-    /// production; fixed values make simulations reproducible.
+    /// Seed for all randomness (connection IDs, Retry tokens, stateless resets). It is a
+    /// secret: whoever knows it can forge Retry tokens and reset sessions. Use fresh OS
+    /// randomness in production; fixed values make simulations reproducible. An all-zero
+    /// seed is refused by [`Hub::new`](crate::Hub::new).
     pub seed: [u8; 32],
     /// Key for QUIC stateless resets. Derive it from a secret that survives restarts (e.g.
     /// the hub's private key) so that a restarted hub resets its old connections at once and
@@ -217,11 +219,14 @@ pub struct HubConfig {
 }
 
 impl HubConfig {
-    /// A configuration with defaults for everything but identity, pools and credentials.
+    /// A configuration with defaults for everything but identity, pools, credentials and the
+    /// secret `seed` all randomness is drawn from (32 bytes of fresh OS randomness in
+    /// production, e.g. from `getrandom`; a fixed non-zero value in simulations).
     pub fn new(
         identity: CertifiedKey,
         pools: Vec<PoolConfig>,
         credentials: Vec<Credential>,
+        seed: [u8; 32],
     ) -> Self {
         Self {
             identity,
@@ -237,7 +242,7 @@ impl HubConfig {
             max_half_open: 4096,
             retry_above: 256,
             auth_failures_per_minute: 10,
-            seed: [0; 32],
+            seed,
             stateless_reset_key: None,
         }
     }
@@ -288,18 +293,21 @@ pub struct SpokeConfig {
     pub transport: TransportSettings,
     /// Retry behaviour.
     pub reconnect: ReconnectPolicy,
-    /// Seed for all randomness (connection IDs, backoff jitter).
+    /// Seed for all randomness (connection IDs, stateless resets, backoff jitter). It is a
+    /// secret; an all-zero seed is refused by [`Spoke::new`](crate::Spoke::new).
     pub seed: [u8; 32],
 }
 
 impl SpokeConfig {
-    /// A configuration with defaults for everything but where the hub is, whom to trust and
-    /// the token.
+    /// A configuration with defaults for everything but where the hub is, whom to trust, the
+    /// token and the secret `seed` all randomness is drawn from (fresh OS randomness in
+    /// production; a fixed non-zero value in simulations).
     pub fn new(
         hub: SocketAddr,
         server_name: impl Into<String>,
         trust_anchors: Vec<CertificateDer<'static>>,
         token: impl Into<String>,
+        seed: [u8; 32],
     ) -> Self {
         Self {
             hub,
@@ -310,7 +318,7 @@ impl SpokeConfig {
             requested_addresses: Vec::new(),
             transport: TransportSettings::default(),
             reconnect: ReconnectPolicy::default(),
-            seed: [0; 32],
+            seed,
         }
     }
 }

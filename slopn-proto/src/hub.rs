@@ -44,6 +44,12 @@ pub enum HubError {
     /// The configuration contradicts itself.
     #[error("hub configuration: {0}")]
     Config(String),
+    /// The seed or the stateless-reset key is all zeros: a public key, with which anyone
+    /// could forge Retry tokens and reset sessions.
+    #[error(
+        "hub configuration: the seed is all zeros; give 32 bytes of OS randomness (it keys Retry tokens and stateless resets)"
+    )]
+    ZeroSeed,
 }
 
 /// Something the driver may want to log or show.
@@ -204,6 +210,9 @@ impl Hub {
     /// Builds a hub. `now` and `wall_clock` are the same moment on the driver's monotonic
     /// clock and on the calendar (certificate validity is checked against the latter).
     pub fn new(config: HubConfig, now: Instant, wall_clock: SystemTime) -> Result<Self, HubError> {
+        if config.seed == [0; 32] || config.stateless_reset_key == Some([0; 32]) {
+            return Err(HubError::ZeroSeed);
+        }
         if config.pools.is_empty() {
             return Err(HubError::Config(
                 "at least one address pool is required".into(),

@@ -35,6 +35,11 @@ pub enum SpokeError {
     /// The configuration contradicts itself.
     #[error("spoke configuration: {0}")]
     Config(String),
+    /// The seed is all zeros: a public key, with which anyone could reset the session.
+    #[error(
+        "spoke configuration: the seed is all zeros; give 32 bytes of OS randomness (it keys stateless resets)"
+    )]
+    ZeroSeed,
 }
 
 /// Something the driver may want to act on, log or show.
@@ -175,6 +180,9 @@ impl Spoke {
         now: Instant,
         wall_clock: SystemTime,
     ) -> Result<Self, SpokeError> {
+        if config.seed == [0; 32] {
+            return Err(SpokeError::ZeroSeed);
+        }
         if config.trust_anchors.is_empty() {
             return Err(SpokeError::Config(
                 "no CA certificate to trust for the hub".into(),

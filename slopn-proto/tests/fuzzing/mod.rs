@@ -186,8 +186,8 @@ fn setup() -> Net {
         pki.hub.certified_key().unwrap(),
         vec![PoolConfig::new("10.100.0.0/24".parse().unwrap())],
         credentials,
+        [3; 32],
     );
-    config.seed = [3; 32];
     let hub = Hub::new(config, base, wall()).unwrap();
     let ca = slopn_proto::tls::parse_certificates(pki.ca.cert_pem().as_bytes()).unwrap();
     let raw = raw::RawSpoke::connect(
@@ -197,8 +197,13 @@ fn setup() -> Net {
         raw::client_config(&ca, control::ALPN),
         4,
     );
-    let mut honest_config = SpokeConfig::new(HUB.parse().unwrap(), "hub.slopn.test", ca, "token-1");
-    honest_config.seed = [5; 32];
+    let mut honest_config = SpokeConfig::new(
+        HUB.parse().unwrap(),
+        "hub.slopn.test",
+        ca,
+        "token-1",
+        [5; 32],
+    );
     let honest = Spoke::new(honest_config, base, wall()).unwrap();
     let mut net = Net {
         base,

@@ -110,25 +110,23 @@ pub fn hub_config(pki: &Pki) -> HubConfig {
         .map(|i| Credential::token(format!("spoke-{i}"), &token(i)))
         .collect();
     let identity: CertifiedKey = pki.hub.certified_key().unwrap();
-    let mut config = HubConfig::new(
+    HubConfig::new(
         identity,
         vec![PoolConfig::new("10.100.0.0/24".parse().unwrap())],
         credentials,
-    );
-    config.seed = [1; 32];
-    config
+        [1; 32],
+    )
 }
 
 pub fn spoke_config(pki: &Pki, i: usize) -> SpokeConfig {
     let trust = tls::parse_certificates(pki.ca.cert_pem().as_bytes()).unwrap();
-    let mut config = SpokeConfig::new(
+    SpokeConfig::new(
         world::HUB_UDP.parse().unwrap(),
         "hub.slopn.test",
         trust,
         token(i),
-    );
-    config.seed = [i as u8 + 2; 32];
-    config
+        [i as u8 + 2; 32],
+    )
 }
 
 /// An IPv4 UDP packet with valid checksums.

@@ -336,3 +336,25 @@ fn dns_servers_are_pushed_and_updated() {
             == 2
     );
 }
+
+/// A seed of zeros is a public key: Retry tokens and stateless resets anyone could forge.
+#[test]
+fn all_zero_seeds_are_refused() {
+    let pki = pki();
+    let now = std::time::Instant::now();
+    let mut config = hub_config(&pki);
+    config.seed = [0; 32];
+    let err = slopn_proto::Hub::new(config, now, sim_wall_clock()).unwrap_err();
+    assert!(matches!(err, slopn_proto::HubError::ZeroSeed), "{err}");
+    assert!(err.to_string().contains("OS randomness"), "{err}");
+
+    let mut config = hub_config(&pki);
+    config.stateless_reset_key = Some([0; 32]);
+    let err = slopn_proto::Hub::new(config, now, sim_wall_clock()).unwrap_err();
+    assert!(matches!(err, slopn_proto::HubError::ZeroSeed), "{err}");
+
+    let mut config = spoke_config(&pki, 0);
+    config.seed = [0; 32];
+    let err = slopn_proto::Spoke::new(config, now, sim_wall_clock()).unwrap_err();
+    assert!(matches!(err, slopn_proto::SpokeError::ZeroSeed), "{err}");
+}
