@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use slopn_proto::control::MAX_CREDENTIAL_LEN;
+use slopn_proto::control::{self, MAX_CREDENTIAL_LEN};
 use slopn_proto::tls::{self, CertifiedKey};
 use slopn_proto::{Auth, Congestion, Credential, HubConfig, PoolConfig, SpokeConfig};
 
@@ -394,6 +394,18 @@ impl HubFile {
                 });
             }
         }
+        // Checked here so that a reload is refused as a whole, with the file's name.
+        control::check_dns_servers(&self.dns)
+            .map_err(|e| ConfigError::new(format!("{}: `dns`: {e}", path.display())))?;
+        let pools = [Some(self.pool), self.pool6].into_iter().flatten();
+        let ranges = control::normalize_ranges(
+            pools
+                .chain(routes.iter().copied())
+                .map(control::IpRange::from_net)
+                .collect(),
+        );
+        control::check_ranges(&ranges)
+            .map_err(|e| ConfigError::new(format!("{}: `routes`: {e}", path.display())))?;
         Ok(Reload {
             credentials,
             routes,
@@ -681,6 +693,33 @@ mod tests {
             let e = file.check_profile("alice").unwrap_err().to_string();
             assert!(e.contains(expected), "{expected}: {e}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hub_files_the_protocol_cannot_carry_are_refused_at_start_and_reload() {
+        let dir = temp("limits");
+        init(&InitOptions {
+            dir: dir.clone(),
+            name: "192.0.2.1".into(),
+            port: 4433,
+            pool: "10.7.0.0/24".parse().unwrap(),
+            spokes: vec!["alice".into()],
+        })
+        .unwrap();
+        let path = dir.join("hub.toml");
+        let good: HubFile = load(&path, "hub").unwrap();
+        good.reload(&path).unwrap();
+        let mut file = good.clone();
+        file.dns = (0..65).map(|i| IpAddr::from([10, 53, 0, i])).collect();
+        let e = file.reload(&path).unwrap_err().to_string();
+        assert!(e.contains("`dns`") && e.contains("64 at most"), "{e}");
+        let mut file = good.clone();
+        file.routes = (0..1024u32)
+            .map(|i| IpNet::new(IpAddr::from((0x0b00_0000 + (i << 9)).to_be_bytes()), 24).unwrap())
+            .collect();
+        let e = file.resolve(&path).unwrap_err().to_string();
+        assert!(e.contains("`routes`") && e.contains("1024 at most"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -254,7 +254,9 @@ impl Machine for Hub {
     fn command(&mut self, now: Instant, command: HubCommand) {
         match command {
             HubCommand::Disconnect { id, code, reason } => {
-                self.disconnect(now, id, code, &reason);
+                if let Err(e) = self.disconnect(now, id, code, &reason) {
+                    warn!("session {id} not disconnected: {e}");
+                }
             }
             HubCommand::SetCredentials(credentials) => {
                 match self.set_credentials(now, &credentials) {
@@ -264,12 +266,21 @@ impl Machine for Hub {
                     Err(e) => warn!("credentials not reloaded: {e}"),
                 }
             }
-            HubCommand::SetRoutes(routes) => self.set_routes(now, routes),
-            HubCommand::SetDnsServers(servers) => self.set_dns_servers(now, servers),
+            HubCommand::SetRoutes(routes) => {
+                if let Err(e) = self.set_routes(now, routes) {
+                    warn!("routes not changed: {e}");
+                }
+            }
+            HubCommand::SetDnsServers(servers) => {
+                if let Err(e) = self.set_dns_servers(now, servers) {
+                    warn!("DNS servers not changed: {e}");
+                }
+            }
         }
     }
     fn shut_down(&mut self, now: Instant) {
-        self.close(now, "hub shutting down");
+        self.close(now, "hub shutting down")
+            .expect("a short constant reason fits the protocol");
     }
     fn is_shut_down(&self) -> bool {
         self.is_closed()

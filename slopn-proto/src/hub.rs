@@ -18,8 +18,8 @@ use crate::clock::WallClock;
 use crate::config::Auth;
 use crate::config::{Credential, HubConfig, PoolConfig};
 use crate::control::{
-    AssignedAddress, Capsule, CloseCode, IpPrefix, IpRange, PROTOCOL_VERSION, RequestedAddress,
-    normalize_ranges,
+    self, AssignedAddress, Capsule, CloseCode, IpPrefix, IpRange, LimitError, PROTOCOL_VERSION,
+    RequestedAddress, normalize_ranges,
 };
 use crate::icmp::{self, IcmpError, IcmpRateLimit};
 use crate::link::{ControlError, Received, Transport};
@@ -50,6 +50,10 @@ pub enum HubError {
         "hub configuration: the seed is all zeros; give 32 bytes of OS randomness (it keys Retry tokens and stateless resets)"
     )]
     ZeroSeed,
+    /// A value the control protocol cannot carry to spokes (too many DNS servers or routes,
+    /// an over-long reason): sending it would close every session with PROTOCOL_ERROR.
+    #[error("hub configuration: {0}")]
+    Limit(#[from] LimitError),
 }
 
 /// Something the driver may want to log or show.
@@ -265,6 +269,8 @@ impl Hub {
             .collect();
         let networks: Vec<IpNet> = config.pools.iter().map(|p| p.network).collect();
         let advertised = advertised_ranges(&networks, &config.routes);
+        control::check_ranges(&advertised)?;
+        control::check_dns_servers(&config.dns_servers)?;
         Ok(Self {
             transport,
             clock,
@@ -382,12 +388,17 @@ impl Hub {
 
     /// Says goodbye to every spoke (they may reconnect to the next hub at once) and stops
     /// accepting new ones. Keep driving the hub until [`is_closed`](Self::is_closed).
-    pub fn close(&mut self, now: Instant, reason: &str) {
+    ///
+    /// A reason longer than [`MAX_REASON_LEN`](control::MAX_REASON_LEN) is refused and
+    /// nothing happens.
+    pub fn close(&mut self, now: Instant, reason: &str) -> Result<(), HubError> {
+        control::check_reason(reason)?;
         self.closing = true;
         for idx in self.transport.indices() {
             self.begin_close(now, idx, CloseCode::SHUTTING_DOWN, reason, false);
             self.process(now, idx);
         }
+        Ok(())
     }
 
     /// Whether [`close`](Self::close) has finished: every connection is gone.
@@ -395,20 +406,22 @@ impl Hub {
         self.closing && self.transport.len() == 0
     }
 
-    /// Ends one spoke's session with `code` and `reason`. Returns false if no such session.
+    /// Ends one spoke's session with `code` and `reason`. Returns false if no such session;
+    /// refuses a reason longer than [`MAX_REASON_LEN`](control::MAX_REASON_LEN).
     pub fn disconnect(
         &mut self,
         now: Instant,
         id: SessionId,
         code: CloseCode,
         reason: &str,
-    ) -> bool {
+    ) -> Result<bool, HubError> {
+        control::check_reason(reason)?;
         let Some(idx) = self.find(id) else {
-            return false;
+            return Ok(false);
         };
         self.begin_close(now, idx, code, reason, code != CloseCode::NO_ERROR);
         self.process(now, idx);
-        true
+        Ok(true)
     }
 
     /// Replaces the credentials (a configuration reload): sessions whose identity is gone,
@@ -450,11 +463,14 @@ impl Hub {
     }
 
     /// Replaces the DNS servers pushed to spokes and sends the new list to every
-    /// authenticated spoke.
-    pub fn set_dns_servers(&mut self, now: Instant, servers: Vec<IpAddr>) {
+    /// authenticated spoke. More than [`MAX_ADDRESSES`](control::MAX_ADDRESSES) are refused
+    /// and the old list stays.
+    pub fn set_dns_servers(&mut self, now: Instant, servers: Vec<IpAddr>) -> Result<(), HubError> {
+        control::check_dns_servers(&servers)?;
         self.dns_servers = servers;
         let capsule = Capsule::DnsServers(self.dns_servers.clone());
         self.push_to_authenticated(now, &capsule);
+        Ok(())
     }
 
     fn push_to_authenticated(&mut self, now: Instant, capsule: &Capsule) {
@@ -471,23 +487,17 @@ impl Hub {
     }
 
     /// Replaces the extra advertised routes and sends the new full route list to every
-    /// authenticated spoke.
-    pub fn set_routes(&mut self, now: Instant, routes: Vec<IpNet>) {
-        self.extra_routes = routes;
+    /// authenticated spoke. More ranges than [`MAX_ROUTES`](control::MAX_ROUTES) (after
+    /// merging) are refused and the old routes stay.
+    pub fn set_routes(&mut self, now: Instant, routes: Vec<IpNet>) -> Result<(), HubError> {
         let networks: Vec<IpNet> = self.pools.iter().map(|p| p.net()).collect();
-        self.routes
-            .set_advertised(advertised_ranges(&networks, &self.extra_routes));
+        let advertised = advertised_ranges(&networks, &routes);
+        control::check_ranges(&advertised)?;
+        self.extra_routes = routes;
+        self.routes.set_advertised(advertised);
         let capsule = Capsule::RouteAdvertisement(self.routes.advertised().to_vec());
-        for idx in self.transport.indices() {
-            let authenticated = self
-                .transport
-                .get(idx)
-                .is_some_and(|e| matches!(e.state.phase, Phase::Authenticated | Phase::Active));
-            if authenticated {
-                self.send_capsule(now, idx, &capsule);
-                self.process(now, idx);
-            }
-        }
+        self.push_to_authenticated(now, &capsule);
+        Ok(())
     }
 
     // ----- outputs -----
@@ -713,6 +723,7 @@ impl Hub {
             ControlError::Decode(e) => e.to_string(),
             ControlError::Stream(what) => (*what).to_owned(),
             ControlError::Backlog => "control stream backlog: the spoke does not read".into(),
+            ControlError::Limit(e) => format!("a capsule for the spoke was refused: {e}"),
         };
         self.protocol_error(now, idx, &reason);
     }

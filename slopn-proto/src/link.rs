@@ -22,7 +22,7 @@ use quinn_proto::{
 };
 
 use crate::cid::SignedCidGenerator;
-use crate::control::{self, Capsule, CloseCode, DecodeError, MAX_CAPSULE_LEN};
+use crate::control::{self, Capsule, CloseCode, DecodeError, LimitError, MAX_CAPSULE_LEN};
 use crate::derive_key;
 use crate::stats::DropReason;
 
@@ -40,6 +40,9 @@ pub(crate) enum ControlError {
     Stream(&'static str),
     /// The peer does not read what we send.
     Backlog,
+    /// We were about to send a capsule the peer's decoder would refuse (a limit every entry
+    /// point checks first; this is the last guard).
+    Limit(LimitError),
 }
 
 /// One QUIC connection carrying a session.
@@ -171,7 +174,7 @@ impl Link {
 
     /// Queues a capsule on the control stream.
     pub(crate) fn send(&mut self, capsule: &Capsule) -> Result<(), ControlError> {
-        control::encode(capsule, &mut self.tx);
+        control::encode(capsule, &mut self.tx).map_err(ControlError::Limit)?;
         self.flush()
     }
 

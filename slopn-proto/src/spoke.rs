@@ -17,7 +17,9 @@ use tracing::{debug, info};
 use crate::arena::PacketArena;
 use crate::clock::WallClock;
 use crate::config::{ReconnectPolicy, SpokeConfig};
-use crate::control::{Capsule, CloseCode, IpPrefix, IpRange, PROTOCOL_VERSION, RequestedAddress};
+use crate::control::{
+    self, Capsule, CloseCode, IpPrefix, IpRange, PROTOCOL_VERSION, RequestedAddress,
+};
 use crate::icmp::{self, IcmpError, IcmpRateLimit};
 use crate::link::{ControlError, Received, Transport};
 use crate::packet::IpHeader;
@@ -182,6 +184,13 @@ impl Spoke {
     ) -> Result<Self, SpokeError> {
         if config.seed == [0; 32] {
             return Err(SpokeError::ZeroSeed);
+        }
+        if config.token.len() > control::MAX_CREDENTIAL_LEN {
+            return Err(SpokeError::Config(format!(
+                "the token is {} bytes long; the protocol carries {} at most",
+                config.token.len(),
+                control::MAX_CREDENTIAL_LEN
+            )));
         }
         if config.trust_anchors.is_empty() {
             return Err(SpokeError::Config(
@@ -636,6 +645,7 @@ impl Spoke {
             ControlError::Decode(e) => e.to_string(),
             ControlError::Stream(what) => what.to_owned(),
             ControlError::Backlog => "control stream backlog: the hub does not read".into(),
+            ControlError::Limit(e) => format!("a capsule for the hub was refused: {e}"),
         };
         self.fail(now, idx, CloseCode::PROTOCOL_ERROR, &reason);
     }

@@ -25,7 +25,7 @@ pub fn control(data: &[u8]) {
     while let Ok(Some((capsule, used))) = control::decode(rest) {
         assert!(used > 0 && used <= rest.len());
         let mut again = Vec::new();
-        control::encode(&capsule, &mut again);
+        control::encode(&capsule, &mut again).expect("what decodes, encodes");
         let (decoded, n) = control::decode(&again).unwrap().unwrap();
         assert_eq!(decoded, capsule);
         assert_eq!(n, again.len());
@@ -182,7 +182,7 @@ fn setup() -> Net {
     let credentials = (0..2)
         .map(|i| Credential::token(format!("spoke-{i}"), &format!("token-{i}")))
         .collect();
-    let mut config = HubConfig::new(
+    let config = HubConfig::new(
         pki.hub.certified_key().unwrap(),
         vec![PoolConfig::new("10.100.0.0/24".parse().unwrap())],
         credentials,
@@ -197,7 +197,7 @@ fn setup() -> Net {
         raw::client_config(&ca, control::ALPN),
         4,
     );
-    let mut honest_config = SpokeConfig::new(
+    let honest_config = SpokeConfig::new(
         HUB.parse().unwrap(),
         "hub.slopn.test",
         ca,

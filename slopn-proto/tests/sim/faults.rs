@@ -537,7 +537,7 @@ fn a_hub_closing_gracefully_sends_spokes_to_retry_at_once() {
     let pki = pki();
     let mut world = world_with(22, &pki, 2);
     let now = world.instant();
-    world.hub().hub.close(now, "maintenance");
+    world.hub().hub.close(now, "maintenance").unwrap();
     assert!(world.run_until(Duration::from_secs(3), |w| w.hub().hub.is_closed()));
     for s in &world.spokes {
         let e = s.events.iter().find_map(|e| match e {

@@ -59,7 +59,8 @@ fn route_updates_get_through_a_saturated_tunnel() {
     world
         .hub()
         .hub
-        .set_routes(now, vec!["192.168.77.0/24".parse().unwrap()]);
+        .set_routes(now, vec!["192.168.77.0/24".parse().unwrap()])
+        .unwrap();
     let mut latency = None;
     world.run_until(Duration::from_secs(10), |w| {
         flood(w);

@@ -12,6 +12,7 @@ mod basic;
 mod demo;
 mod determinism;
 mod faults;
+mod limits;
 mod liveness;
 mod scale;
 mod security;

@@ -160,7 +160,7 @@ impl RawSpoke {
 
     pub fn send_capsule(&mut self, capsule: &Capsule) {
         let mut buf = Vec::new();
-        control::encode(capsule, &mut buf);
+        control::encode(capsule, &mut buf).expect("a valid capsule");
         assert_eq!(self.send_raw(&buf), buf.len(), "capsule written whole");
     }
 
