@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::packet::{self, IpHeader};
+use crate::packet::{self, FragmentError, IpHeader};
 use crate::stats::DropReason;
 
 /// Size of each shared buffer.
@@ -42,14 +42,14 @@ impl PacketArena {
     ) -> Result<Vec<Bytes>, DropReason> {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut fragments = Vec::new();
-        let ok = packet::fragment_v4(packet, header, max, &mut scratch, |f| {
+        let result = packet::fragment_v4(packet, header, max, &mut scratch, |f| {
             fragments.push(self.copy(f));
         });
         self.scratch = scratch;
-        if ok {
-            Ok(fragments)
-        } else {
-            Err(DropReason::TooLarge { max })
+        match result {
+            Ok(()) => Ok(fragments),
+            Err(FragmentError::NoRoom(_)) => Err(DropReason::TooLarge { max }),
+            Err(FragmentError::BeyondLimit) => Err(DropReason::Malformed),
         }
     }
 }

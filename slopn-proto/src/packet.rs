@@ -152,25 +152,41 @@ pub fn decrement_ttl(packet: &mut [u8]) {
     }
 }
 
+/// Why an IPv4 packet could not be fragmented. Nothing was emitted.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum FragmentError {
+    /// The size limit leaves no room for 8 bytes of data after the header.
+    #[error("no room for data in a {0}-byte fragment")]
+    NoRoom(usize),
+    /// The packet (itself a fragment) ends beyond the 65,535 bytes an IPv4 datagram can
+    /// reassemble to, so some fragment offset would not fit its 13 bits.
+    #[error("fragment ends beyond the largest IPv4 datagram")]
+    BeyondLimit,
+}
+
 /// Splits an IPv4 packet whose "don't fragment" flag is clear into fragments of at most
 /// `max_len` bytes, as a router must (RFC 791), and hands each to `emit`. `scratch` is reused
-/// between fragments. Returns false (emitting nothing) if `max_len` leaves no room for data.
+/// between fragments. Emits nothing when it returns an error.
 pub fn fragment_v4(
     packet: &[u8],
     header: &IpHeader,
     max_len: usize,
     scratch: &mut Vec<u8>,
     mut emit: impl FnMut(&[u8]),
-) -> bool {
+) -> Result<(), FragmentError> {
     let hl = header.header_len;
     let chunk = max_len.saturating_sub(hl) & !7;
     if chunk == 0 {
-        return false;
+        return Err(FragmentError::NoRoom(max_len));
     }
     let flags_frag = u16::from_be_bytes([packet[6], packet[7]]);
     let base_offset = usize::from(flags_frag & 0x1fff) * 8;
     let original_more = flags_frag & 0x2000 != 0;
     let payload = &packet[hl..];
+    // Offsets are 13 bits of 8-byte units; past 65,535 bytes they would spill into the flags.
+    if hl + base_offset + payload.len() > usize::from(u16::MAX) {
+        return Err(FragmentError::BeyondLimit);
+    }
     let mut at = 0;
     while at < payload.len() {
         let end = (at + chunk).min(payload.len());
@@ -189,7 +205,7 @@ pub fn fragment_v4(
         emit(scratch);
         at = end;
     }
-    true
+    Ok(())
 }
 
 /// The Internet checksum (RFC 1071) of `data`, starting from a partial sum `initial`.
@@ -288,7 +304,7 @@ pub(crate) mod tests {
         let h = IpHeader::parse(&p).unwrap();
         let mut frags = Vec::new();
         let mut scratch = Vec::new();
-        assert!(fragment_v4(&p, &h, 300, &mut scratch, |f| frags.push(f.to_vec())));
+        fragment_v4(&p, &h, 300, &mut scratch, |f| frags.push(f.to_vec())).unwrap();
         assert_eq!(frags.len(), 4);
         let mut data = Vec::new();
         for (i, f) in frags.iter().enumerate() {
@@ -301,5 +317,49 @@ pub(crate) mod tests {
             data.extend_from_slice(&f[20..]);
         }
         assert_eq!(data, payload);
+    }
+
+    /// A fragment near the end of the 64 KiB datagram: its own fragments keep offsets within
+    /// 13 bits and flags intact; one that ends beyond 65,535 bytes is refused whole.
+    #[test]
+    fn fragments_near_the_offset_limit() {
+        let with_offset = |offset_units: u16, len: usize| {
+            let mut p = ipv4([10, 0, 0, 2], [10, 0, 0, 3], 64, false, &vec![9; len]);
+            p[6..8].copy_from_slice(&offset_units.to_be_bytes());
+            p[10..12].copy_from_slice(&[0, 0]);
+            let sum = checksum(&p[..20], 0);
+            p[10..12].copy_from_slice(&sum.to_be_bytes());
+            p
+        };
+        let mut scratch = Vec::new();
+        // 8000 * 8 + 1400 + 20 = 65,420: fits.
+        let p = with_offset(8000, 1400);
+        let h = IpHeader::parse(&p).unwrap();
+        let mut words = Vec::new();
+        fragment_v4(&p, &h, 576, &mut scratch, |f| {
+            words.push(u16::from_be_bytes([f[6], f[7]]))
+        })
+        .unwrap();
+        assert_eq!(words.len(), 3);
+        for (i, w) in words.iter().enumerate() {
+            assert_eq!(w & 0x4000, 0, "DF stays clear");
+            assert_eq!(
+                w & 0x2000 != 0,
+                i + 1 < words.len(),
+                "MF only before the last"
+            );
+            assert_eq!(usize::from(w & 0x1fff), 8000 + i * 69);
+        }
+        // 8100 * 8 + 1400 + 20 > 65,535: the last offsets would overflow into the MF flag.
+        let p = with_offset(8100, 1400);
+        let h = IpHeader::parse(&p).unwrap();
+        let mut emitted = 0;
+        let result = fragment_v4(&p, &h, 576, &mut scratch, |_| emitted += 1);
+        assert_eq!(result, Err(FragmentError::BeyondLimit));
+        assert_eq!(emitted, 0);
+        assert_eq!(
+            fragment_v4(&p, &h, 27, &mut scratch, |_| emitted += 1),
+            Err(FragmentError::NoRoom(27))
+        );
     }
 }

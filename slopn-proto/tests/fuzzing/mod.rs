@@ -66,13 +66,59 @@ pub fn ip_packet(data: &[u8]) {
         }
     }
     if header.is_ipv4() && !header.dont_fragment {
-        let mut scratch = Vec::new();
-        let mut total = 0;
-        packet::fragment_v4(data, &header, 576, &mut scratch, |f| {
-            let fh = IpHeader::parse(f).expect("fragment is a valid packet");
-            assert!(f.len() <= 576);
-            total += f.len() - fh.header_len;
-        });
+        fragments_reassemble(data, &header);
+    }
+}
+
+/// Fragments a packet for a 576-byte path; the fragments must be valid packets whose data,
+/// placed at their offsets, is exactly the original's, with MF on all but the last (which
+/// keeps the original's), or the packet must be refused whole.
+fn fragments_reassemble(data: &[u8], header: &IpHeader) {
+    let word = u16::from_be_bytes([data[6], data[7]]);
+    let base = usize::from(word & 0x1fff) * 8;
+    let payload = &data[header.header_len..];
+    let mut scratch = Vec::new();
+    let mut next = base;
+    let mut count = 0;
+    let mut last_more: Option<bool> = None;
+    let result = packet::fragment_v4(data, header, 576, &mut scratch, |f| {
+        let fh = IpHeader::parse(f).expect("fragment is a valid packet");
+        assert!(f.len() <= 576);
+        assert_eq!(fh.header_len, header.header_len);
+        assert_eq!(
+            (fh.src, fh.dst, fh.protocol),
+            (header.src, header.dst, header.protocol)
+        );
+        let w = u16::from_be_bytes([f[6], f[7]]);
+        assert_eq!(w & 0x8000, word & 0x8000, "reserved bit kept");
+        assert_eq!(w & 0x4000, 0, "DF clear");
+        assert_eq!(usize::from(w & 0x1fff) * 8, next, "contiguous offsets");
+        if let Some(more) = last_more {
+            assert!(more, "MF set on every fragment but the last");
+        }
+        last_more = Some(w & 0x2000 != 0);
+        let chunk = &f[fh.header_len..];
+        assert_eq!(chunk, &payload[next - base..next - base + chunk.len()]);
+        next += chunk.len();
+        count += 1;
+    });
+    match result {
+        Ok(()) => {
+            assert_eq!(next - base, payload.len(), "every payload byte sent once");
+            if !payload.is_empty() {
+                let original_more = word & 0x2000 != 0;
+                assert_eq!(
+                    last_more,
+                    Some(original_more),
+                    "the last keeps the original MF"
+                );
+            }
+        }
+        Err(packet::FragmentError::BeyondLimit) => {
+            assert!(header.header_len + base + payload.len() > 65_535);
+            assert_eq!(count, 0);
+        }
+        Err(e) => panic!("fragmenting to 576 bytes failed: {e}"),
     }
 }
 
@@ -116,11 +162,19 @@ impl Net {
         self.base + self.now
     }
 
-    /// Moves packets and timers until nothing is left for `limit` of time.
+    /// Moves packets and timers until nothing is left for `limit` of time. Panics on a
+    /// livelock: nodes that keep trading packets without virtual time moving on.
     fn run(&mut self, limit: Duration) {
         let end = self.now + limit;
         let hub_addr: SocketAddr = HUB.parse().unwrap();
-        for _ in 0..10_000 {
+        let mut rounds_at_this_instant = 0;
+        loop {
+            rounds_at_this_instant += 1;
+            assert!(
+                rounds_at_this_instant <= 10_000,
+                "livelock at {:?}: 10,000 rounds of packets without time moving on",
+                self.now
+            );
             let now = self.instant();
             let mut moved = false;
             while let Some(t) = self.hub.poll_transmit(now, 1, &mut self.buf) {
@@ -168,6 +222,7 @@ impl Net {
                 return;
             }
             self.now = next;
+            rounds_at_this_instant = 0;
             let now = self.instant();
             self.hub.handle_timeout(now);
             self.honest.handle_timeout(now);
