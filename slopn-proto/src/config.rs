@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use quinn_proto::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 
 use crate::congestion::Congestion;
@@ -212,6 +213,10 @@ pub struct HubConfig {
     /// randomness in production; fixed values make simulations reproducible. An all-zero
     /// seed is refused by [`Hub::new`](crate::Hub::new).
     pub seed: [u8; 32],
+    /// TLS cryptography: cipher suites, key exchange groups, and the random source of the
+    /// handshake. [`tls::default_provider`](crate::tls::default_provider) (*ring*) unless a
+    /// test injects a seeded one.
+    pub crypto: Arc<CryptoProvider>,
     /// Key for QUIC stateless resets. Derive it from a secret that survives restarts (e.g.
     /// the hub's private key) so that a restarted hub resets its old connections at once and
     /// spokes reconnect without waiting for their idle timeout. Defaults to one from `seed`.
@@ -243,6 +248,7 @@ impl HubConfig {
             retry_above: 256,
             auth_failures_per_minute: 10,
             seed,
+            crypto: crate::tls::default_provider(),
             stateless_reset_key: None,
         }
     }
@@ -296,6 +302,8 @@ pub struct SpokeConfig {
     /// Seed for all randomness (connection IDs, stateless resets, backoff jitter). It is a
     /// secret; an all-zero seed is refused by [`Spoke::new`](crate::Spoke::new).
     pub seed: [u8; 32],
+    /// TLS cryptography, as [`HubConfig::crypto`].
+    pub crypto: Arc<CryptoProvider>,
 }
 
 impl SpokeConfig {
@@ -319,6 +327,7 @@ impl SpokeConfig {
             transport: TransportSettings::default(),
             reconnect: ReconnectPolicy::default(),
             seed,
+            crypto: crate::tls::default_provider(),
         }
     }
 }

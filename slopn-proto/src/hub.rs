@@ -129,6 +129,7 @@ struct Session {
 
 /// What the hub needs to rebuild its QUIC server configuration when credentials change.
 struct HubTls {
+    provider: Arc<rustls::crypto::CryptoProvider>,
     identity: CertifiedKey,
     client_ca: Vec<CertificateDer<'static>>,
     token_key: [u8; 32],
@@ -154,6 +155,7 @@ impl HubTls {
             &[]
         };
         let crypto = tls::server_config(
+            &self.provider,
             &self.identity,
             client_ca,
             authenticator.certificates_only(),
@@ -244,6 +246,7 @@ impl Hub {
 
         let clock = Arc::new(WallClock::new(wall_clock, now));
         let tls = HubTls {
+            provider: config.crypto.clone(),
             identity: config.identity.clone(),
             client_ca: config.client_ca.clone(),
             token_key: derive_key(&config.seed, b"slopn retry token key"),

@@ -9,9 +9,10 @@
 //!
 //! Nothing in this crate opens a socket, reads a clock, spawns a thread or draws OS
 //! randomness. Every input carries `now`; randomness comes from the seed in the
-//! configuration; buffers for outgoing datagrams belong to the caller. (TLS handshakes do
-//! draw ephemeral keys from *ring*'s system RNG inside rustls, as they must: that changes
-//! ciphertext bytes but never sizes or timing, so simulations replay exactly.)
+//! configuration; buffers for outgoing datagrams belong to the caller. TLS handshakes draw
+//! their ephemeral keys and random values from the configuration's crypto provider: the
+//! operating system's by default ([`tls::default_provider`]), a seeded one in simulations,
+//! which then replay byte for byte.
 //!
 //! Methods come in four kinds: getters (`&self`), inputs (`handle_*`), commands (`close`,
 //! `disconnect`, `connect`, `set_routes`) and outputs (`poll_*`). **After every input or
@@ -76,6 +77,8 @@ pub use config::{
 pub use congestion::Congestion;
 pub use hub::{Hub, HubError, HubEvent};
 pub use quinn_proto::{EcnCodepoint, Transmit};
+/// The TLS library, re-exported for [`HubConfig::crypto`] and [`SpokeConfig::crypto`].
+pub use rustls;
 pub use session::{DisconnectReason, SessionId};
 pub use spoke::{Spoke, SpokeError, SpokeEvent, SpokeState};
 pub use stats::{DropCounters, DropReason, HubStats, SpokeSnapshot, SpokeStats, TrafficCounters};

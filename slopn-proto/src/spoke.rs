@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -211,12 +211,27 @@ impl Spoke {
         }
         let clock = Arc::new(WallClock::new(wall_clock, now));
         let crypto = tls::client_config(
+            &config.crypto,
             &config.trust_anchors,
             config.client_certificate.as_ref(),
             clock.clone(),
         )?;
         let mut client_config = quinn_proto::ClientConfig::new(crypto);
         client_config.transport_config(config.transport.quinn(true, 0));
+        // quinn draws the first Initial's destination CID from the OS; take it from the seed.
+        let cid_rng = Mutex::new(StdRng::from_seed(derive_key(
+            &config.seed,
+            b"slopn initial destination cid",
+        )));
+        client_config.initial_dst_cid_provider(Arc::new(move || {
+            // 20 bytes, the most QUIC v1 allows, as quinn's own default does.
+            let mut bytes = [0; 20];
+            cid_rng
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .fill(&mut bytes);
+            quinn_proto::ConnectionId::new(&bytes)
+        }));
         let mut spoke = Self {
             transport: Transport::new(
                 &config.seed,

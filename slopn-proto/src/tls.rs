@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
@@ -96,13 +97,19 @@ pub fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certs)
 }
 
-/// *ring* with AES-128-GCM preferred: 128-bit security, the first choice of the major QUIC
-/// stacks, and 10 AES rounds per block instead of AES-256's 14 on every tunnelled byte.
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider hub and spoke use unless their configuration names another: *ring*
+/// with AES-128-GCM preferred (128-bit security, the first choice of the major QUIC stacks,
+/// and 10 AES rounds per block instead of AES-256's 14 on every tunnelled byte).
+///
+/// Its key exchange and random values come from the operating system. A simulation that
+/// must replay byte for byte gives [`HubConfig::crypto`](crate::HubConfig::crypto) and
+/// [`SpokeConfig::crypto`](crate::SpokeConfig::crypto) a provider whose `secure_random`
+/// and `kx_groups` draw from a seed instead (the simulation tests have one).
+pub fn default_provider() -> Arc<CryptoProvider> {
     use rustls::crypto::ring::cipher_suite::{
         TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
     };
-    Arc::new(rustls::crypto::CryptoProvider {
+    Arc::new(CryptoProvider {
         cipher_suites: vec![
             TLS13_AES_128_GCM_SHA256,
             TLS13_AES_256_GCM_SHA384,
@@ -115,12 +122,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// The hub's QUIC TLS configuration. With `client_ca`, spokes may (or, with
 /// `require_client_cert`, must) present a client certificate signed by one of them.
 pub(crate) fn server_config(
+    provider: &Arc<CryptoProvider>,
     identity: &CertifiedKey,
     client_ca: &[CertificateDer<'static>],
     require_client_cert: bool,
     clock: Arc<WallClock>,
 ) -> Result<Arc<QuicServerConfig>, TlsError> {
-    let builder = rustls::ServerConfig::builder_with_details(provider(), clock)
+    let builder = rustls::ServerConfig::builder_with_details(provider.clone(), clock)
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = if client_ca.is_empty() {
         builder.with_no_client_auth()
@@ -131,7 +139,7 @@ pub(crate) fn server_config(
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
-            provider(),
+            provider.clone(),
         );
         let verifier = if require_client_cert {
             verifier
@@ -153,6 +161,7 @@ pub(crate) fn server_config(
 /// The spoke's QUIC TLS configuration: trusts exactly `trust_anchors`, and presents
 /// `client_cert` if given.
 pub(crate) fn client_config(
+    provider: &Arc<CryptoProvider>,
     trust_anchors: &[CertificateDer<'static>],
     client_cert: Option<&CertifiedKey>,
     clock: Arc<WallClock>,
@@ -161,10 +170,12 @@ pub(crate) fn client_config(
     for cert in trust_anchors {
         roots.add(cert.clone())?;
     }
-    let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()?;
-    let builder = rustls::ClientConfig::builder_with_details(provider(), clock)
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let builder = rustls::ClientConfig::builder_with_details(provider.clone(), clock)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_webpki_verifier(verifier);
     let mut config = match client_cert {

@@ -5,6 +5,7 @@
 mod host;
 mod net;
 mod raw;
+mod seeded_crypto;
 mod world;
 
 mod addressing;
@@ -111,23 +112,28 @@ pub fn hub_config(pki: &Pki) -> HubConfig {
         .map(|i| Credential::token(format!("spoke-{i}"), &token(i)))
         .collect();
     let identity: CertifiedKey = pki.hub.certified_key().unwrap();
-    HubConfig::new(
+    let mut config = HubConfig::new(
         identity,
         vec![PoolConfig::new("10.100.0.0/24".parse().unwrap())],
         credentials,
         [1; 32],
-    )
+    );
+    // Handshakes replay byte for byte too.
+    config.crypto = seeded_crypto::provider(1);
+    config
 }
 
 pub fn spoke_config(pki: &Pki, i: usize) -> SpokeConfig {
     let trust = tls::parse_certificates(pki.ca.cert_pem().as_bytes()).unwrap();
-    SpokeConfig::new(
+    let mut config = SpokeConfig::new(
         world::HUB_UDP.parse().unwrap(),
         "hub.slopn.test",
         trust,
         token(i),
         [i as u8 + 2; 32],
-    )
+    );
+    config.crypto = seeded_crypto::provider(i as u64 + 2);
+    config
 }
 
 /// An IPv4 UDP packet with valid checksums.

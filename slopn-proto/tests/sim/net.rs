@@ -101,6 +101,8 @@ pub struct NetStats {
     pub too_big: u64,
     pub queue_drops: u64,
     pub duplicated: u64,
+    /// A digest of every byte sent, in order: equal digests mean byte-identical runs.
+    pub wire_digest: u64,
 }
 
 pub struct Network {
@@ -152,6 +154,9 @@ impl Network {
     /// Sends a datagram at `now`.
     pub fn send(&mut self, now: Duration, datagram: Datagram) {
         self.stats.sent += 1;
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&(self.stats.wire_digest, &datagram.payload), &mut hasher);
+        self.stats.wire_digest = std::hash::Hasher::finish(&hasher);
         let Some(access) = self.nodes.get_mut(&datagram.src) else {
             return;
         };
