@@ -4,6 +4,7 @@
 //! so parallel runs and leftovers never collide) and removes them when dropped; nothing
 //! touches the namespace the process started in.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -122,7 +123,8 @@ impl Drop for Namespace {
 
 /// Whether a test that needs namespaces and TUN devices can run here; see [`available`].
 /// Where it cannot, it prints `SKIPPED test: why` and returns false, except under CI
-/// (`CI=true`), where a test that cannot run must fail: it panics with the reason.
+/// (`CI=true`) or `scripts/test` (`SLOPN_NO_SKIP=1`), where a test that cannot run must
+/// fail: it panics with the reason.
 pub fn runnable(test: &str) -> bool {
     skip_unless(test, available())
 }
@@ -131,14 +133,24 @@ pub fn runnable(test: &str) -> bool {
 pub fn skip_unless(test: &str, precondition: Result<(), String>) -> bool {
     match precondition {
         Ok(()) => true,
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{test} cannot run here ({why}), and under CI=true no test may be skipped")
-        }
+        Err(why) if skips_forbidden() => panic!(
+            "{test} cannot run here ({why}), and under CI=true or SLOPN_NO_SKIP=1 no test may \
+             be skipped: run as root on Linux with /dev/net/tun"
+        ),
         Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests,
+            // and a skip must show (`scripts/test` counts these lines).
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
             false
         }
     }
+}
+
+/// Whether a test that cannot run must fail rather than skip: under CI (`CI=true`) and in
+/// `scripts/test` (`SLOPN_NO_SKIP=1`).
+pub fn skips_forbidden() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("SLOPN_NO_SKIP").is_ok_and(|v| v == "1")
 }
 
 /// Whether this process may create namespaces and TUN devices (root on Linux with
