@@ -294,12 +294,15 @@ fn attacks_on_the_gateway_are_refused_and_other_spokes_do_not_notice() {
     assert_eq!(good["identity"], "cert-4", "identity from the certificate");
 
     // A forged source written into the TUN device with a raw socket reaches nobody.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let listen = |ns: &Namespace, addr: &str| {
         let name = ns.name().to_owned();
         let addr = addr.to_owned();
+        let ready = ready_tx.clone();
         std::thread::spawn(move || {
             slopn_tun::netns::enter(&name).unwrap();
             let socket = UdpSocket::bind(addr).unwrap();
+            ready.send(()).unwrap();
             socket
                 .set_read_timeout(Some(Duration::from_secs(2)))
                 .unwrap();
@@ -313,7 +316,9 @@ fn attacks_on_the_gateway_are_refused_and_other_spokes_do_not_notice() {
     };
     let at_internet = listen(&internet, "203.0.113.2:9999");
     let at_spoke = listen(&lab.spoke_ns[4], "0.0.0.0:9999");
-    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..2 {
+        ready_rx.recv().unwrap();
+    }
     let victim: SocketAddr = format!("{}:9999", lab.address(4)).parse().unwrap();
     let targets: [SocketAddr; 2] = ["203.0.113.2:9999".parse().unwrap(), victim];
     let ns0 = lab.spoke_ns[0].name().to_owned();

@@ -156,6 +156,13 @@ impl Lab {
         config::save(&path, &hub, "").unwrap();
     }
 
+    /// How long spoke `i` may take to notice a dead hub, from its configuration: one
+    /// keep-alive interval plus the idle timeout (a keep-alive restarts the timer).
+    pub fn dead_hub_noticed_within(&self, i: usize) -> Duration {
+        let spoke: SpokeFile = config::load(&self.spoke_toml(i), "spoke").unwrap();
+        Duration::from_secs(spoke.keep_alive_secs + spoke.idle_timeout_secs)
+    }
+
     pub fn edit_spoke(&self, i: usize, f: impl FnOnce(&mut SpokeFile)) {
         let path = self.spoke_toml(i);
         let mut spoke: SpokeFile = config::load(&path, "spoke").unwrap();
@@ -183,10 +190,15 @@ impl Lab {
             .unwrap()
     }
 
+    /// Starts the hub and waits until it answers on its control socket (it serves the socket
+    /// once its UDP socket and TUN device are up).
     pub fn start_hub(&mut self) {
         assert!(self.hub.is_none());
         let child = self.spawn(&self.hub_ns, "hub", &self.hub_toml(), "hub.log");
         self.hub = Some(child);
+        self.wait_for("the hub to answer", Duration::from_secs(10), |l| {
+            l.hub_status().is_some()
+        });
     }
 
     pub fn start_spoke(&mut self, i: usize) {

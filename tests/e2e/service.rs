@@ -156,7 +156,8 @@ fn the_service_imports_connects_disconnects_and_reconnects_without_restarting() 
 
     // The hub goes away and comes back: reconnecting, then established, by itself.
     lab.signal_hub("KILL");
-    lab.wait_for("the spoke to notice", Duration::from_secs(12), |_| {
+    let bound = lab.dead_hub_noticed_within(0) + Duration::from_secs(2);
+    lab.wait_for("the spoke to notice", bound, |_| {
         status(&socket).state.name() != "established"
     });
     let waiting = status(&socket);

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,17 +17,19 @@ fn pattern(i: usize) -> u8 {
 }
 
 /// Sends `bytes` over TCP from namespace `from` to a server listening at `listen` in
-/// namespace `to`, checking every byte; `during` runs on the calling thread meanwhile.
-/// Returns how long the transfer took.
+/// namespace `to`, checking every byte; `during` runs on the calling thread meanwhile, given
+/// the count of bytes received so far. Returns how long the transfer took.
 pub fn transfer(
     from: &Namespace,
     to: &Namespace,
     listen: SocketAddr,
     bytes: usize,
-    during: impl FnOnce(),
+    during: impl FnOnce(&AtomicUsize),
 ) -> Duration {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let received = AtomicUsize::new(0);
     std::thread::scope(|s| {
+        let received = &received;
         let server = s.spawn(move || {
             to.enter().unwrap();
             let listener = TcpListener::bind(listen).unwrap();
@@ -44,6 +46,7 @@ pub fn transfer(
                     assert_eq!(*b, pattern(got + k), "byte {} corrupted", got + k);
                 }
                 got += n;
+                received.store(got, Ordering::Relaxed);
             }
             got
         });
@@ -69,7 +72,7 @@ pub fn transfer(
             let _ = conn.read_to_end(&mut rest);
             start.elapsed()
         });
-        during();
+        during(received);
         let elapsed = client.join().unwrap();
         assert_eq!(server.join().unwrap(), bytes);
         elapsed
