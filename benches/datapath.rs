@@ -15,7 +15,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
 use slopn_proto::packet::checksum;
 use slopn_proto::pki::{CertificateAuthority, Validity};
 use slopn_proto::route::{Route, RouteTable};
-use slopn_proto::{Credential, Hub, HubConfig, PoolConfig, Spoke, SpokeConfig, SpokeState, tls};
+use slopn_proto::{
+    Credential, Datagram, Hub, HubConfig, PoolConfig, Spoke, SpokeConfig, SpokeState, tls,
+};
 
 const HUB_UDP: &str = "192.0.2.1:4433";
 const SPOKE_UDP: &str = "192.0.2.2:50000";
@@ -84,16 +86,22 @@ impl Pair {
             while let Some(t) = self.spoke.poll_transmit(now, SEGMENTS, &mut self.buf) {
                 let segment = t.segment_size.unwrap_or(t.size);
                 for datagram in self.buf[..t.size].chunks(segment) {
-                    self.hub
-                        .handle_udp(now, spoke_addr, Some(hub_addr.ip()), None, datagram);
+                    let datagram = Datagram {
+                        local_ip: Some(hub_addr.ip()),
+                        ..Datagram::new(spoke_addr, datagram)
+                    };
+                    self.hub.handle_udp(now, datagram);
                 }
                 moved = true;
             }
             while let Some(t) = self.hub.poll_transmit(now, SEGMENTS, &mut self.buf) {
                 let segment = t.segment_size.unwrap_or(t.size);
                 for datagram in self.buf[..t.size].chunks(segment) {
-                    self.spoke
-                        .handle_udp(now, hub_addr, Some(spoke_addr.ip()), None, datagram);
+                    let datagram = Datagram {
+                        local_ip: Some(spoke_addr.ip()),
+                        ..Datagram::new(hub_addr, datagram)
+                    };
+                    self.spoke.handle_udp(now, datagram);
                 }
                 moved = true;
             }

@@ -389,9 +389,10 @@ impl<M: Machine> EventLoop<M> {
     fn read_udp(&mut self, now: Instant) -> Result<bool, RunError> {
         let machine = &mut self.machine;
         for _ in 0..self.options.udp_reads_per_wakeup {
-            match self.udp.recv_batch(|from, local_ip, ecn, datagram| {
-                machine.handle_udp(now, from, local_ip, ecn, datagram)
-            }) {
+            match self
+                .udp
+                .recv_batch(|datagram| machine.handle_udp(now, datagram))
+            {
                 Ok(true) => {}
                 Ok(false) => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),

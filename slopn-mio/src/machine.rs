@@ -1,15 +1,15 @@
 //! What the event loop drives: the [`Machine`] trait, implemented for the hub and the spoke.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
 use ipnet::IpNet;
 use slopn_proto::control::{CloseCode, IpPrefix};
 use slopn_proto::{
-    Credential, DisconnectReason, DropReason, EcnCodepoint, Hub, HubEvent, HubStats, SessionId,
-    Spoke, SpokeEvent, SpokeSnapshot, SpokeState, SpokeStats, Transmit,
+    Credential, Datagram, DisconnectReason, DropReason, Hub, HubEvent, HubStats, SessionId, Spoke,
+    SpokeEvent, SpokeSnapshot, SpokeState, SpokeStats, Transmit,
 };
 use slopn_tun::{Routes, Tun, TunError};
 use tracing::{info, warn};
@@ -102,14 +102,7 @@ pub trait Machine: Send + 'static {
     type Command: fmt::Debug + Send + 'static;
 
     /// See [`Hub::handle_udp`].
-    fn handle_udp(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        local_ip: Option<IpAddr>,
-        ecn: Option<EcnCodepoint>,
-        payload: &[u8],
-    );
+    fn handle_udp(&mut self, now: Instant, datagram: Datagram<'_>);
     /// See [`Hub::handle_tun_packet`].
     fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) -> Result<(), DropReason>;
     /// See [`Hub::handle_timeout`].
@@ -142,15 +135,8 @@ pub trait Machine: Send + 'static {
 /// Implements the input and output methods [`Hub`] and [`Spoke`] share by name and signature.
 macro_rules! forward_io {
     ($ty:ident, $event:ty) => {
-        fn handle_udp(
-            &mut self,
-            now: Instant,
-            remote: SocketAddr,
-            local_ip: Option<IpAddr>,
-            ecn: Option<EcnCodepoint>,
-            payload: &[u8],
-        ) {
-            $ty::handle_udp(self, now, remote, local_ip, ecn, payload)
+        fn handle_udp(&mut self, now: Instant, datagram: Datagram<'_>) {
+            $ty::handle_udp(self, now, datagram)
         }
         fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) -> Result<(), DropReason> {
             $ty::handle_tun_packet(self, now, packet)

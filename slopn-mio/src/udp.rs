@@ -1,10 +1,9 @@
 //! The UDP socket: batched receive with GRO and send with GSO through `quinn-udp`.
 
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
 
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSocketState};
-use slopn_proto::{EcnCodepoint, Transmit};
+use slopn_proto::{Datagram, EcnCodepoint, Transmit};
 use tracing::{debug, warn};
 
 /// Room for one receive call's worth of coalesced datagrams per slot.
@@ -86,10 +85,7 @@ impl Udp {
     /// hold more: a batch that came back short means the receive queue was emptied (and, with
     /// edge-triggered readiness, a later arrival raises a new event), so no further call is
     /// needed just to see `WouldBlock`. `WouldBlock` when none was waiting.
-    pub(crate) fn recv_batch(
-        &mut self,
-        mut f: impl FnMut(SocketAddr, Option<IpAddr>, Option<EcnCodepoint>, &[u8]),
-    ) -> io::Result<bool> {
+    pub(crate) fn recv_batch(&mut self, mut f: impl FnMut(Datagram<'_>)) -> io::Result<bool> {
         let mut chunks = self.recv_buf.chunks_mut(SLOT);
         let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
             std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("one slot per slice")));
@@ -99,8 +95,13 @@ impl Udp {
         for (meta, slot) in self.metas[..n].iter().zip(self.recv_buf.chunks(SLOT)) {
             let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
             let stride = meta.stride.max(1);
-            for datagram in slot[..meta.len].chunks(stride) {
-                f(meta.addr, meta.dst_ip, ecn, datagram);
+            for payload in slot[..meta.len].chunks(stride) {
+                f(Datagram {
+                    remote: meta.addr,
+                    local_ip: meta.dst_ip,
+                    ecn,
+                    payload,
+                });
             }
         }
         Ok(n == BATCH_SIZE)

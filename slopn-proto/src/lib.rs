@@ -29,7 +29,7 @@
 //! let mut hub = Hub::new(config, Instant::now(), SystemTime::now())?;
 //! let mut buf = Vec::new();
 //! loop {
-//!     // ... feed hub.handle_udp / handle_tun_packet / handle_timeout here ...
+//!     // ... feed hub.handle_udp(now, Datagram { .. }) / handle_tun_packet / handle_timeout here ...
 //!     let now = Instant::now();
 //!     while let Some(t) = hub.poll_transmit(now, 10, &mut buf) {
 //!         send_udp(&t, &buf[..t.size]);
@@ -62,6 +62,7 @@ pub mod control;
 mod hub;
 pub mod icmp;
 mod link;
+mod node;
 pub mod packet;
 pub mod pki;
 pub mod pool;
@@ -70,12 +71,14 @@ mod session;
 mod spoke;
 mod stats;
 pub mod tls;
+mod transport;
 
 pub use config::{
     Auth, Credential, HubConfig, PoolConfig, ReconnectPolicy, SpokeConfig, TransportSettings,
 };
 pub use congestion::Congestion;
 pub use hub::{Hub, HubError, HubEvent};
+pub use node::Datagram;
 pub use quinn_proto::{EcnCodepoint, Transmit};
 /// The TLS library, re-exported for [`HubConfig::crypto`] and [`SpokeConfig::crypto`].
 pub use rustls;

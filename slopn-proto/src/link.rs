@@ -1,35 +1,25 @@
-//! The QUIC plumbing shared by hub and spoke.
-//!
-//! [`Link`] is one QUIC connection carrying a SloPN session: the control stream (framing
-//! capsules in and out) and the queue of IP packets waiting to become datagrams.
-//! [`Transport`] is a quinn endpoint with its links: packet intake, per-connection timers,
-//! and round-robin transmit scheduling so that no connection starves another.
+//! One QUIC connection carrying a SloPN session: the control stream (framing capsules in
+//! and out) and the queue of IP packets waiting to become datagrams. The endpoint and the
+//! scheduling of many links live in [`crate::transport`].
 //!
 //! quinn writes DATAGRAM frames before STREAM frames in every packet, so a connection whose
 //! datagram queue never empties would never send control data. Packets therefore wait in our
 //! own queue and enter quinn's only when quinn's is empty, one GSO batch at a time, and not at
 //! all while control data waits to go out (see [`ControlPriority`]).
 
-use std::collections::{BTreeSet, VecDeque};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use quinn_proto::{
-    Connection, ConnectionHandle, DatagramEvent, Dir, EcnCodepoint, Endpoint, EndpointConfig,
-    Incoming, ReadError, StreamId, Transmit, VarInt,
-};
+use bytes::Bytes;
+use quinn_proto::{Connection, Dir, ReadError, StreamId, Transmit, VarInt};
 
-use crate::cid::SignedCidGenerator;
 use crate::control::{self, Capsule, CloseCode, DecodeError, LimitError, MAX_CAPSULE_LEN};
-use crate::derive_key;
 use crate::stats::DropReason;
 
 /// Control bytes a link may hold unsent (the peer is not reading) before that is an error.
 const MAX_CONTROL_BACKLOG: usize = 64 * 1024;
-/// Size of the buffers incoming UDP payloads are copied into; packets are split off them.
-const RECV_ARENA: usize = 256 * 1024;
+/// Bounds of the time a final capsule gets to be acknowledged before the connection closes.
+const CLOSE_GRACE: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
 /// Why the control stream failed.
 #[derive(Debug)]
@@ -131,7 +121,7 @@ impl ControlPriority {
 }
 
 /// Shortest hold and watch margin, for very small round-trip times.
-const MIN_HOLD: std::time::Duration = std::time::Duration::from_millis(10);
+const MIN_HOLD: Duration = Duration::from_millis(10);
 
 impl Link {
     pub(crate) fn new(mut conn: Connection, outbox_limit: usize) -> Self {
@@ -289,6 +279,29 @@ impl Link {
         self.priority.hold_until
     }
 
+    /// Ends a guessed hold on datagrams whose time is up.
+    pub(crate) fn expire_hold(&mut self, now: Instant) {
+        self.priority.expire(now);
+    }
+
+    /// Sends a last capsule (GOODBYE or ERROR) and ends the control stream; returns when to
+    /// close the connection if the peer has not acknowledged it by then (a few round trips).
+    pub(crate) fn send_last(&mut self, now: Instant, capsule: &Capsule) -> Instant {
+        let _ = self.send(capsule);
+        self.finish();
+        now + (self.conn.rtt() * 3).clamp(CLOSE_GRACE.0, CLOSE_GRACE.1)
+    }
+
+    /// Closes the connection now with an application close; queued packets are dropped.
+    pub(crate) fn close(&mut self, now: Instant, code: CloseCode, reason: &[u8]) {
+        self.clear_datagrams();
+        self.conn.close(
+            now,
+            VarInt::from_u64(code.0).unwrap_or(VarInt::MAX),
+            Bytes::copy_from_slice(reason),
+        );
+    }
+
     /// Moves up to one batch of packets into quinn's datagram queue if that queue is empty.
     fn feed_quinn(&mut self, max_datagrams: usize) -> bool {
         if self.outbox.is_empty()
@@ -317,346 +330,4 @@ fn decode_all(rx: &mut Vec<u8>, out: &mut Vec<Capsule>) -> Result<(), DecodeErro
     }
     rx.drain(..used);
     Ok(())
-}
-
-/// What an incoming UDP datagram turned into.
-pub(crate) enum Received {
-    /// Nothing for the owner to do (consumed, or answered statelessly).
-    Nothing,
-    /// Input for an existing connection, now waiting to be processed.
-    Connection(usize),
-    /// A new connection attempt: accept, refuse or ignore it.
-    New(Box<Incoming>),
-}
-
-/// A link with the owner's per-connection state.
-pub(crate) struct Entry<S> {
-    pub(crate) link: Link,
-    pub(crate) state: S,
-    /// An owner deadline (e.g. a hello timeout) besides quinn's own timers.
-    pub(crate) deadline: Option<(Instant, &'static str)>,
-    timer: Option<Instant>,
-    queued: bool,
-}
-
-/// A quinn endpoint and its connections, indexed by connection handle.
-pub(crate) struct Transport<S> {
-    pub(crate) endpoint: Endpoint,
-    entries: Vec<Option<Entry<S>>>,
-    timers: BTreeSet<(Instant, usize)>,
-    /// Connections that may have something to send, round-robin.
-    ready: VecDeque<usize>,
-    /// Stateless answers from the endpoint (resets, version negotiation, refusals).
-    responses: VecDeque<(Transmit, Vec<u8>)>,
-    recv_arena: BytesMut,
-    scratch: Vec<u8>,
-    outbox_limit: usize,
-}
-
-impl<S> Transport<S> {
-    /// A transport on a fresh quinn endpoint. Randomness comes from `seed`; the stateless
-    /// reset key also signs connection IDs (see [`SignedCidGenerator`]).
-    pub(crate) fn new(
-        seed: &[u8; 32],
-        reset_key: [u8; 32],
-        server: Option<Arc<quinn_proto::ServerConfig>>,
-        outbox_limit: usize,
-    ) -> Self {
-        let cid_seed = derive_key(seed, b"slopn connection ids");
-        let cid_key = u64::from_le_bytes(
-            derive_key(&reset_key, b"slopn cid key")[..8]
-                .try_into()
-                .expect("8 bytes"),
-        );
-        let mut config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA256,
-            &reset_key,
-        )));
-        config.cid_generator(move || Box::new(SignedCidGenerator::new(cid_seed, cid_key)));
-        config.rng_seed(Some(derive_key(seed, b"slopn endpoint rng")));
-        let endpoint = Endpoint::new(Arc::new(config), server, true, None);
-        Self {
-            endpoint,
-            entries: Vec::new(),
-            timers: BTreeSet::new(),
-            ready: VecDeque::new(),
-            responses: VecDeque::new(),
-            recv_arena: BytesMut::new(),
-            scratch: Vec::new(),
-            outbox_limit,
-        }
-    }
-
-    /// Feeds one UDP payload to the endpoint.
-    pub(crate) fn handle_udp(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        local_ip: Option<IpAddr>,
-        ecn: Option<EcnCodepoint>,
-        payload: &[u8],
-    ) -> Received {
-        if self.recv_arena.capacity() < payload.len() {
-            self.recv_arena.reserve(RECV_ARENA.max(payload.len()));
-        }
-        self.recv_arena.extend_from_slice(payload);
-        let data = self.recv_arena.split();
-        self.scratch.clear();
-        match self
-            .endpoint
-            .handle(now, remote, local_ip, ecn, data, &mut self.scratch)
-        {
-            None => Received::Nothing,
-            Some(DatagramEvent::Response(t)) => {
-                self.push_response(t);
-                Received::Nothing
-            }
-            Some(DatagramEvent::NewConnection(incoming)) => Received::New(Box::new(incoming)),
-            Some(DatagramEvent::ConnectionEvent(ch, event)) => {
-                let Some(entry) = self.get_mut(ch.0) else {
-                    return Received::Nothing;
-                };
-                entry.link.conn.handle_event(event);
-                self.mark_ready(ch.0);
-                Received::Connection(ch.0)
-            }
-        }
-    }
-
-    /// Keeps a stateless answer the endpoint wrote into `scratch`.
-    fn push_response(&mut self, t: Transmit) {
-        let data = self.scratch[..t.size].to_vec();
-        self.responses.push_back((t, data));
-    }
-
-    /// Accepts a new connection with `state`; returns its index.
-    pub(crate) fn accept(
-        &mut self,
-        incoming: Box<Incoming>,
-        now: Instant,
-        state: S,
-    ) -> Result<usize, quinn_proto::ConnectionError> {
-        self.scratch.clear();
-        match self
-            .endpoint
-            .accept(*incoming, now, &mut self.scratch, None)
-        {
-            Ok((ch, conn)) => Ok(self.insert(ch, conn, state)),
-            Err(e) => {
-                if let Some(t) = e.response {
-                    self.push_response(t);
-                }
-                Err(e.cause)
-            }
-        }
-    }
-
-    /// Answers a new connection with a QUIC Retry, so that it must prove its address before
-    /// the hub keeps any state for it. One that has already retried is accepted instead.
-    pub(crate) fn retry(&mut self, incoming: Box<Incoming>) {
-        self.scratch.clear();
-        match self.endpoint.retry(*incoming, &mut self.scratch) {
-            Ok(t) => self.push_response(t),
-            Err(e) => self.refuse(Box::new(e.into_incoming())),
-        }
-    }
-
-    /// Refuses a new connection (the peer gets a CONNECTION_CLOSE).
-    pub(crate) fn refuse(&mut self, incoming: Box<Incoming>) {
-        self.scratch.clear();
-        let t = self.endpoint.refuse(*incoming, &mut self.scratch);
-        self.push_response(t);
-    }
-
-    /// Starts an outgoing connection with `state`; returns its index.
-    pub(crate) fn connect(
-        &mut self,
-        now: Instant,
-        config: quinn_proto::ClientConfig,
-        remote: SocketAddr,
-        server_name: &str,
-        state: S,
-    ) -> Result<usize, quinn_proto::ConnectError> {
-        let (ch, conn) = self.endpoint.connect(now, config, remote, server_name)?;
-        Ok(self.insert(ch, conn, state))
-    }
-
-    fn insert(&mut self, ch: ConnectionHandle, conn: Connection, state: S) -> usize {
-        let idx = ch.0;
-        if self.entries.len() <= idx {
-            self.entries.resize_with(idx + 1, || None);
-        }
-        self.entries[idx] = Some(Entry {
-            link: Link::new(conn, self.outbox_limit),
-            state,
-            deadline: None,
-            timer: None,
-            queued: false,
-        });
-        self.mark_ready(idx);
-        idx
-    }
-
-    pub(crate) fn get(&self, idx: usize) -> Option<&Entry<S>> {
-        self.entries.get(idx)?.as_ref()
-    }
-
-    pub(crate) fn get_mut(&mut self, idx: usize) -> Option<&mut Entry<S>> {
-        self.entries.get_mut(idx)?.as_mut()
-    }
-
-    /// Every live entry with its index, in index order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Entry<S>)> {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| e.as_ref().map(|e| (i, e)))
-    }
-
-    /// Indices of every live entry, in index order.
-    pub(crate) fn indices(&self) -> Vec<usize> {
-        self.iter().map(|(i, _)| i).collect()
-    }
-
-    /// Number of live entries.
-    pub(crate) fn len(&self) -> usize {
-        self.endpoint.open_connections()
-    }
-
-    /// Notes that a connection may have something to send.
-    pub(crate) fn mark_ready(&mut self, idx: usize) {
-        if let Some(Some(entry)) = self.entries.get_mut(idx)
-            && !entry.queued
-        {
-            entry.queued = true;
-            self.ready.push_back(idx);
-        }
-    }
-
-    /// Passes endpoint events both ways; returns true once quinn has drained the connection,
-    /// which the caller must then [`remove`](Self::remove).
-    pub(crate) fn shuttle_events(&mut self, idx: usize) -> bool {
-        let Some(Some(entry)) = self.entries.get_mut(idx) else {
-            return false;
-        };
-        let mut drained = false;
-        while let Some(event) = entry.link.conn.poll_endpoint_events() {
-            drained |= event.is_drained();
-            if let Some(reply) = self.endpoint.handle_event(ConnectionHandle(idx), event) {
-                entry.link.conn.handle_event(reply);
-            }
-        }
-        drained
-    }
-
-    /// Removes a drained connection.
-    pub(crate) fn remove(&mut self, idx: usize) -> Option<Entry<S>> {
-        let entry = self.entries.get_mut(idx)?.take()?;
-        if let Some(at) = entry.timer {
-            self.timers.remove(&(at, idx));
-        }
-        Some(entry)
-    }
-
-    /// Re-registers the connection's next deadline after anything touched it.
-    pub(crate) fn update_timer(&mut self, idx: usize) {
-        let Some(Some(entry)) = self.entries.get_mut(idx) else {
-            return;
-        };
-        let next = [
-            entry.link.conn.poll_timeout(),
-            entry.link.hold_until(),
-            entry.deadline.map(|(d, _)| d),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        if next != entry.timer {
-            if let Some(old) = entry.timer {
-                self.timers.remove(&(old, idx));
-            }
-            if let Some(new) = next {
-                self.timers.insert((new, idx));
-            }
-            entry.timer = next;
-        }
-    }
-
-    /// The earliest deadline of any connection, with what it is for.
-    pub(crate) fn next_timeout(&self) -> Option<(Instant, &'static str)> {
-        let &(at, idx) = self.timers.first()?;
-        let reason = match self.get(idx).and_then(|e| e.deadline) {
-            Some((d, reason)) if d <= at => reason,
-            _ => "quic timer",
-        };
-        Some((at, reason))
-    }
-
-    /// Takes one connection whose deadline has passed, having run quinn's timers for it;
-    /// says whether the owner's deadline was among them (it is cleared: act on it now).
-    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<(usize, bool)> {
-        let &(at, idx) = self.timers.first()?;
-        if at > now {
-            return None;
-        }
-        self.timers.remove(&(at, idx));
-        let entry = self.entries.get_mut(idx)?.as_mut()?;
-        entry.timer = None;
-        entry.link.conn.handle_timeout(now);
-        entry.link.priority.expire(now);
-        let deadline_due = entry.deadline.is_some_and(|(d, _)| d <= now);
-        if deadline_due {
-            entry.deadline = None;
-        }
-        self.mark_ready(idx);
-        Some((idx, deadline_due))
-    }
-
-    /// The next thing quinn reports about a connection.
-    pub(crate) fn poll_event(&mut self, idx: usize) -> Option<quinn_proto::Event> {
-        self.get_mut(idx)?.link.conn.poll()
-    }
-
-    /// Closes a connection now with an application close carrying `code` and `reason`; its
-    /// queued packets and owner deadline are dropped.
-    pub(crate) fn close(&mut self, now: Instant, idx: usize, code: CloseCode, reason: &[u8]) {
-        let Some(entry) = self.get_mut(idx) else {
-            return;
-        };
-        entry.deadline = None;
-        entry.link.clear_datagrams();
-        entry.link.conn.close(
-            now,
-            VarInt::from_u64(code.0).unwrap_or(VarInt::MAX),
-            Bytes::copy_from_slice(reason),
-        );
-        self.mark_ready(idx);
-        self.update_timer(idx);
-    }
-
-    /// The next transmit of any connection, round-robin; with the index it came from.
-    pub(crate) fn poll_transmit(
-        &mut self,
-        now: Instant,
-        max_datagrams: usize,
-        buf: &mut Vec<u8>,
-    ) -> Option<(Transmit, Option<usize>)> {
-        buf.clear();
-        if let Some((t, data)) = self.responses.pop_front() {
-            buf.extend_from_slice(&data);
-            return Some((t, None));
-        }
-        while let Some(idx) = self.ready.pop_front() {
-            let Some(Some(entry)) = self.entries.get_mut(idx) else {
-                continue;
-            };
-            entry.queued = false;
-            if let Some(t) = entry.link.poll_transmit(now, max_datagrams, buf) {
-                // It may have more: back of the line, behind the others.
-                self.mark_ready(idx);
-                return Some((t, Some(idx)));
-            }
-        }
-        None
-    }
 }

@@ -1,31 +1,31 @@
 //! The spoke: connects to the hub, authenticates, obtains addresses, carries its host's
 //! packets, and reconnects by itself when the session is lost.
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use ipnet::IpNet;
-use quinn_proto::{EcnCodepoint, Event, StreamEvent, Transmit};
+use quinn_proto::{Event, StreamEvent, Transmit};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use thiserror::Error;
 use tracing::{debug, info};
 
-use crate::arena::PacketArena;
 use crate::clock::WallClock;
 use crate::config::{ReconnectPolicy, SpokeConfig};
 use crate::control::{
     self, Capsule, CloseCode, IpPrefix, IpRange, PROTOCOL_VERSION, RequestedAddress,
 };
-use crate::icmp::{self, IcmpError, IcmpRateLimit};
-use crate::link::{ControlError, Received, Transport};
+use crate::icmp::IcmpError;
+use crate::link::ControlError;
+use crate::node::{Datagram, Machine, Node};
 use crate::packet::IpHeader;
 use crate::session::DisconnectReason;
 use crate::stats::{DropReason, SpokeSnapshot};
 use crate::tls::{self, TlsError};
+use crate::transport::{Received, Transport};
 use crate::{clamp_mtu, derive_key};
 
 /// Why a spoke could not be built from its configuration.
@@ -123,7 +123,7 @@ enum Phase {
 }
 
 /// One connection attempt.
-struct Attempt {
+pub(crate) struct Attempt {
     phase: Phase,
     welcomed: bool,
     /// Whether its end was handled (retry scheduled or stop).
@@ -137,15 +137,14 @@ const IMMEDIATE_JITTER: Duration = Duration::from_millis(50);
 
 /// The sans-IO spoke.
 ///
-/// Feed it UDP payloads from the hub ([`handle_udp`](Self::handle_udp)), packets read from
+/// Feed it UDP datagrams from the hub ([`handle_udp`](Self::handle_udp)), packets read from
 /// its TUN device ([`handle_tun_packet`](Self::handle_tun_packet)) and timer expiries
 /// ([`handle_timeout`](Self::handle_timeout)). After every input, drain the outputs in this
 /// order until each is empty: [`poll_transmit`](Self::poll_transmit),
 /// [`poll_tun_packet`](Self::poll_tun_packet), [`poll_event`](Self::poll_event); then arm a
 /// timer for [`poll_timeout`](Self::poll_timeout).
 pub struct Spoke {
-    transport: Transport<Attempt>,
-    clock: Arc<WallClock>,
+    node: Node<Attempt, SpokeEvent>,
     client_config: quinn_proto::ClientConfig,
     hub: SocketAddr,
     server_name: String,
@@ -164,12 +163,6 @@ pub struct Spoke {
     dns_servers: Vec<IpAddr>,
     next_request_id: u64,
     tun_mtu: Option<u16>,
-    events: VecDeque<SpokeEvent>,
-    tun_out: VecDeque<Bytes>,
-    arena: PacketArena,
-    icmp: IcmpRateLimit,
-    scratch: Vec<u8>,
-    capsules: Vec<Capsule>,
     rng: StdRng,
     stats: SpokeSnapshot,
 }
@@ -233,13 +226,15 @@ impl Spoke {
             quinn_proto::ConnectionId::new(&bytes)
         }));
         let mut spoke = Self {
-            transport: Transport::new(
-                &config.seed,
-                derive_key(&config.seed, b"slopn stateless reset key"),
-                None,
-                config.transport.datagram_queue_bytes,
+            node: Node::new(
+                Transport::new(
+                    &config.seed,
+                    derive_key(&config.seed, b"slopn stateless reset key"),
+                    None,
+                    config.transport.datagram_queue_bytes,
+                ),
+                clock,
             ),
-            clock,
             client_config,
             hub: config.hub,
             server_name: config.server_name,
@@ -257,12 +252,6 @@ impl Spoke {
             dns_servers: Vec::new(),
             next_request_id: 1,
             tun_mtu: None,
-            events: VecDeque::new(),
-            tun_out: VecDeque::new(),
-            arena: PacketArena::default(),
-            icmp: IcmpRateLimit::default(),
-            scratch: Vec::new(),
-            capsules: Vec::new(),
             rng: StdRng::from_seed(derive_key(&config.seed, b"slopn spoke rng")),
             stats: SpokeSnapshot::default(),
         };
@@ -272,22 +261,11 @@ impl Spoke {
 
     // ----- inputs -----
 
-    /// Handles one UDP payload received from `remote`.
-    pub fn handle_udp(
-        &mut self,
-        now: Instant,
-        remote: SocketAddr,
-        local_ip: Option<IpAddr>,
-        ecn: Option<EcnCodepoint>,
-        payload: &[u8],
-    ) {
-        self.clock.advance(now);
-        match self
-            .transport
-            .handle_udp(now, remote, local_ip, ecn, payload)
-        {
-            Received::Connection(idx) => self.process(now, idx),
-            Received::New(incoming) => self.transport.refuse(incoming),
+    /// Handles one UDP datagram.
+    pub fn handle_udp(&mut self, now: Instant, datagram: Datagram<'_>) {
+        match self.node.receive(now, datagram) {
+            Received::Connection(idx) => self.process(now, idx, false),
+            Received::New(incoming) => self.node.transport.refuse(incoming),
             Received::Nothing => {}
         }
     }
@@ -295,7 +273,7 @@ impl Spoke {
     /// Handles an IP packet read from the TUN device: sends it to the hub. Returns why it was
     /// dropped, if it was.
     pub fn handle_tun_packet(&mut self, now: Instant, packet: &[u8]) -> Result<(), DropReason> {
-        self.clock.advance(now);
+        self.node.clock.advance(now);
         let result = self.send_packet(now, packet);
         if let Err(reason) = result {
             self.stats.drops.add(reason);
@@ -305,17 +283,12 @@ impl Spoke {
 
     /// Runs every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.clock.advance(now);
+        self.node.clock.advance(now);
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retry_at = None;
             self.start_attempt(now);
         }
-        while let Some((idx, deadline_due)) = self.transport.pop_expired(now) {
-            if deadline_due {
-                self.on_deadline(now, idx);
-            }
-            self.process(now, idx);
-        }
+        self.run_timers(now);
     }
 
     // ----- commands -----
@@ -353,7 +326,7 @@ impl Spoke {
 
     /// Whether the spoke has stopped and every connection is gone.
     pub fn is_closed(&self) -> bool {
-        self.stopped && self.transport.len() == 0
+        self.stopped && self.node.transport.len() == 0
     }
 
     // ----- outputs -----
@@ -365,26 +338,22 @@ impl Spoke {
         max_datagrams: usize,
         buf: &mut Vec<u8>,
     ) -> Option<Transmit> {
-        let (transmit, idx) = self.transport.poll_transmit(now, max_datagrams, buf)?;
-        if let Some(idx) = idx {
-            self.process(now, idx);
-        }
-        Some(transmit)
+        self.next_transmit(now, max_datagrams, buf)
     }
 
     /// The next IP packet to write to the TUN device.
     pub fn poll_tun_packet(&mut self) -> Option<Bytes> {
-        self.tun_out.pop_front()
+        self.node.packets.poll_tun()
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<SpokeEvent> {
-        self.events.pop_front()
+        self.node.events.pop_front()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next, and why.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        let transport = self.transport.next_timeout();
+        let transport = self.node.transport.next_timeout();
         match (self.retry_at, transport) {
             (Some(r), Some((t, why))) if t < r => Some((t, why)),
             (Some(r), _) => Some((r, "reconnect")),
@@ -396,14 +365,14 @@ impl Spoke {
 
     /// Where the spoke stands.
     pub fn state(&self) -> SpokeState {
-        match self.current.and_then(|idx| self.transport.get(idx)) {
+        match self.current.and_then(|idx| self.node.transport.get(idx)) {
             Some(entry) => match entry.state.phase {
                 Phase::Handshaking => SpokeState::Connecting,
                 Phase::Authenticating => SpokeState::Authenticating,
                 Phase::Established => SpokeState::Established,
                 Phase::Closing { .. } | Phase::Closed => SpokeState::Closing,
             },
-            None if self.stopped && self.transport.len() > 0 => SpokeState::Closing,
+            None if self.stopped && self.node.transport.len() > 0 => SpokeState::Closing,
             None if self.stopped => SpokeState::Stopped,
             None => SpokeState::Reconnecting,
         }
@@ -453,7 +422,7 @@ impl Spoke {
         stats.tun_mtu = self.tun_mtu;
         stats.rtt = self
             .current
-            .and_then(|idx| self.transport.get(idx))
+            .and_then(|idx| self.node.transport.get(idx))
             .map(|e| e.link.conn.rtt());
         stats
     }
@@ -467,7 +436,7 @@ impl Spoke {
             welcomed: false,
             ended: false,
         };
-        match self.transport.connect(
+        match self.node.transport.connect(
             now,
             self.client_config.clone(),
             self.hub,
@@ -476,18 +445,18 @@ impl Spoke {
         ) {
             Ok(idx) => {
                 self.current = Some(idx);
-                if let Some(entry) = self.transport.get_mut(idx) {
+                if let Some(entry) = self.node.transport.get_mut(idx) {
                     entry.deadline =
                         Some((now + self.reconnect.attempt_timeout, "attempt timeout"));
                 }
-                self.events.push_back(SpokeEvent::Connecting {
+                self.node.events.push_back(SpokeEvent::Connecting {
                     attempt: self.stats.connect_attempts,
                 });
-                self.process(now, idx);
+                self.process(now, idx, false);
             }
             Err(e) => {
                 self.stopped = true;
-                self.events.push_back(SpokeEvent::Disconnected {
+                self.node.events.push_back(SpokeEvent::Disconnected {
                     reason: DisconnectReason::Transport {
                         error: e.to_string(),
                         tls: false,
@@ -499,41 +468,19 @@ impl Spoke {
         }
     }
 
-    /// Reacts to everything quinn reports for one connection, then re-arms its timer.
-    fn process(&mut self, now: Instant, idx: usize) {
-        while let Some(event) = self.transport.poll_event(idx) {
-            self.on_quinn_event(now, idx, event);
-        }
-        if self.transport.shuttle_events(idx) {
-            self.transport.remove(idx);
-            if self.current == Some(idx) {
-                self.current = None;
-            }
-            return;
-        }
-        if let Some(entry) = self.transport.get_mut(idx)
-            && let Err(e) = entry.link.flush()
-        {
-            self.on_control_error(now, idx, e);
-        }
-        self.track_mtu(idx);
-        self.transport.mark_ready(idx);
-        self.transport.update_timer(idx);
-    }
-
     fn on_quinn_event(&mut self, now: Instant, idx: usize, event: Event) {
         match event {
             Event::Connected => self.on_connected(now, idx),
             Event::ConnectionLost { reason } => {
                 self.end_attempt(now, idx, DisconnectReason::from_quinn(&reason));
-                if let Some(entry) = self.transport.get_mut(idx) {
+                if let Some(entry) = self.node.transport.get_mut(idx) {
                     entry.state.phase = Phase::Closed;
                     entry.deadline = None;
                 }
             }
             Event::Stream(StreamEvent::Readable { .. }) => self.read_control(now, idx),
             Event::Stream(StreamEvent::Finished { .. }) => {
-                if let Some(entry) = self.transport.get_mut(idx)
+                if let Some(entry) = self.node.transport.get_mut(idx)
                     && let Phase::Closing { code } = entry.state.phase
                 {
                     entry.deadline = None;
@@ -579,7 +526,7 @@ impl Spoke {
             });
             self.next_request_id += 1;
         }
-        let Some(entry) = self.transport.get_mut(idx) else {
+        let Some(entry) = self.node.transport.get_mut(idx) else {
             return;
         };
         entry.state.phase = Phase::Authenticating;
@@ -594,14 +541,14 @@ impl Spoke {
             .link
             .send(&hello)
             .and_then(|()| entry.link.send(&Capsule::AddressRequest(requests)));
-        self.events.push_back(SpokeEvent::Connected { remote });
+        self.node.events.push_back(SpokeEvent::Connected { remote });
         if let Err(e) = result {
             self.on_control_error(now, idx, e);
         }
     }
 
     fn on_deadline(&mut self, now: Instant, idx: usize) {
-        let Some(entry) = self.transport.get_mut(idx) else {
+        let Some(entry) = self.node.transport.get_mut(idx) else {
             return;
         };
         match entry.state.phase {
@@ -635,8 +582,8 @@ impl Spoke {
     }
 
     fn read_control(&mut self, now: Instant, idx: usize) {
-        let mut capsules = std::mem::take(&mut self.capsules);
-        let result = match self.transport.get_mut(idx) {
+        let mut capsules = std::mem::take(&mut self.node.capsules);
+        let result = match self.node.transport.get_mut(idx) {
             Some(entry) => entry.link.read(&mut capsules),
             None => Ok(()),
         };
@@ -646,7 +593,7 @@ impl Spoke {
             }
             self.on_capsule(now, idx, capsule);
         }
-        self.capsules = capsules;
+        self.node.capsules = capsules;
         if let Err(e) = result {
             self.on_control_error(now, idx, e);
         }
@@ -680,7 +627,7 @@ impl Spoke {
     }
 
     fn on_capsule(&mut self, now: Instant, idx: usize, capsule: Capsule) {
-        let Some(entry) = self.transport.get_mut(idx) else {
+        let Some(entry) = self.node.transport.get_mut(idx) else {
             return;
         };
         match capsule {
@@ -696,7 +643,9 @@ impl Spoke {
             Capsule::RouteAdvertisement(routes) if entry.state.welcomed => {
                 if routes != self.routes {
                     self.routes = routes.clone();
-                    self.events.push_back(SpokeEvent::RoutesChanged { routes });
+                    self.node
+                        .events
+                        .push_back(SpokeEvent::RoutesChanged { routes });
                 }
             }
             Capsule::AddressAssign(list) if entry.state.welcomed => {
@@ -720,7 +669,7 @@ impl Spoke {
                     self.addresses = addresses;
                     self.tun_mtu = entry.link.max_packet().map(clamp_mtu);
                     info!(addresses = ?self.addresses(), identity = ?self.identity, "assigned");
-                    self.events.push_back(SpokeEvent::Assigned {
+                    self.node.events.push_back(SpokeEvent::Assigned {
                         identity: self.identity.clone().unwrap_or_default(),
                         addresses: self.addresses(),
                         hub_addresses: self.hub_addresses(),
@@ -731,7 +680,9 @@ impl Spoke {
             Capsule::DnsServers(servers) if entry.state.welcomed => {
                 if servers != self.dns_servers {
                     self.dns_servers = servers.clone();
-                    self.events.push_back(SpokeEvent::DnsChanged { servers });
+                    self.node
+                        .events
+                        .push_back(SpokeEvent::DnsChanged { servers });
                 }
             }
             Capsule::Goodbye { code, reason } | Capsule::Error { code, reason } => {
@@ -754,7 +705,7 @@ impl Spoke {
 
     /// Handles the end of an attempt (once): schedules the next one or stops.
     fn end_attempt(&mut self, now: Instant, idx: usize, reason: DisconnectReason) {
-        let Some(entry) = self.transport.get_mut(idx) else {
+        let Some(entry) = self.node.transport.get_mut(idx) else {
             return;
         };
         if std::mem::replace(&mut entry.state.ended, true) {
@@ -766,7 +717,7 @@ impl Spoke {
             self.current = None;
         }
         if self.stopped {
-            self.events.push_back(SpokeEvent::Disconnected {
+            self.node.events.push_back(SpokeEvent::Disconnected {
                 reason,
                 retry_in: None,
             });
@@ -796,7 +747,8 @@ impl Spoke {
             None => self.stopped = true,
         }
         info!(%reason, ?retry_in, "session ended");
-        self.events
+        self.node
+            .events
             .push_back(SpokeEvent::Disconnected { reason, retry_in });
     }
 
@@ -825,22 +777,21 @@ impl Spoke {
     }
 
     fn say_goodbye(&mut self, now: Instant, idx: usize, code: CloseCode, reason: &str) {
-        let Some(entry) = self.transport.get_mut(idx) else {
+        let Some(mut slot) = self.node.transport.slot(idx) else {
             return;
         };
+        let entry = &mut *slot.entry;
         match entry.state.phase {
             Phase::Authenticating | Phase::Established => {
-                let _ = entry.link.send(&Capsule::Goodbye {
+                let goodbye = Capsule::Goodbye {
                     code,
                     reason: reason.into(),
-                });
-                entry.link.finish();
-                let grace = (entry.link.conn.rtt() * 3)
-                    .clamp(Duration::from_millis(50), Duration::from_secs(1));
+                };
+                let grace_end = entry.link.send_last(now, &goodbye);
                 entry.state.phase = Phase::Closing { code };
-                entry.deadline = Some((now + grace, "goodbye grace"));
-                self.transport.mark_ready(idx);
-                self.transport.update_timer(idx);
+                entry.deadline = Some((grace_end, "goodbye grace"));
+                slot.mark_ready();
+                slot.update_timer();
             }
             Phase::Handshaking => self.close_connection(now, idx, code, reason),
             Phase::Closing { .. } | Phase::Closed => {}
@@ -848,21 +799,21 @@ impl Spoke {
     }
 
     fn close_connection(&mut self, now: Instant, idx: usize, code: CloseCode, reason: &str) {
-        let Some(entry) = self.transport.get_mut(idx) else {
+        let Some(mut slot) = self.node.transport.slot(idx) else {
             return;
         };
-        if entry.state.phase == Phase::Closed {
+        if slot.entry.state.phase == Phase::Closed {
             return;
         }
-        entry.state.phase = Phase::Closed;
-        self.transport.close(now, idx, code, reason.as_bytes());
+        slot.entry.state.phase = Phase::Closed;
+        slot.close(now, code, reason.as_bytes());
     }
 
     fn track_mtu(&mut self, idx: usize) {
         if self.current != Some(idx) {
             return;
         }
-        let Some(entry) = self.transport.get_mut(idx) else {
+        let Some(entry) = self.node.transport.get_mut(idx) else {
             return;
         };
         if entry.state.phase != Phase::Established {
@@ -872,13 +823,15 @@ impl Spoke {
         if mtu != self.tun_mtu {
             self.tun_mtu = mtu;
             if let Some(tun_mtu) = mtu {
-                self.events.push_back(SpokeEvent::MtuChanged { tun_mtu });
+                self.node
+                    .events
+                    .push_back(SpokeEvent::MtuChanged { tun_mtu });
             }
         }
     }
 
     fn read_datagrams(&mut self, idx: usize) {
-        while let Some(entry) = self.transport.get_mut(idx) {
+        while let Some(entry) = self.node.transport.get_mut(idx) {
             let Some(datagram) = entry.link.conn.datagrams().recv() else {
                 break;
             };
@@ -892,7 +845,7 @@ impl Spoke {
                 Ok(_) => Ok(()),
             };
             match for_us {
-                Ok(()) => self.tun_out.push_back(datagram),
+                Ok(()) => self.node.packets.to_tun(datagram),
                 Err(reason) => self.stats.drops.add(reason),
             }
         }
@@ -900,7 +853,11 @@ impl Spoke {
 
     fn send_packet(&mut self, now: Instant, packet: &[u8]) -> Result<(), DropReason> {
         let idx = self.current.ok_or(DropReason::NotAssigned)?;
-        let entry = self.transport.get_mut(idx).ok_or(DropReason::NotAssigned)?;
+        let entry = self
+            .node
+            .transport
+            .get_mut(idx)
+            .ok_or(DropReason::NotAssigned)?;
         if entry.state.phase != Phase::Established {
             return Err(DropReason::NotAssigned);
         }
@@ -928,38 +885,76 @@ impl Spoke {
                 );
                 return Err(DropReason::TooLarge { max });
             }
-            for f in self.arena.fragments(packet, &header, max)? {
+            for f in self.node.packets.arena.fragments(packet, &header, max)? {
                 self.queue(idx, f)?;
             }
             return Ok(());
         }
-        let data = self.arena.copy(packet);
+        let data = self.node.packets.arena.copy(packet);
         self.queue(idx, data)
     }
 
     fn queue(&mut self, idx: usize, packet: Bytes) -> Result<(), DropReason> {
-        let entry = self.transport.get_mut(idx).ok_or(DropReason::NotAssigned)?;
+        let mut slot = self
+            .node
+            .transport
+            .slot(idx)
+            .ok_or(DropReason::NotAssigned)?;
         let len = packet.len();
-        entry.link.queue_datagram(packet)?;
+        slot.entry.link.queue_datagram(packet)?;
         self.stats.traffic.tx(len);
-        self.transport.mark_ready(idx);
+        slot.mark_ready();
         Ok(())
     }
 
     fn icmp_to_tun(&mut self, now: Instant, original: &[u8], header: &IpHeader, kind: IcmpError) {
-        let Some(from) = self
+        let from = self
             .hub_networks
             .iter()
             .map(IpNet::addr)
-            .find(|a| a.is_ipv4() == header.is_ipv4())
-        else {
+            .find(|a| a.is_ipv4() == header.is_ipv4());
+        let packets = &mut self.node.packets;
+        packets.icmp_to_tun(now, from, original, header, kind);
+    }
+}
+
+impl Machine for Spoke {
+    type State = Attempt;
+    type Event = SpokeEvent;
+
+    fn node(&mut self) -> &mut Node<Attempt, SpokeEvent> {
+        &mut self.node
+    }
+
+    fn process(&mut self, now: Instant, idx: usize, deadline_due: bool) {
+        if deadline_due {
+            self.on_deadline(now, idx);
+        }
+        while let Some(event) = self
+            .node
+            .transport
+            .get_mut(idx)
+            .and_then(|e| e.link.conn.poll())
+        {
+            self.on_quinn_event(now, idx, event);
+        }
+        let Some(mut slot) = self.node.transport.slot(idx) else {
             return;
         };
-        if self.icmp.allow(now)
-            && icmp::build_error(original, header, from, kind, usize::MAX, &mut self.scratch)
-        {
-            let packet = self.arena.copy(&self.scratch);
-            self.tun_out.push_back(packet);
+        if slot.shuttle_events() {
+            self.node.transport.remove(idx);
+            if self.current == Some(idx) {
+                self.current = None;
+            }
+            return;
+        }
+        if let Err(e) = slot.entry.link.flush() {
+            self.on_control_error(now, idx, e);
+        }
+        self.track_mtu(idx);
+        if let Some(mut slot) = self.node.transport.slot(idx) {
+            slot.mark_ready();
+            slot.update_timer();
         }
     }
 }

@@ -17,7 +17,9 @@ use slopn_proto::control::{self, Capsule, IpPrefix, PROTOCOL_VERSION, RequestedA
 use slopn_proto::icmp::{self, IcmpError};
 use slopn_proto::packet::{self, IpHeader};
 use slopn_proto::pki::{CertificateAuthority, IssuedCertificate, Validity};
-use slopn_proto::{Credential, Hub, HubConfig, PoolConfig, Spoke, SpokeConfig, SpokeState};
+use slopn_proto::{
+    Credential, Datagram, Hub, HubConfig, PoolConfig, Spoke, SpokeConfig, SpokeState,
+};
 
 /// Decodes capsules one after another; whatever decodes must re-encode to the same capsule.
 pub fn control(data: &[u8]) {
@@ -183,20 +185,20 @@ impl Net {
                 if t.destination == ATTACKER.parse().unwrap() {
                     self.raw.handle_udp(now, hub_addr, &data);
                 } else if t.destination == BYSTANDER.parse().unwrap() {
-                    self.honest.handle_udp(now, hub_addr, None, None, &data);
+                    self.honest.handle_udp(now, Datagram::new(hub_addr, &data));
                 }
             }
             while let Some(t) = self.raw.poll_transmit(now, &mut self.buf) {
                 moved = true;
                 let data = self.buf[..t.size].to_vec();
                 self.hub
-                    .handle_udp(now, ATTACKER.parse().unwrap(), None, None, &data);
+                    .handle_udp(now, Datagram::new(ATTACKER.parse().unwrap(), &data));
             }
             while let Some(t) = self.honest.poll_transmit(now, 1, &mut self.buf) {
                 moved = true;
                 let data = self.buf[..t.size].to_vec();
                 self.hub
-                    .handle_udp(now, BYSTANDER.parse().unwrap(), None, None, &data);
+                    .handle_udp(now, Datagram::new(BYSTANDER.parse().unwrap(), &data));
             }
             while self.hub.poll_tun_packet().is_some() {}
             while self.hub.poll_event().is_some() {}
@@ -304,7 +306,7 @@ pub fn hub(data: &[u8]) {
         match op % 6 {
             0 => {
                 let from = sources[usize::from(op / 6) % sources.len()];
-                net.hub.handle_udp(now, from, None, None, body);
+                net.hub.handle_udp(now, Datagram::new(from, body));
             }
             1 => {
                 let _ = net.hub.handle_tun_packet(now, body);

@@ -278,10 +278,14 @@ impl World {
             busy = true;
             if d.dst == self.hub_addr {
                 if let Some(node) = &mut self.hub {
-                    memory::in_hub(|| node.hub.handle_udp(now, d.src, None, None, &d.payload));
+                    memory::in_hub(|| {
+                        node.hub
+                            .handle_udp(now, slopn_proto::Datagram::new(d.src, &d.payload))
+                    });
                 }
             } else if let Some(s) = self.spokes.iter_mut().find(|s| s.addr == d.dst) {
-                s.spoke.handle_udp(now, d.src, None, None, &d.payload);
+                s.spoke
+                    .handle_udp(now, slopn_proto::Datagram::new(d.src, &d.payload));
             } else if let Some(r) = self.raws.iter_mut().find(|r| r.addr == d.dst) {
                 r.handle_udp(now, d.src, &d.payload);
             }

@@ -1,0 +1,525 @@
+//! One spoke's session at the hub: handshake, hello and authentication, address requests,
+//! control capsules, deadlines and closing.
+//!
+//! A [`Session`] borrows one connection for the length of a call together with the hub's
+//! shared [`Tables`], so nothing here looks a connection up by index, and none can vanish
+//! mid-call.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quinn_proto::{Event, StreamEvent};
+use rustls::pki_types::CertificateDer;
+use tracing::{debug, info, warn};
+
+use super::{HubEvent, Tables};
+use crate::config::Auth;
+use crate::control::{
+    AssignedAddress, Capsule, CloseCode, IpPrefix, PROTOCOL_VERSION, RequestedAddress,
+};
+use crate::icmp::IcmpRateLimit;
+use crate::link::ControlError;
+use crate::session::{DisconnectReason, SessionId};
+use crate::stats::{DropCounters, TrafficCounters};
+use crate::tls;
+use crate::transport::{Peers, Slot};
+
+/// Where a session stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// QUIC handshake in progress.
+    Handshaking,
+    /// Connected; waiting for HELLO.
+    AwaitingHello,
+    /// Authenticated; waiting for an address request.
+    Authenticated,
+    /// Holds addresses; packets flow.
+    Active,
+    /// Ending: the final capsule is on its way, then the connection closes.
+    Closing { code: CloseCode },
+    /// The connection is closed; waiting for quinn to drain it.
+    Closed,
+}
+
+/// Per-connection state at the hub.
+pub(crate) struct HubSession {
+    pub(super) id: SessionId,
+    pub(super) phase: Phase,
+    pub(super) identity: Option<Arc<str>>,
+    /// How the identity was proven (to revoke the session if that is withdrawn).
+    pub(super) auth: Option<Auth>,
+    pub(super) addresses: Vec<IpAddr>,
+    pub(super) traffic: TrafficCounters,
+    pub(super) drops: DropCounters,
+    pub(super) icmp: IcmpRateLimit,
+    close_reason: Option<String>,
+    /// Whether the end of this session was reported (addresses freed, event sent).
+    ended: bool,
+}
+
+impl HubSession {
+    pub(super) fn new(id: SessionId) -> Self {
+        Self {
+            id,
+            phase: Phase::Handshaking,
+            identity: None,
+            auth: None,
+            addresses: Vec::new(),
+            traffic: TrafficCounters::default(),
+            drops: DropCounters::default(),
+            icmp: IcmpRateLimit::default(),
+            close_reason: None,
+            ended: false,
+        }
+    }
+
+    /// Whether it is ending or gone.
+    pub(super) fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. } | Phase::Closed)
+    }
+
+    /// Whether it is authenticated and open.
+    pub(super) fn is_authenticated(&self) -> bool {
+        matches!(self.phase, Phase::Authenticated | Phase::Active)
+    }
+}
+
+/// One session borrowed for a call, with what it needs from the hub.
+pub(super) struct Session<'a> {
+    pub(super) slot: Slot<'a, HubSession>,
+    pub(super) hub: &'a mut Tables,
+    pub(super) events: &'a mut VecDeque<HubEvent>,
+    pub(super) now: Instant,
+    /// An older session of the same identity this one closed: the hub processes it next.
+    pub(super) replaced: Option<usize>,
+}
+
+impl Session<'_> {
+    fn state(&mut self) -> &mut HubSession {
+        &mut self.slot.entry.state
+    }
+
+    /// Reacts to one quinn event (datagrams excepted: they are forwarding's).
+    pub(super) fn on_quinn_event(
+        &mut self,
+        event: Event,
+        peers: &mut Peers<'_, HubSession>,
+        capsules: &mut Vec<Capsule>,
+    ) {
+        match event {
+            Event::Connected => self.on_connected(),
+            Event::ConnectionLost { reason } => {
+                self.end_session(DisconnectReason::from_quinn(&reason));
+                self.set_phase(Phase::Closed);
+                self.slot.entry.deadline = None;
+            }
+            Event::Stream(StreamEvent::Opened { .. }) => {
+                match self.slot.entry.link.accept_control() {
+                    Ok(()) => self.read_control(peers, capsules),
+                    Err(e) => self.on_control_error(e),
+                }
+            }
+            Event::Stream(StreamEvent::Readable { .. }) => self.read_control(peers, capsules),
+            Event::Stream(StreamEvent::Finished { .. }) => {
+                // Our final capsule was acknowledged: close now.
+                if let Phase::Closing { code } = self.state().phase {
+                    self.slot.entry.deadline = None;
+                    self.close_connection(code);
+                }
+            }
+            Event::Stream(StreamEvent::Stopped { .. }) => {
+                self.on_control_error(ControlError::Stream("control stream stopped"));
+            }
+            Event::DatagramReceived
+            | Event::HandshakeDataReady
+            | Event::DatagramsUnblocked
+            | Event::Stream(StreamEvent::Writable { .. } | StreamEvent::Available { .. }) => {}
+        }
+    }
+
+    /// Acts on the session's own deadline, which has passed.
+    pub(super) fn on_deadline(&mut self) {
+        match self.state().phase {
+            Phase::AwaitingHello | Phase::Authenticated => self.begin_close(
+                CloseCode::HELLO_TIMEOUT,
+                "no hello and address request in time",
+                true,
+            ),
+            Phase::Closing { code } => self.close_connection(code),
+            _ => {}
+        }
+    }
+
+    /// Moves queued control bytes on; a failure closes the session.
+    pub(super) fn flush(&mut self) {
+        if let Err(e) = self.slot.entry.link.flush() {
+            self.on_control_error(e);
+        }
+    }
+
+    /// quinn has drained the connection: reports the end if that was not done yet.
+    pub(super) fn on_drained(&mut self) {
+        let session = self.state();
+        let code = match session.phase {
+            Phase::Closing { code } => code,
+            _ => CloseCode::NO_ERROR,
+        };
+        let reason = session.close_reason.clone().unwrap_or_default();
+        self.end_session(DisconnectReason::Local { code, reason });
+        self.set_phase(Phase::Closed);
+    }
+
+    fn on_connected(&mut self) {
+        let entry = &mut *self.slot.entry;
+        let alpn_ok = entry
+            .link
+            .conn
+            .crypto_session()
+            .handshake_data()
+            .and_then(|d| {
+                d.downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+                    .ok()
+            })
+            .and_then(|d| d.protocol)
+            .is_some_and(|p| p == crate::control::ALPN);
+        let id = entry.state.id;
+        let remote = entry.link.conn.remote_address();
+        entry.deadline = Some((self.now + self.hub.hello_timeout, "hello timeout"));
+        self.set_phase(Phase::AwaitingHello);
+        if !alpn_ok {
+            self.close_connection(CloseCode::PROTOCOL_ERROR);
+            return;
+        }
+        self.events.push_back(HubEvent::Connected { id, remote });
+    }
+
+    fn read_control(&mut self, peers: &mut Peers<'_, HubSession>, capsules: &mut Vec<Capsule>) {
+        let result = self.slot.entry.link.read(capsules);
+        for capsule in capsules.drain(..) {
+            if self.state().is_closing() {
+                break;
+            }
+            self.on_capsule(capsule, peers);
+        }
+        if let Err(e) = result {
+            self.on_control_error(e);
+        }
+    }
+
+    fn on_control_error(&mut self, error: ControlError) {
+        let reason = match &error {
+            ControlError::Decode(e) => e.to_string(),
+            ControlError::Stream(what) => (*what).to_owned(),
+            ControlError::Backlog => "control stream backlog: the spoke does not read".into(),
+            ControlError::Limit(e) => format!("a capsule for the spoke was refused: {e}"),
+        };
+        self.protocol_error(&reason);
+    }
+
+    fn protocol_error(&mut self, reason: &str) {
+        if !self.state().is_closing() {
+            debug!(idx = self.slot.entry.idx(), reason, "protocol error");
+            self.begin_close(CloseCode::PROTOCOL_ERROR, reason, true);
+        }
+    }
+
+    fn on_capsule(&mut self, capsule: Capsule, peers: &mut Peers<'_, HubSession>) {
+        match (self.state().phase, capsule) {
+            (
+                Phase::AwaitingHello,
+                Capsule::Hello {
+                    version,
+                    credential,
+                },
+            ) => self.on_hello(version, &credential, peers),
+            (Phase::Authenticated | Phase::Active, Capsule::AddressRequest(requests)) => {
+                self.on_address_request(&requests)
+            }
+            (_, Capsule::Goodbye { code, reason } | Capsule::Error { code, reason }) => {
+                // The spoke is leaving: echo its code and close at once.
+                self.end_session(DisconnectReason::Remote { code, reason });
+                self.close_connection(code);
+            }
+            (Phase::AwaitingHello, other) => {
+                self.protocol_error(&format!("expected HELLO, got {}", other.name()))
+            }
+            (_, other) => self.protocol_error(&format!("unexpected {} capsule", other.name())),
+        }
+    }
+
+    fn on_hello(&mut self, version: u64, credential: &[u8], peers: &mut Peers<'_, HubSession>) {
+        let entry = &*self.slot.entry;
+        let (id, remote) = (entry.state.id, entry.link.conn.remote_address());
+        if version != PROTOCOL_VERSION {
+            self.hub.stats.auth_failures += 1;
+            self.events.push_back(HubEvent::AuthFailed {
+                id,
+                remote,
+                reason: format!("unsupported protocol version {version}"),
+            });
+            let reason = format!("this hub speaks protocol version {PROTOCOL_VERSION}");
+            self.begin_close(CloseCode::UNSUPPORTED_VERSION, &reason, true);
+            return;
+        }
+        let cert_identity = entry
+            .link
+            .conn
+            .crypto_session()
+            .peer_identity()
+            .and_then(|certs| certs.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|certs| certs.first().and_then(tls::certificate_identity));
+        let (identity, auth) = match self
+            .hub
+            .authenticator
+            .authenticate(cert_identity.as_deref(), credential)
+        {
+            Ok(found) => found,
+            Err(why) => {
+                // The spoke learns only that it failed; the operator learns why.
+                self.hub.stats.auth_failures += 1;
+                self.hub.failures.record(remote.ip(), self.now);
+                warn!(%id, %remote, "authentication failed: {why}");
+                self.events.push_back(HubEvent::AuthFailed {
+                    id,
+                    remote,
+                    reason: why,
+                });
+                self.begin_close(CloseCode::AUTH_FAILED, "authentication failed", true);
+                return;
+            }
+        };
+        // A spoke that restarted reconnects before its old session timed out: the new
+        // session replaces the old one and inherits its address (freed here, before the
+        // address request that usually follows in the same read).
+        let idx = self.slot.entry.idx();
+        if let Some(&old) = self.hub.by_identity.get(&identity)
+            && old != idx
+        {
+            info!(%identity, "new session replaces the previous one");
+            let entry = peers.get_mut(old);
+            debug_assert!(entry.is_some(), "by_identity names only live sessions");
+            if let Some(entry) = entry {
+                let mut other = Session {
+                    slot: self.slot.with(entry),
+                    hub: &mut *self.hub,
+                    events: &mut *self.events,
+                    now: self.now,
+                    replaced: None,
+                };
+                other.begin_close(
+                    CloseCode::REPLACED,
+                    "replaced by a newer session of the same identity",
+                    false,
+                );
+                self.replaced = Some(old);
+            }
+        }
+        self.hub.by_identity.insert(identity.clone(), idx);
+        let session = self.state();
+        session.identity = Some(identity.clone());
+        session.auth = Some(auth);
+        self.set_phase(Phase::Authenticated);
+        self.send_capsule(&Capsule::Welcome {
+            version: PROTOCOL_VERSION,
+            identity: identity.to_string(),
+            hub_addresses: self.hub.hub_networks.clone(),
+        });
+        self.send_capsule(&Capsule::RouteAdvertisement(
+            self.hub.routes.advertised().to_vec(),
+        ));
+        if !self.hub.dns_servers.is_empty() {
+            self.send_capsule(&Capsule::DnsServers(self.hub.dns_servers.clone()));
+        }
+    }
+
+    fn on_address_request(&mut self, requests: &[RequestedAddress]) {
+        let idx = self.slot.entry.idx();
+        let session = &mut self.slot.entry.state;
+        let Some(identity) = session.identity.clone() else {
+            return;
+        };
+        let mut answers: Vec<AssignedAddress> = Vec::with_capacity(requests.len());
+        let mut exhausted = None;
+        for req in requests {
+            let v4 = req.prefix.addr().is_ipv4();
+            let request_id = req.request_id;
+            if let Some(have) = session.addresses.iter().find(|a| a.is_ipv4() == v4) {
+                let prefix = IpPrefix::host(*have);
+                answers.push(AssignedAddress { request_id, prefix });
+                continue;
+            }
+            let Some(pool) = self
+                .hub
+                .pools
+                .iter_mut()
+                .find(|p| p.net().addr().is_ipv4() == v4)
+            else {
+                let prefix = IpPrefix::rejection(!v4);
+                answers.push(AssignedAddress { request_id, prefix });
+                continue;
+            };
+            let wanted = (!req.prefix.is_unspecified()).then(|| req.prefix.addr());
+            match pool.allocate(&identity, wanted) {
+                Ok(addr) => {
+                    session.addresses.push(addr);
+                    self.hub.routes.insert(addr, idx);
+                    let prefix = IpPrefix::host(addr);
+                    answers.push(AssignedAddress { request_id, prefix });
+                }
+                Err(e) => {
+                    exhausted = Some(e.to_string());
+                    let prefix = IpPrefix::rejection(!v4);
+                    answers.push(AssignedAddress { request_id, prefix });
+                }
+            }
+        }
+        // The full current list: every address held, tagged with the request it answers.
+        for addr in &session.addresses {
+            if !answers.iter().any(|a| a.prefix.addr() == *addr) {
+                let prefix = IpPrefix::host(*addr);
+                answers.push(AssignedAddress {
+                    request_id: 0,
+                    prefix,
+                });
+            }
+        }
+        let newly_active = session.phase == Phase::Authenticated && !session.addresses.is_empty();
+        let (id, addresses) = (session.id, session.addresses.clone());
+        self.send_capsule(&Capsule::AddressAssign(answers));
+        if addresses.is_empty() {
+            if let Some(why) = exhausted {
+                warn!(%identity, "{why}");
+                self.begin_close(
+                    CloseCode::POOL_EXHAUSTED,
+                    "pool exhausted: the hub has no free address; try again later",
+                    true,
+                );
+            }
+            return;
+        }
+        if newly_active {
+            self.slot.entry.deadline = None;
+            self.set_phase(Phase::Active);
+            self.hub.stats.sessions_assigned_total += 1;
+            info!(%id, %identity, ?addresses, "spoke assigned");
+            self.events.push_back(HubEvent::Assigned {
+                id,
+                identity: identity.to_string(),
+                addresses,
+            });
+        }
+    }
+
+    /// Sends a capsule on the control stream; a failure closes the session.
+    pub(super) fn send_capsule(&mut self, capsule: &Capsule) {
+        if let Err(e) = self.slot.entry.link.send(capsule) {
+            self.on_control_error(e);
+        }
+    }
+
+    /// Starts ending the session: frees its addresses, sends an ERROR (`error`) or GOODBYE
+    /// with `code`, and closes the connection once that is acknowledged or after a grace
+    /// period.
+    pub(super) fn begin_close(&mut self, code: CloseCode, reason: &str, error: bool) {
+        if self.state().is_closing() {
+            return;
+        }
+        self.state().close_reason = Some(reason.to_owned());
+        let ended = DisconnectReason::Local {
+            code,
+            reason: reason.to_owned(),
+        };
+        if !self.slot.entry.link.has_control() {
+            self.end_session(ended);
+            self.close_connection(code);
+            return;
+        }
+        let reason = reason.to_owned();
+        let capsule = if error {
+            Capsule::Error { code, reason }
+        } else {
+            Capsule::Goodbye { code, reason }
+        };
+        let entry = &mut *self.slot.entry;
+        let grace_end = entry.link.send_last(self.now, &capsule);
+        entry.link.clear_datagrams();
+        entry.state.phase = Phase::Closing { code };
+        entry.deadline = Some((grace_end, "close grace"));
+        self.end_session(ended);
+        self.slot.mark_ready();
+        self.slot.update_timer();
+    }
+
+    /// Closes the QUIC connection now (after any goodbye had its chance).
+    fn close_connection(&mut self, code: CloseCode) {
+        let entry = &mut *self.slot.entry;
+        if entry.state.phase == Phase::Closed && entry.link.conn.is_closed() {
+            return;
+        }
+        let reason = entry.state.close_reason.clone().unwrap_or_default();
+        self.set_phase(Phase::Closed);
+        self.slot.close(self.now, code, reason.as_bytes());
+    }
+
+    /// Moves the session to `phase`, keeping the count of handshaking connections.
+    fn set_phase(&mut self, phase: Phase) {
+        let session = &mut self.slot.entry.state;
+        if session.phase == Phase::Handshaking && phase != Phase::Handshaking {
+            self.hub.handshaking -= 1;
+        }
+        session.phase = phase;
+    }
+
+    /// Frees the session's addresses and routes and reports it gone (once).
+    fn end_session(&mut self, reason: DisconnectReason) {
+        let idx = self.slot.entry.idx();
+        let entry = &mut *self.slot.entry;
+        let session = &mut entry.state;
+        if std::mem::replace(&mut session.ended, true) {
+            return;
+        }
+        let hub = &mut *self.hub;
+        for addr in session.addresses.drain(..) {
+            hub.routes.remove(addr);
+            if let Some(pool) = hub.pools.iter_mut().find(|p| p.net().contains(&addr)) {
+                pool.release(addr);
+            }
+        }
+        if let Some(identity) = &session.identity
+            && hub.by_identity.get(identity) == Some(&idx)
+        {
+            hub.by_identity.remove(identity);
+        }
+        if session.phase == Phase::Handshaking {
+            // A TLS handshake this hub refused (a bad client certificate) is an
+            // authentication failure like a bad token, and counts against its source.
+            if let DisconnectReason::Transport {
+                tls: true,
+                by_peer: false,
+                ..
+            } = &reason
+            {
+                hub.stats.auth_failures += 1;
+                let source = entry.link.conn.remote_address().ip();
+                hub.failures.record(source, self.now);
+            }
+            if reason_is_quiet(&reason) {
+                return;
+            }
+        }
+        let (id, identity) = (session.id, session.identity.as_deref().map(str::to_owned));
+        info!(%id, identity = identity.as_deref().unwrap_or("-"), %reason, "spoke disconnected");
+        self.events.push_back(HubEvent::Disconnected {
+            id,
+            identity,
+            reason,
+        });
+    }
+}
+
+/// Failed handshakes (scanners, wrong CA) are not worth an event each.
+fn reason_is_quiet(reason: &DisconnectReason) -> bool {
+    !matches!(reason, DisconnectReason::Transport { tls: true, .. })
+}
