@@ -57,7 +57,7 @@ pub(crate) struct Packets {
 
 impl Packets {
     /// Queues a packet for the TUN side.
-    pub(crate) fn to_tun(&mut self, packet: Bytes) {
+    pub(crate) fn push_tun(&mut self, packet: Bytes) {
         self.tun_written += 1;
         self.tun_out.push_back(packet);
     }
@@ -89,7 +89,7 @@ impl Packets {
             return;
         }
         if let Some(packet) = self.icmp_error(original, header, from, kind, usize::MAX) {
-            self.to_tun(packet);
+            self.push_tun(packet);
         }
     }
 

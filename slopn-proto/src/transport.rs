@@ -322,10 +322,6 @@ impl<S> Transport<S> {
         self.entries.get(idx)?.as_ref()
     }
 
-    pub(crate) fn get_mut(&mut self, idx: usize) -> Option<&mut Entry<S>> {
-        self.entries.get_mut(idx)?.as_mut()
-    }
-
     /// One live connection, borrowed with the scheduler.
     pub(crate) fn slot(&mut self, idx: usize) -> Option<Slot<'_, S>> {
         let entry = self.entries.get_mut(idx)?.as_mut()?;

@@ -51,7 +51,7 @@ fn route_from_spoke(
     }
     let to = match s.hub.routes.lookup(header.dst, header.protocol) {
         Route::Hub | Route::Tun => {
-            packets.to_tun(data);
+            packets.push_tun(data);
             return Ok(());
         }
         Route::Spoke(to) => to,
