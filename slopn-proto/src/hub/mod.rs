@@ -1,62 +1,36 @@
 //! The hub: accepts spokes, authenticates them, assigns addresses and routes their packets.
-
 //!
 //! [`Hub`] owns the endpoint and the tables its sessions share, and dispatches: per-session
-//! handling lives in [`session`], the packet path in [`forward`], the TLS setup in [`tls`].
+//! handling lives in [`session`], the packet path in [`forward`], construction and TLS in
+//! [`setup`].
 
 mod forward;
+mod hello;
 mod session;
-mod tls;
+mod setup;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ipnet::IpNet;
 use quinn_proto::{Event, Transmit};
 use rustc_hash::FxHashMap;
-use thiserror::Error;
 use tracing::debug;
 
 use self::session::{HubSession, Phase, Session};
-use self::tls::HubTls;
+pub use self::setup::HubError;
+use self::setup::{HubTls, advertised_ranges};
 use crate::auth::{Authenticator, FailureLimiter};
-use crate::clock::WallClock;
-use crate::config::{Credential, HubConfig, PoolConfig};
-use crate::control::{self, Capsule, CloseCode, IpRange, LimitError, normalize_ranges};
-use crate::derive_key;
+use crate::config::Credential;
+use crate::control::{self, Capsule, CloseCode, IpRange};
 use crate::node::{Datagram, Machine, Node};
-use crate::pool::{AddressPool, PoolError};
+use crate::pool::AddressPool;
 use crate::route::RouteTable;
 use crate::session::{DisconnectReason, SessionId};
 use crate::stats::{DropReason, HubStats, SpokeStats};
-use crate::tls::TlsError;
-use crate::transport::{Received, Transport};
-
-/// Why a hub could not be built from its configuration.
-#[derive(Debug, Error)]
-pub enum HubError {
-    /// The TLS identity is unusable.
-    #[error("hub TLS identity: {0}")]
-    Tls(#[from] TlsError),
-    /// An address pool is invalid.
-    #[error("address pool: {0}")]
-    Pool(#[from] PoolError),
-    /// The configuration contradicts itself.
-    #[error("hub configuration: {0}")]
-    Config(String),
-    /// The seed or the stateless-reset key is all zeros: a public key, with which anyone
-    /// could forge Retry tokens and reset sessions.
-    #[error(
-        "hub configuration: the seed is all zeros; give 32 bytes of OS randomness (it keys Retry tokens and stateless resets)"
-    )]
-    ZeroSeed,
-    /// A value the control protocol cannot carry to spokes (too many DNS servers or routes,
-    /// an over-long reason): sending it would close every session with PROTOCOL_ERROR.
-    #[error("hub configuration: {0}")]
-    Limit(#[from] LimitError),
-}
+use crate::transport::Received;
 
 /// Something the driver may want to log or show.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,94 +116,6 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Builds a hub. `now` and `wall_clock` are the same moment on the driver's monotonic
-    /// clock and on the calendar (certificate validity is checked against the latter).
-    pub fn new(config: HubConfig, now: Instant, wall_clock: SystemTime) -> Result<Self, HubError> {
-        if config.seed == [0; 32] || config.stateless_reset_key == Some([0; 32]) {
-            return Err(HubError::ZeroSeed);
-        }
-        if config.pools.is_empty() {
-            return Err(HubError::Config(
-                "at least one address pool is required".into(),
-            ));
-        }
-        for family in [true, false] {
-            if config
-                .pools
-                .iter()
-                .filter(|p| p.network.addr().is_ipv4() == family)
-                .count()
-                > 1
-            {
-                return Err(HubError::Config(
-                    "at most one IPv4 and one IPv6 pool are allowed".into(),
-                ));
-            }
-        }
-        let authenticator = Authenticator::new(&config.credentials).map_err(HubError::Config)?;
-        let pools = config
-            .pools
-            .iter()
-            .map(|p: &PoolConfig| AddressPool::new(p.network, &[p.hub_address]))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let clock = Arc::new(WallClock::new(wall_clock, now));
-        let tls = HubTls {
-            provider: config.crypto.clone(),
-            identity: config.identity.clone(),
-            client_ca: config.client_ca.clone(),
-            token_key: derive_key(&config.seed, b"slopn retry token key"),
-            transport: config.transport.quinn(false, 1),
-            clock: clock.clone(),
-        };
-        let server = tls.server_config(&authenticator)?;
-        let reset_key = config
-            .stateless_reset_key
-            .unwrap_or_else(|| derive_key(&config.seed, b"slopn stateless reset key"));
-        let transport = Transport::new(
-            &config.seed,
-            reset_key,
-            Some(server),
-            config.transport.datagram_queue_bytes,
-        );
-
-        let hub_addresses = config.pools.iter().map(|p| p.hub_address).collect();
-        let hub_networks = config
-            .pools
-            .iter()
-            .map(|p| IpNet::new(p.hub_address, p.network.prefix_len()).expect("valid prefix"))
-            .collect();
-        let networks: Vec<IpNet> = config.pools.iter().map(|p| p.network).collect();
-        let advertised = advertised_ranges(&networks, &config.routes);
-        control::check_ranges(&advertised)?;
-        control::check_dns_servers(&config.dns_servers)?;
-        Ok(Self {
-            node: Node::new(transport, clock),
-            tables: Tables {
-                pools,
-                routes: RouteTable::new(hub_addresses, networks, advertised),
-                by_identity: FxHashMap::default(),
-                authenticator,
-                failures: FailureLimiter::new(config.auth_failures_per_minute),
-                hub_networks,
-                dns_servers: config.dns_servers,
-                hello_timeout: config.hello_timeout,
-                isolate_spokes: config.isolate_spokes,
-                handshaking: 0,
-                stats: HubStats::default(),
-            },
-            admission: Admission {
-                max_connections: config.max_connections,
-                max_half_open: config.max_half_open,
-                retry_above: config.retry_above,
-                closing: false,
-                next_session: 1,
-            },
-            tls,
-            extra_routes: config.routes,
-        })
-    }
-
     // ----- inputs -----
 
     /// Handles one UDP datagram. Bad packets are dropped and counted inside QUIC; nothing
@@ -564,15 +450,4 @@ impl std::fmt::Debug for Hub {
             .field("closing", &self.admission.closing)
             .finish_non_exhaustive()
     }
-}
-
-/// The routes a hub advertises: its pools plus the configured extra networks.
-fn advertised_ranges(pools: &[IpNet], extra: &[IpNet]) -> Vec<IpRange> {
-    normalize_ranges(
-        pools
-            .iter()
-            .chain(extra)
-            .map(|n| IpRange::from_net(n.trunc()))
-            .collect(),
-    )
 }
