@@ -352,6 +352,11 @@ impl<S> Transport<S> {
         self.entries.iter().flatten()
     }
 
+    /// Every live entry, mutably, in index order.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Entry<S>> {
+        self.entries.iter_mut().flatten()
+    }
+
     /// Indices of every live entry, in index order.
     pub(crate) fn indices(&self) -> Vec<usize> {
         self.iter().map(|e| e.idx).collect()

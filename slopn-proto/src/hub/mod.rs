@@ -313,25 +313,22 @@ impl Hub {
 
     /// A snapshot of every session.
     pub fn spokes(&mut self) -> Vec<SpokeStats> {
-        let transport = &mut self.node.transport;
-        let mut out = Vec::new();
-        for idx in transport.indices() {
-            let Some(slot) = transport.slot(idx) else {
-                continue;
-            };
-            let (s, link) = (&slot.entry.state, &mut slot.entry.link);
-            out.push(SpokeStats {
-                id: s.id,
-                identity: s.identity.as_deref().map(str::to_owned),
-                addresses: s.addresses.clone(),
-                remote: link.conn.remote_address(),
-                rtt: link.conn.rtt(),
-                max_packet: link.max_packet(),
-                traffic: s.traffic,
-                drops: s.drops,
-            });
-        }
-        out
+        let entries = self.node.transport.iter_mut();
+        entries
+            .map(|entry| {
+                let (s, link) = (&entry.state, &mut entry.link);
+                SpokeStats {
+                    id: s.id,
+                    identity: s.identity.as_deref().map(str::to_owned),
+                    addresses: s.addresses.clone(),
+                    remote: link.conn.remote_address(),
+                    rtt: link.conn.rtt(),
+                    max_packet: link.max_packet(),
+                    traffic: s.traffic,
+                    drops: s.drops,
+                }
+            })
+            .collect()
     }
 
     /// The address pools' networks.
@@ -379,6 +376,7 @@ impl Hub {
     /// Sends a capsule to every authenticated session.
     fn push_to_authenticated(&mut self, now: Instant, capsule: &Capsule) {
         for idx in self.node.transport.indices() {
+            // As in `close_each`: an earlier one's processing may have removed this one.
             let Some(mut s) = self.session(now, idx) else {
                 continue;
             };

@@ -193,6 +193,7 @@ impl Spoke {
         let Some(idx) = self.tunnel.current.take() else {
             return;
         };
+        // `current` is cleared when its attempt is removed, so this finds it.
         let Some(mut attempt) = self.attempt(now, idx) else {
             return;
         };

@@ -127,3 +127,40 @@ fn dual_stack_spokes_route_ipv6_and_expire_hop_limits() {
     assert_eq!(at_hub.len(), 1);
     assert!(at_hub[0].ends_with(b"to the hub"));
 }
+
+/// A spoke that restarted (new process, new UDP port) while its old session still looked
+/// alive: the new session replaces the old one at once, inherits its address, and the old
+/// one ends with REPLACED.
+#[test]
+fn a_restarted_spoke_replaces_its_old_session_and_keeps_its_address() {
+    use slopn_proto::control::CloseCode;
+    use slopn_proto::{DisconnectReason, HubEvent, SpokeState};
+
+    let pki = pki();
+    let mut world = World::new(51, hub_config(&pki));
+    world.add_spoke(spoke_config(&pki, 0), LinkParams::pair());
+    world.add_spoke(spoke_config(&pki, 1), LinkParams::pair());
+    assert!(world.all_established(Duration::from_secs(5)));
+    let before = crate::basic::assigned(&world, 0);
+    // The old process vanishes without a word; a new one starts with the same credential.
+    let old = world.spokes[0].addr;
+    world.net.set_partitioned(old, true);
+    let mut config = spoke_config(&pki, 0);
+    config.seed = [99; 32];
+    let new = world.add_spoke(config, LinkParams::pair());
+    assert!(world.run_until(Duration::from_secs(5), |w| {
+        w.spokes[new].spoke.state() == SpokeState::Established
+    }));
+    assert_eq!(crate::basic::assigned(&world, new), before);
+    let replaced = world.hub().events.iter().any(|e| {
+        matches!(e, HubEvent::Disconnected {
+            reason: DisconnectReason::Local { code, .. }, ..
+        } if *code == CloseCode::REPLACED)
+    });
+    assert!(replaced, "{:?}", world.hub().events);
+    let b = crate::basic::assigned(&world, 1);
+    assert!(crate::basic::ping(&mut world, Some(new), b, 7).is_some());
+    world.run_for(Duration::from_secs(3));
+    let hub = world.hub().hub.stats();
+    assert_eq!((hub.connections, hub.spokes_assigned), (2, 2), "{hub:?}");
+}
