@@ -118,6 +118,7 @@ pub(crate) struct Node<S, E> {
 }
 
 impl<S, E> Node<S, E> {
+    /// A node around `transport`, on `clock`.
     pub(crate) fn new(transport: Transport<S>, clock: Arc<WallClock>) -> Self {
         Self {
             transport,
@@ -136,12 +137,13 @@ impl<S, E> Node<S, E> {
 }
 
 /// A hub or a spoke as the shared input and output plumbing drives it.
-pub(crate) trait Machine {
+pub(crate) trait Dispatch {
     /// Per-connection state.
     type State;
     /// What it reports.
     type Event;
 
+    /// The shared parts.
     fn node(&mut self) -> &mut Node<Self::State, Self::Event>;
 
     /// Reacts to everything quinn reports for one connection (and first to its own deadline,

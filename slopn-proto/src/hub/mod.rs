@@ -25,7 +25,7 @@ use self::setup::{HubTls, advertised_ranges};
 use crate::auth::{Authenticator, FailureLimiter};
 use crate::config::Credential;
 use crate::control::{self, Capsule, CloseCode, IpRange};
-use crate::node::{Datagram, Machine, Node};
+use crate::node::{Datagram, Dispatch, Node};
 use crate::pool::AddressPool;
 use crate::route::RouteTable;
 use crate::session::{DisconnectReason, SessionId};
@@ -388,7 +388,7 @@ impl Hub {
     }
 }
 
-impl Machine for Hub {
+impl Dispatch for Hub {
     type State = HubSession;
     type Event = HubEvent;
 

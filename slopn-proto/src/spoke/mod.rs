@@ -21,7 +21,7 @@ use self::attempt::{Attempt, AttemptCx, Phase};
 use self::reconnect::Reconnect;
 pub use self::setup::SpokeError;
 use crate::control::{CloseCode, IpPrefix, IpRange};
-use crate::node::{Datagram, Machine, Node};
+use crate::node::{Datagram, Dispatch, Node};
 use crate::session::DisconnectReason;
 use crate::stats::{DropReason, SpokeSnapshot};
 use crate::transport::Received;
@@ -372,7 +372,7 @@ impl Spoke {
     }
 }
 
-impl Machine for Spoke {
+impl Dispatch for Spoke {
     type State = Attempt;
     type Event = SpokeEvent;
 
