@@ -7,6 +7,8 @@
 
 #[path = "../sim/raw.rs"]
 mod raw;
+#[path = "../common/seeded_crypto.rs"]
+mod seeded_crypto;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::OnceLock;
@@ -239,12 +241,14 @@ fn setup() -> Net {
     let credentials = (0..2)
         .map(|i| Credential::token(format!("spoke-{i}"), &format!("token-{i}")))
         .collect();
-    let config = HubConfig::new(
+    let mut config = HubConfig::new(
         pki.hub.certified_key().unwrap(),
         vec![PoolConfig::new("10.100.0.0/24".parse().unwrap())],
         credentials,
         [3; 32],
     );
+    // Seeded handshakes: an input that crashes the hub crashes it again, byte for byte.
+    config.crypto = seeded_crypto::provider(3);
     let hub = Hub::new(config, base, wall()).unwrap();
     let ca = slopn_proto::tls::parse_certificates(pki.ca.cert_pem().as_bytes()).unwrap();
     let raw = raw::RawSpoke::connect(
@@ -254,13 +258,14 @@ fn setup() -> Net {
         raw::client_config(&ca, control::ALPN),
         4,
     );
-    let honest_config = SpokeConfig::new(
+    let mut honest_config = SpokeConfig::new(
         HUB.parse().unwrap(),
         "hub.slopn.test",
         ca,
         "token-1",
         [5; 32],
     );
+    honest_config.crypto = seeded_crypto::provider(5);
     let honest = Spoke::new(honest_config, base, wall()).unwrap();
     let mut net = Net {
         base,

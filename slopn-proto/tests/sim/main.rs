@@ -5,6 +5,7 @@
 mod host;
 mod net;
 mod raw;
+#[path = "../common/seeded_crypto.rs"]
 mod seeded_crypto;
 mod world;
 

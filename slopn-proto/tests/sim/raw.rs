@@ -3,12 +3,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
-    ClientConfig, Connection, ConnectionError, ConnectionHandle, DatagramEvent, Dir, Endpoint,
-    EndpointConfig, Event, StreamEvent, StreamId, Transmit,
+    ClientConfig, Connection, ConnectionError, ConnectionHandle, ConnectionId,
+    ConnectionIdGenerator, DatagramEvent, Dir, Endpoint, EndpointConfig, Event, StreamEvent,
+    StreamId, Transmit,
 };
 use rustls::pki_types::CertificateDer;
 use slopn_proto::control::{self, Capsule};
@@ -43,7 +45,8 @@ pub const SIM_UNIX_TIME: u64 = 1_790_000_000;
 
 /// A rustls client configuration trusting `ca`, offering `alpn`.
 pub fn client_config(ca: &[CertificateDer<'static>], alpn: &[u8]) -> ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Seeded like everything in a simulation, so that runs replay byte for byte.
+    let provider = super::seeded_crypto::provider(0x5eed);
     let mut roots = rustls::RootCertStore::empty();
     for c in ca {
         roots.add(c.clone()).unwrap();
@@ -58,16 +61,59 @@ pub fn client_config(ca: &[CertificateDer<'static>], alpn: &[u8]) -> ClientConfi
     ClientConfig::new(Arc::new(crypto))
 }
 
+/// Connection IDs from a counter: quinn's default generator draws from the OS.
+struct CountingCids {
+    prefix: u8,
+    next: u64,
+}
+
+impl ConnectionIdGenerator for CountingCids {
+    fn generate_cid(&mut self) -> ConnectionId {
+        self.next += 1;
+        ConnectionId::new(&[&[self.prefix][..], &self.next.to_be_bytes()].concat())
+    }
+
+    fn cid_len(&self) -> usize {
+        9
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
 impl RawSpoke {
     pub fn connect(
         now: Instant,
         addr: SocketAddr,
         hub: SocketAddr,
-        config: ClientConfig,
+        mut config: ClientConfig,
         seed: u8,
     ) -> Self {
-        let mut ep_config = EndpointConfig::default();
+        // The first destination CID from our address (quinn's default draws from the OS).
+        let counter = AtomicU64::new(0);
+        let prefix = addr.to_string().into_bytes();
+        config.initial_dst_cid_provider(Arc::new(move || {
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            let mut cid = [0u8; 20];
+            for (i, b) in prefix.iter().enumerate() {
+                cid[i % 12] ^= b.rotate_left(i as u32);
+            }
+            cid[12..].copy_from_slice(&n.to_be_bytes());
+            ConnectionId::new(&cid)
+        }));
+        // A reset key and connection IDs from the seed, not the OS.
+        let mut ep_config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &[seed; 32],
+        )));
         ep_config.rng_seed(Some([seed; 32]));
+        ep_config.cid_generator(move || {
+            Box::new(CountingCids {
+                prefix: seed,
+                next: 0,
+            })
+        });
         let mut endpoint = Endpoint::new(Arc::new(ep_config), None, false, None);
         let (ch, conn) = endpoint
             .connect(now, config, hub, "hub.slopn.test")
