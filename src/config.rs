@@ -11,6 +11,8 @@ use slopn_proto::control::{self, MAX_CREDENTIAL_LEN};
 use slopn_proto::tls::{self, CertifiedKey};
 use slopn_proto::{Auth, Congestion, Credential, HubConfig, PoolConfig, SpokeConfig};
 
+use crate::runtime::Runtime;
+
 /// A configuration problem, phrased for the person who has to fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -111,6 +113,9 @@ pub struct HubFile {
     /// backs off when losses come with queueing delay), `cubic`, `newreno` or `bbr`.
     #[serde(default = "default_congestion")]
     pub congestion: String,
+    /// Which runtime moves the packets: `mio` (default) or `tokio`.
+    #[serde(default, skip_serializing_if = "Runtime::is_default")]
+    pub runtime: Runtime,
     /// Path of the control socket (default: `/run/slopn/hub.sock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
@@ -204,6 +209,9 @@ pub struct SpokeFile {
     /// Congestion controller for what the spoke sends (see the hub's `congestion`).
     #[serde(default = "default_congestion")]
     pub congestion: String,
+    /// Which runtime moves the packets: `mio` (default) or `tokio`.
+    #[serde(default, skip_serializing_if = "Runtime::is_default")]
+    pub runtime: Runtime,
 }
 
 /// Reads and parses a TOML file.

@@ -10,13 +10,14 @@ use std::time::{Instant, SystemTime};
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 use slopn_control::{Access, Answer, Handler, Request, Role, Server, Topic};
-use slopn_mio::{Handle, HubCommand, Machine, Options, SpokeCommand, spawn};
+use slopn_driver::{HubCommand, HubSnapshot, Machine, Options, SpokeCommand};
 use slopn_proto::control::CloseCode;
 use slopn_proto::{Hub, SessionId};
 use slopn_tun::{Gateway, TunConfig, default_uplink};
 use tracing::{info, warn};
 
 use crate::config::{self, HubFile, SpokeFile};
+use crate::runtime::Loop;
 use crate::status::{self, Rates};
 use crate::tunnel::{Origin, Resolved, Tunnel, bind, open_tun, sample_rates, tun_offload};
 
@@ -47,7 +48,7 @@ pub fn handle_signals(
 /// Stops the loop on SIGINT or SIGTERM (with goodbyes; the TUN device and routes go away as
 /// the loop ends).
 fn stop_on_signal<M: Machine>(
-    handle: &Arc<Handle<M>>,
+    handle: &Arc<Loop<M>>,
     on_hangup: impl Fn() + Send + 'static,
 ) -> Result<(), String> {
     let handle = handle.clone();
@@ -65,7 +66,7 @@ pub(crate) fn answer(field: &str, value: impl serde::Serialize) -> Answer {
 }
 
 struct HubService {
-    handle: Arc<Handle<Hub>>,
+    handle: Arc<Loop<Hub>>,
     rates: Arc<Rates>,
 }
 
@@ -127,10 +128,16 @@ pub fn run_hub(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
     };
     let hub = Hub::new(config, Instant::now(), SystemTime::now())
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let handle = Arc::new(spawn(hub, tun, socket, Options::default()).map_err(|e| e.to_string())?);
+    let handle = Arc::new(Loop::spawn(
+        file.runtime,
+        hub,
+        tun,
+        socket,
+        Options::default(),
+    )?);
     info!(
         listen = %runtime.listen, tun = %runtime.tun_name, addresses = ?runtime.tun_addresses,
-        spokes = file.spokes.len(), "hub running"
+        spokes = file.spokes.len(), runtime = ?file.runtime, "hub running"
     );
     let rates = Arc::new(Rates::default());
     let events = Arc::new(Topic::new(0));
@@ -169,7 +176,7 @@ pub fn run_hub(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
             Err(e) => warn!("SIGHUP: configuration not reloaded: {e}"),
         }
     })?;
-    sample_rates(&handle, &rates, |s: &slopn_mio::HubSnapshot| {
+    sample_rates(&handle, &rates, |s: &HubSnapshot| {
         (s.hub.traffic.rx_bytes, s.hub.traffic.tx_bytes)
     });
     for event in handle.events() {

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use slopn_proto::pki::{CertificateAuthority, Validity};
 
 use crate::config::{AuthMode, ConfigError, HubFile, SpokeEntry, SpokeFile, load, save};
+use crate::runtime::Runtime;
 
 /// 32 bytes from the operating system's random source.
 pub fn random_seed() -> [u8; 32] {
@@ -127,6 +128,7 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
         tun_name: "slopn0".into(),
         idle_timeout_secs: 6,
         congestion: crate::config::default_congestion(),
+        runtime: Runtime::default(),
         control_socket: None,
         public_endpoint: Some(endpoint(&options.name, options.port)),
         server_name: Some(options.name.clone()),
@@ -246,6 +248,7 @@ pub fn add_spoke(dir: &Path, name: &str, auth: AuthMode) -> Result<PathBuf, Conf
         idle_timeout_secs: 6,
         keep_alive_secs: 2,
         congestion: crate::config::default_congestion(),
+        runtime: Runtime::default(),
     };
     let path = dir.join("spokes").join(format!("{name}.toml"));
     save(&path, &spoke, SPOKE_HEADER)?;

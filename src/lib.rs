@@ -5,8 +5,10 @@
 //!
 //! - [`proto`]: the sans-IO `Hub` and `Spoke` state machines (handshake, control protocol,
 //!   address pool, routing, anti-spoofing, counters).
-//! - [`mio`]: the single-threaded event loop that drives them against UDP sockets and TUN
-//!   devices.
+//! - [`driver`]: what every runtime shares (the `Machine` trait, OS actions on a helper
+//!   thread, the datapath steps); [`mio`]: the single-threaded event loop that drives them
+//!   against UDP sockets and TUN devices; [`tokio`]: the same as a task for tokio programs;
+//!   [`runtime`]: the binaries' choice between the two.
 //! - [`tun`]: TUN devices and operating-system network configuration.
 //! - [`control`]: the local control socket's protocol, client and server; [`cli`]: its
 //!   errors as sentences for the command-line tools.
@@ -21,11 +23,14 @@ pub mod daemon;
 pub mod keys;
 pub mod logs;
 pub mod profiles;
+pub mod runtime;
 pub mod service;
 pub mod status;
 pub mod tunnel;
 
 pub use slopn_control as control;
+pub use slopn_driver as driver;
 pub use slopn_mio as mio;
 pub use slopn_proto as proto;
+pub use slopn_tokio as tokio;
 pub use slopn_tun as tun;

@@ -15,7 +15,7 @@ use slopn_control::{
     Access, Answer, Handler, Request, Role, Server, SpokeStatus as StatusDocument, Topic,
     TunnelState,
 };
-use slopn_mio::SpokeCommand;
+use slopn_driver::SpokeCommand;
 use tracing::{info, warn};
 
 use crate::daemon::{answer, handle_signals};

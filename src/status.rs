@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use slopn_control::{SpokeStatus as StatusDocument, TunnelState};
-use slopn_mio::{HubSnapshot, IoCounters, SpokeStatus};
+use slopn_driver::{HubSnapshot, IoCounters, SpokeStatus};
 use slopn_proto::{DisconnectReason, DropCounters, HubEvent, SpokeEvent, SpokeState};
 
 /// Receive and send rates from the last two samples of a byte counter pair.

@@ -12,13 +12,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 use slopn_control::{SpokeStatus as StatusDocument, Topic, TunnelState};
-use slopn_mio::{Handle, Machine, Options, RoutePolicy, RunError, SpokeCommand, spawn};
+use slopn_driver::{Machine, Options, RoutePolicy, RunError, SpokeCommand, SpokeStatus};
 use slopn_proto::control::CloseCode;
 use slopn_proto::{DisconnectReason, Spoke, SpokeConfig, SpokeEvent};
 use slopn_tun::{Tun, TunConfig};
 use tracing::{info, warn};
 
 use crate::config::{SpokeFile, SpokeRuntime};
+use crate::runtime::Loop;
 use crate::status::{self, Rates};
 
 /// What the event stream tells beyond the loop's own snapshot.
@@ -34,7 +35,7 @@ struct Watch {
 
 /// A running (or ended) spoke tunnel.
 pub struct Tunnel {
-    handle: Arc<Handle<Spoke>>,
+    handle: Arc<Loop<Spoke>>,
     rates: Arc<Rates>,
     watch: Arc<Mutex<Watch>>,
     hub: String,
@@ -94,7 +95,7 @@ pub fn open_tun(config: &TunConfig) -> Result<Tun, String> {
 
 /// Samples byte counters once a second for the rates in `status`, until the loop ends.
 pub fn sample_rates<M: Machine>(
-    handle: &Arc<Handle<M>>,
+    handle: &Arc<Loop<M>>,
     rates: &Arc<Rates>,
     counters: fn(&M::Stats) -> (u64, u64),
 ) {
@@ -170,10 +171,13 @@ impl Tunnel {
             },
             ..Options::default()
         };
-        let handle = Arc::new(spawn(spoke, tun, socket, options).map_err(|e| e.to_string())?);
-        info!(hub = %runtime.hub, address = %hub_addr, tun = %runtime.tun_name, "spoke running");
+        let handle = Arc::new(Loop::spawn(file.runtime, spoke, tun, socket, options)?);
+        info!(
+            hub = %runtime.hub, address = %hub_addr, tun = %runtime.tun_name,
+            runtime = ?file.runtime, "spoke running"
+        );
         let rates = Arc::new(Rates::default());
-        sample_rates(&handle, &rates, |s: &slopn_mio::SpokeStatus| {
+        sample_rates(&handle, &rates, |s: &SpokeStatus| {
             (s.stats.traffic.rx_bytes, s.stats.traffic.tx_bytes)
         });
         let watch = Arc::new(Mutex::new(Watch::default()));
@@ -265,7 +269,7 @@ impl Tunnel {
 
 /// The thread that follows a tunnel's events.
 struct Watcher {
-    handle: Arc<Handle<Spoke>>,
+    handle: Arc<Loop<Spoke>>,
     watch: Arc<Mutex<Watch>>,
     events: Arc<Topic>,
     hub: String,

@@ -2,7 +2,8 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
 
 use tracing::debug;
 use tun_rs::{DeviceBuilder, SyncDevice};
@@ -27,10 +28,12 @@ pub struct TunConfig {
 }
 
 /// A non-blocking TUN device carrying raw IP packets (no packet-information header), read
-/// and written in batches.
+/// and written in batches. Its configuration after [`Tun::open`] goes through a
+/// [`TunControl`], which can live on another thread.
 pub struct Tun {
-    device: SyncDevice,
+    device: Arc<SyncDevice>,
     name: String,
+    /// The addresses [`Tun::open`] set.
     addresses: Vec<(IpAddr, u8)>,
     /// Whether the device speaks virtio-net headers (offload on).
     vnet_hdr: bool,
@@ -96,7 +99,7 @@ impl Tun {
         #[cfg(not(target_os = "linux"))]
         let vnet_hdr = false;
         let mut tun = Self {
-            device,
+            device: Arc::new(device),
             name,
             addresses: Vec::new(),
             vnet_hdr,
@@ -105,19 +108,34 @@ impl Tun {
             dropped_reads: 0,
             dropped_writes: 0,
         };
-        tun.set_addresses(&config.addresses)?;
+        let mut control = tun.control();
+        control.set_addresses(&config.addresses)?;
+        tun.addresses = control.addresses;
         debug!(name = %tun.name, mtu = config.mtu, addresses = ?config.addresses, offload = vnet_hdr, "TUN device up");
         Ok(tun)
+    }
+
+    /// A handle that configures this device's MTU and addresses, starting from the
+    /// addresses set now. Its ioctls and netlink requests act in the network namespace of
+    /// the thread that calls them, and may wait: keep them off the datapath.
+    pub fn control(&self) -> TunControl {
+        TunControl {
+            device: self.device.clone(),
+            name: self.name.clone(),
+            addresses: self.addresses.clone(),
+        }
+    }
+
+    /// Makes room for packets of `mtu` bytes in the read buffers, before the device's MTU
+    /// grows to it (buffers never shrink: the kernel may still hand over packets of the
+    /// old size).
+    pub fn reserve_mtu(&mut self, mtu: u16) {
+        self.receiver.reserve_mtu(mtu);
     }
 
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The addresses set on the device.
-    pub fn addresses(&self) -> &[(IpAddr, u8)] {
-        &self.addresses
     }
 
     /// Whether the kernel's segmentation offload is on.
@@ -165,6 +183,34 @@ impl Tun {
     pub fn dropped_writes(&self) -> u64 {
         self.dropped_writes
     }
+}
+
+/// Configures a [`Tun`]'s MTU and addresses from any thread (see [`Tun::control`]).
+pub struct TunControl {
+    device: Arc<SyncDevice>,
+    name: String,
+    addresses: Vec<(IpAddr, u8)>,
+}
+
+impl std::fmt::Debug for TunControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunControl")
+            .field("name", &self.name)
+            .field("addresses", &self.addresses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TunControl {
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The addresses set on the device through this handle (or at open).
+    pub fn addresses(&self) -> &[(IpAddr, u8)] {
+        &self.addresses
+    }
 
     /// The MTU.
     pub fn mtu(&self) -> Result<u16, TunError> {
@@ -178,7 +224,6 @@ impl Tun {
         self.device
             .set_mtu(mtu)
             .map_err(|e| TunError::io(format!("setting the MTU of {} to {mtu}", self.name), e))?;
-        self.receiver.set_mtu(mtu);
         Ok(())
     }
 
@@ -213,9 +258,7 @@ impl Tun {
         }
         Ok(())
     }
-}
 
-impl Tun {
     fn set_ipv6(&self, enabled: bool) {
         let path = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", self.name);
         // Kernels without IPv6 have no such file; nothing to switch off then.
@@ -226,6 +269,12 @@ impl Tun {
 impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         self.device.as_raw_fd()
+    }
+}
+
+impl AsFd for Tun {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.device.as_fd()
     }
 }
 

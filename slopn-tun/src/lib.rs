@@ -5,7 +5,9 @@
 //!   netlink rather than by shelling out. tun-rs also offers multi-queue devices and the
 //!   kernel's GSO/GRO offload (`IFF_VNET_HDR`), which SloPN's performance work builds on.
 //!   The device disappears when the [`Tun`] is dropped or the process exits, whatever the
-//!   reason, and the kernel removes every route through it.
+//!   reason, and the kernel removes every route through it. A [`TunControl`] changes its
+//!   MTU and addresses from another thread, so that the thread moving packets never waits
+//!   on netlink.
 //! - [`Routes`]: routes through the device, installed with `ip route` and removed on drop,
 //!   and the host route that keeps the hub reachable outside a full tunnel.
 //! - [`Gateway`]: the hub's gateway mode — forwarding and NAT in an nftables table of its own.
@@ -20,7 +22,7 @@ pub mod netns;
 mod offload;
 mod routes;
 
-pub use device::{Tun, TunConfig};
+pub use device::{Tun, TunConfig, TunControl};
 pub use gateway::{Gateway, default_uplink};
 pub use routes::Routes;
 

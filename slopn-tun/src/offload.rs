@@ -53,12 +53,13 @@ impl Receiver {
             slot: 0,
             sizes: [0; BATCH],
         };
-        receiver.set_mtu(mtu);
+        receiver.reserve_mtu(mtu);
         receiver
     }
 
-    pub(crate) fn set_mtu(&mut self, mtu: u16) {
-        self.slot = usize::from(mtu) + SLOT_SLACK;
+    /// Grows the slots to hold packets of `mtu` bytes.
+    pub(crate) fn reserve_mtu(&mut self, mtu: u16) {
+        self.slot = self.slot.max(usize::from(mtu) + SLOT_SLACK);
         self.slots.resize(self.slot * BATCH, 0);
     }
 

@@ -62,13 +62,20 @@ impl Routes {
     }
 
     /// Installs every route in `nets` not yet installed, and removes installed ones no longer
-    /// listed.
-    pub fn set(&mut self, nets: &[IpNet]) -> Result<(), TunError> {
+    /// listed. One route the kernel refuses does not stop the others: returns those that
+    /// could not be added or removed, with why (empty when all went well).
+    pub fn set(&mut self, nets: &[IpNet]) -> Vec<(IpNet, TunError)> {
+        let mut failed = Vec::new();
         for net in nets.iter().map(IpNet::trunc) {
-            if !self.installed.contains(&net) {
-                add(&self.device, net)?;
-                debug!(%net, device = %self.device, "route added");
-                self.installed.push(net);
+            if self.installed.contains(&net) {
+                continue;
+            }
+            match add(&self.device, net) {
+                Ok(()) => {
+                    debug!(%net, device = %self.device, "route added");
+                    self.installed.push(net);
+                }
+                Err(e) => failed.push((net, e)),
             }
         }
         let stale: Vec<IpNet> = self
@@ -78,10 +85,12 @@ impl Routes {
             .filter(|n| !nets.iter().any(|m| m.trunc() == *n))
             .collect();
         for net in stale {
-            delete(&self.device, net)?;
-            self.installed.retain(|n| *n != net);
+            match delete(&self.device, net) {
+                Ok(()) => self.installed.retain(|n| *n != net),
+                Err(e) => failed.push((net, e)),
+            }
         }
-        Ok(())
+        failed
     }
 }
 

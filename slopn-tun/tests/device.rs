@@ -25,9 +25,11 @@ fn tun_device_addresses_mtu_routes_and_packets() {
         let addrs = ns.ip(&["-o", "addr", "show", "dev", "slopn-t0"]).unwrap();
         assert!(addrs.contains("10.9.0.1/24"), "{addrs}");
 
-        tun.set_mtu(1300).unwrap();
-        assert_eq!(tun.mtu().unwrap(), 1300);
-        tun.set_addresses(&[(ip("10.9.0.2"), 32), (ip("fd00:9::2"), 64)])
+        let mut control = tun.control();
+        control.set_mtu(1300).unwrap();
+        assert_eq!(control.mtu().unwrap(), 1300);
+        control
+            .set_addresses(&[(ip("10.9.0.2"), 32), (ip("fd00:9::2"), 64)])
             .unwrap();
         let addrs = ns.ip(&["-o", "addr", "show", "dev", "slopn-t0"]).unwrap();
         assert!(
@@ -38,15 +40,14 @@ fn tun_device_addresses_mtu_routes_and_packets() {
 
         // Routes come and go.
         let mut routes = Routes::new("slopn-t0");
-        routes
-            .set(&[
-                "10.50.0.0/16".parse().unwrap(),
-                "fd00:50::/48".parse().unwrap(),
-            ])
-            .unwrap();
+        let failed = routes.set(&[
+            "10.50.0.0/16".parse().unwrap(),
+            "fd00:50::/48".parse().unwrap(),
+        ]);
+        assert!(failed.is_empty(), "{failed:?}");
         let table = ns.ip(&["route", "show"]).unwrap();
         assert!(table.contains("10.50.0.0/16 dev slopn-t0"), "{table}");
-        routes.set(&["10.60.0.0/16".parse().unwrap()]).unwrap();
+        assert!(routes.set(&["10.60.0.0/16".parse().unwrap()]).is_empty());
         let table = ns.ip(&["route", "show"]).unwrap();
         assert!(
             !table.contains("10.50.0.0/16") && table.contains("10.60.0.0/16"),

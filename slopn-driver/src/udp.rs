@@ -11,7 +11,7 @@ const SLOT: usize = 64 * 1024;
 
 /// A non-blocking UDP socket with quinn-udp's offloads and one pending transmit.
 pub(crate) struct Udp {
-    pub(crate) socket: mio::net::UdpSocket,
+    pub(crate) socket: std::net::UdpSocket,
     state: UdpSocketState,
     recv_buf: Vec<u8>,
     metas: [RecvMeta; BATCH_SIZE],
@@ -32,7 +32,6 @@ impl Udp {
         max_payload: u16,
     ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
-        let socket = mio::net::UdpSocket::from_std(socket);
         let state = UdpSocketState::new((&socket).into())?;
         for (what, set, get) in [
             (

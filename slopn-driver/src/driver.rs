@@ -1,0 +1,270 @@
+//! The datapath steps every runtime performs, whatever waits for readiness: batched reads,
+//! the drain order, requests, events and OS actions. A runtime owns a [`Driver`], waits on
+//! its two file descriptors, its wake-up and its deadline, and calls the steps.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use slopn_tun::Tun;
+use tracing::{debug, info, warn};
+
+use crate::machine::{Flow, IoCounters, Machine};
+use crate::options::{Options, RunError, io_error};
+use crate::os::{OsAction, OsPlan};
+use crate::remote::{Inbox, Remote, Request, Wake};
+use crate::udp::Udp;
+use crate::worker::Worker;
+
+/// Where events go: returns `false` when the consumer's queue is full (the event is then
+/// dropped and counted; it has been logged).
+pub type EventSink<E> = Box<dyn FnMut(E) -> bool + Send>;
+
+/// A machine with its socket, TUN device, OS helper thread and request inbox.
+///
+/// A runtime's loop, per wakeup: [`woken`](Self::woken) if its [`Wake`] fired;
+/// [`read_udp`](Self::read_udp) and [`read_tun`](Self::read_tun) while they report more
+/// may be waiting; [`udp_writable`](Self::udp_writable) when a blocked socket can take
+/// data again; then [`step`](Self::step), which runs due timers and drains the machine's
+/// outputs in order: datagrams, TUN packets, events (and the OS actions they call for).
+/// It then waits until one of the descriptors is ready, the wake-up fires or the
+/// [`deadline`](Self::deadline) passes. At the end, [`finish`](Self::finish) in every case.
+pub struct Driver<M: Machine> {
+    machine: M,
+    udp: Udp,
+    tun: Tun,
+    worker: Worker,
+    plan: OsPlan,
+    inbox: Inbox<M>,
+    events: EventSink<M::Event>,
+    options: Options,
+    tx_buf: Vec<u8>,
+    dropped_events: u64,
+    /// When an orderly shutdown must end, once asked for.
+    stopping: Option<Instant>,
+    os_actions: u64,
+    os_failures: u64,
+}
+
+impl<M: Machine> Driver<M> {
+    /// Makes `socket` non-blocking with quinn-udp's offloads, and starts the OS helper
+    /// thread in the calling thread's network namespace (that of the device). The
+    /// [`Remote`] sends requests; `wake` must make the runtime call [`woken`](Self::woken).
+    pub fn new(
+        machine: M,
+        tun: Tun,
+        socket: std::net::UdpSocket,
+        options: Options,
+        wake: Arc<dyn Wake>,
+        events: EventSink<M::Event>,
+    ) -> Result<(Self, Remote<M>), RunError> {
+        let udp = Udp::new(socket, options.socket_buffer, options.max_udp_payload)
+            .map_err(io_error("setting up the UDP socket"))?;
+        let worker = Worker::spawn(tun.control(), wake.clone())
+            .map_err(io_error("starting the OS helper thread"))?;
+        let (inbox, remote) = Inbox::new(wake);
+        let driver = Self {
+            machine,
+            udp,
+            tun,
+            worker,
+            plan: OsPlan::new(options.routes.clone()),
+            inbox,
+            events,
+            options,
+            tx_buf: Vec::with_capacity(64 * 1024),
+            dropped_events: 0,
+            stopping: None,
+            os_actions: 0,
+            os_failures: 0,
+        };
+        Ok((driver, remote))
+    }
+
+    /// The UDP socket's descriptor, to wait on (readable; writable while
+    /// [`udp_blocked`](Self::udp_blocked)).
+    pub fn udp_fd(&self) -> BorrowedFd<'_> {
+        self.udp.socket.as_fd()
+    }
+
+    /// The TUN device's descriptor, to wait on (readable).
+    pub fn tun_fd(&self) -> BorrowedFd<'_> {
+        self.tun.as_fd()
+    }
+
+    /// When to call [`step`](Self::step) at the latest: the machine's next timer, or the
+    /// end of the shutdown grace.
+    pub fn deadline(&self) -> Option<Instant> {
+        let timer = self.machine.poll_timeout();
+        match (timer, self.stopping) {
+            (Some(t), Some(s)) => Some(t.min(s)),
+            (t, s) => t.or(s),
+        }
+    }
+
+    /// Serves the requests and takes the OS reports that woke the loop. A fatal OS
+    /// failure ends the loop with it.
+    pub fn woken(&mut self, now: Instant) -> Result<(), RunError> {
+        let requests = self.inbox.take().unwrap_or_else(|| vec![Request::Stop]);
+        for request in requests {
+            match request {
+                Request::Stop if self.stopping.is_none() => {
+                    info!("shutting down");
+                    self.machine.shut_down(now);
+                    self.stopping = Some(now + self.options.shutdown_grace);
+                }
+                Request::Stop => {}
+                Request::Stats(reply) => reply(self.machine.stats(self.io_counters())),
+                Request::Command(command) => {
+                    debug!(?command, "command");
+                    self.machine.command(now, command);
+                }
+            }
+        }
+        while let Some(report) = self.worker.try_report() {
+            self.os_actions += 1;
+            let Err(failure) = report.result else {
+                continue;
+            };
+            self.os_failures += 1;
+            if failure.fatal {
+                return Err(RunError::Os(failure));
+            }
+            warn!(id = report.id, "{failure}");
+        }
+        Ok(())
+    }
+
+    fn io_counters(&self) -> IoCounters {
+        IoCounters {
+            tun_write_drops: self.tun.dropped_writes(),
+            tun_read_drops: self.tun.dropped_reads(),
+            udp_send_errors: self.udp.send_errors,
+            os_actions: self.os_actions,
+            os_failures: self.os_failures,
+        }
+    }
+
+    /// Reads UDP until it would block or the per-wakeup budget is spent; returns whether the
+    /// socket may still hold data (if not, a later arrival makes it ready again).
+    pub fn read_udp(&mut self, now: Instant) -> Result<bool, RunError> {
+        let machine = &mut self.machine;
+        for _ in 0..self.options.udp_reads_per_wakeup {
+            match self
+                .udp
+                .recv_batch(|datagram| machine.handle_udp(now, datagram))
+            {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // ICMP errors for earlier sends surface here; the next read goes on.
+                Err(e) => debug!("UDP receive: {e}"),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads TUN packets until it would block or the budget is spent; returns whether the
+    /// device may still hold packets.
+    pub fn read_tun(&mut self, now: Instant) -> Result<bool, RunError> {
+        let machine = &mut self.machine;
+        let mut packets = 0;
+        while packets < self.options.tun_packets_per_wakeup {
+            match self.tun.recv_packets(|packet| {
+                // Refusals are counted by the machine and answered with ICMP where due.
+                let _ = machine.handle_tun_packet(now, packet);
+            }) {
+                Ok(n) => packets += n.max(1),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error("reading the TUN device")(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether a transmit waits for the socket to become writable.
+    pub fn udp_blocked(&self) -> bool {
+        self.udp.is_blocked()
+    }
+
+    /// Sends the transmit that waited for the socket; returns whether it is still blocked.
+    pub fn udp_writable(&mut self) -> bool {
+        !self.udp.retry()
+    }
+
+    /// Runs due timers and drains the machine's outputs; returns whether the loop is done
+    /// (an orderly shutdown finished or ran out of time). Ends with an error when the
+    /// spoke was refused for good.
+    pub fn step(&mut self, now: Instant) -> Result<bool, RunError> {
+        if self.machine.poll_timeout().is_some_and(|t| t <= now) {
+            self.machine.handle_timeout(now);
+        }
+        self.flush(now)?;
+        self.drain_events()?;
+        Ok(self
+            .stopping
+            .is_some_and(|deadline| self.machine.is_shut_down() || Instant::now() >= deadline))
+    }
+
+    /// Sends everything the machine has for the network and the TUN device.
+    fn flush(&mut self, now: Instant) -> Result<(), RunError> {
+        if !self.udp.is_blocked() {
+            let segments = self.udp.max_segments();
+            while let Some(t) = self.machine.poll_transmit(now, segments, &mut self.tx_buf) {
+                if !self.udp.send(&t, &self.tx_buf[..t.size]) {
+                    break;
+                }
+            }
+        }
+        while let Some(packet) = self.machine.poll_tun_packet() {
+            self.tun
+                .queue_packet(&packet)
+                .map_err(io_error("writing to the TUN device"))?;
+        }
+        self.tun
+            .flush()
+            .map_err(io_error("writing to the TUN device"))
+    }
+
+    /// Applies and forwards events, and hands the OS actions they call for to the helper.
+    fn drain_events(&mut self) -> Result<(), RunError> {
+        let mut gave_up = None;
+        while let Some(event) = self.machine.poll_event() {
+            info!(?event, "event");
+            if let Flow::Stop(reason) = self.machine.apply(&event, &mut self.plan) {
+                gave_up = Some(reason);
+            }
+            if !(self.events)(event) {
+                self.dropped_events += 1;
+                if self.dropped_events.is_power_of_two() {
+                    warn!(
+                        dropped = self.dropped_events,
+                        "nobody reads events; dropping them"
+                    );
+                }
+            }
+        }
+        for action in self.plan.drain() {
+            if let OsAction::SetMtu(mtu) = action {
+                // Room for the larger packets before the kernel can send them.
+                self.tun.reserve_mtu(mtu);
+            }
+            let id = self.worker.submit(action);
+            debug!(id, "OS action queued");
+        }
+        gave_up.map_or(Ok(()), |reason| Err(RunError::GaveUp(reason)))
+    }
+
+    /// Ends the loop's side effects in order: refuses further requests, lets the helper
+    /// thread finish its queue and remove the routes, then closes the TUN device (which
+    /// removes it). Blocks until the helper is done: async runtimes call it where blocking
+    /// is allowed.
+    pub fn finish(mut self) {
+        self.inbox.close();
+        self.worker.finish();
+        debug!("loop finished");
+    }
+}

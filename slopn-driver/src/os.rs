@@ -1,0 +1,139 @@
+//! OS actions as values: what a machine asks of the operating system after an event, the
+//! plan that collects them, and the report that comes back for each once the helper
+//! thread (`worker`) has carried it out.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use slopn_tun::TunError;
+
+use crate::policy::RoutePolicy;
+
+/// One change to the OS side of a tunnel. Actions are carried out one after another, in
+/// the order they were queued, on a helper thread: a later action sees the earlier ones
+/// done (routes after the addresses they need).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OsAction {
+    /// Sets the TUN device's MTU. The tunnel cannot work without it: a failure ends it.
+    SetMtu(u16),
+    /// Makes the TUN device's addresses exactly these (address, prefix length). A failure
+    /// ends the tunnel.
+    SetAddresses(Vec<(IpAddr, u8)>),
+    /// Makes the routes through the TUN device exactly `tunnel` and `other`, and keeps
+    /// `bypass` (the hub) routed outside the tunnel with a host route, installed first.
+    /// A failed bypass or tunnel-network route ends the tunnel; a refused `other` route is
+    /// counted and logged, and the rest are installed regardless.
+    SetRoutes {
+        /// The tunnel's own networks (the pools), without which nothing reaches the hub.
+        tunnel: Vec<IpNet>,
+        /// Further networks routed into the tunnel (advertised routes).
+        other: Vec<IpNet>,
+        /// The hub's underlay address, kept outside a full tunnel.
+        bypass: Option<IpAddr>,
+    },
+    /// Points the system resolver at these servers for the TUN device (systemd-resolved).
+    /// A failure is counted and logged: names still resolve as before.
+    SetDns(Vec<IpAddr>),
+}
+
+impl fmt::Display for OsAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OsAction::SetMtu(mtu) => write!(f, "setting the TUN MTU to {mtu}"),
+            OsAction::SetAddresses(addresses) => {
+                write!(f, "setting the TUN addresses to ")?;
+                list(f, addresses.iter().map(|(a, p)| format!("{a}/{p}")))
+            }
+            OsAction::SetRoutes { tunnel, other, .. } => {
+                write!(f, "routing ")?;
+                list(f, tunnel.iter().chain(other).map(ToString::to_string))?;
+                write!(f, " into the tunnel")
+            }
+            OsAction::SetDns(servers) => {
+                write!(f, "setting the DNS servers to ")?;
+                list(f, servers.iter().map(ToString::to_string))
+            }
+        }
+    }
+}
+
+fn list(f: &mut fmt::Formatter<'_>, items: impl Iterator<Item = String>) -> fmt::Result {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() {
+        write!(f, "none")
+    } else {
+        write!(f, "{}", items.join(", "))
+    }
+}
+
+/// What went wrong with one action.
+#[derive(Debug)]
+pub struct OsFailure {
+    /// The action, as a sentence fragment ("routing 10.100.0.0/24 into the tunnel").
+    pub action: String,
+    /// Every error (one per refused route).
+    pub errors: Vec<TunError>,
+    /// Whether the tunnel cannot work after it (see [`OsAction`]).
+    pub fatal: bool,
+}
+
+impl fmt::Display for OsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.action)?;
+        list(f, self.errors.iter().map(ToString::to_string))
+    }
+}
+
+impl std::error::Error for OsFailure {}
+
+/// The outcome of one action, reported back to the loop.
+#[derive(Debug)]
+pub struct OsReport {
+    /// The action's number, counting from 0 in the order queued.
+    pub id: u64,
+    /// `Ok` when it was carried out in full.
+    pub result: Result<(), OsFailure>,
+}
+
+/// The actions a machine queues while applying events, and what it needs to decide them.
+#[derive(Debug)]
+pub struct OsPlan {
+    policy: RoutePolicy,
+    addressed: bool,
+    queued: Vec<OsAction>,
+}
+
+impl OsPlan {
+    /// An empty plan for a tunnel routed by `policy`.
+    pub fn new(policy: RoutePolicy) -> Self {
+        Self {
+            policy,
+            addressed: false,
+            queued: Vec::new(),
+        }
+    }
+
+    /// Which advertised routes a spoke installs.
+    pub fn policy(&self) -> &RoutePolicy {
+        &self.policy
+    }
+
+    /// Whether addresses have been queued for the device (routes need them first).
+    pub fn has_addresses(&self) -> bool {
+        self.addressed
+    }
+
+    /// Queues an action.
+    pub fn push(&mut self, action: OsAction) {
+        if let OsAction::SetAddresses(addresses) = &action {
+            self.addressed = !addresses.is_empty();
+        }
+        self.queued.push(action);
+    }
+
+    /// Takes the queued actions, oldest first.
+    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, OsAction> {
+        self.queued.drain(..)
+    }
+}

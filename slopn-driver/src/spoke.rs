@@ -1,0 +1,104 @@
+//! The spoke as a [`Machine`]: its commands, its status, and the OS actions its events call
+//! for.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ipnet::IpNet;
+use slopn_proto::control::IpPrefix;
+use slopn_proto::{
+    Datagram, DisconnectReason, DropReason, Spoke, SpokeEvent, SpokeSnapshot, SpokeState, Transmit,
+};
+
+use crate::machine::{Flow, IoCounters, Machine, forward_io};
+use crate::os::{OsAction, OsPlan};
+
+/// Commands for a spoke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpokeCommand {
+    /// Connect (again) now.
+    Connect,
+    /// Say goodbye and stay disconnected until [`SpokeCommand::Connect`].
+    Disconnect,
+}
+
+/// A spoke's statistics and state.
+#[derive(Clone, Debug)]
+pub struct SpokeStatus {
+    /// Where it stands.
+    pub state: SpokeState,
+    /// Counters and the current session's figures.
+    pub stats: SpokeSnapshot,
+    /// The hub's tunnel addresses.
+    pub hub_addresses: Vec<IpAddr>,
+    /// The routes the hub advertised.
+    pub routes: Vec<IpNet>,
+    /// The DNS servers the hub pushed.
+    pub dns_servers: Vec<IpAddr>,
+    /// The runtime's own I/O losses and OS actions.
+    pub io: IoCounters,
+}
+
+impl Machine for Spoke {
+    type Event = SpokeEvent;
+    type Stats = SpokeStatus;
+    type Command = SpokeCommand;
+
+    forward_io!(Spoke, SpokeEvent);
+
+    fn command(&mut self, now: Instant, command: SpokeCommand) {
+        match command {
+            SpokeCommand::Connect => self.connect(now),
+            SpokeCommand::Disconnect => self.disconnect(now),
+        }
+    }
+    fn shut_down(&mut self, now: Instant) {
+        self.disconnect(now);
+    }
+    fn is_shut_down(&self) -> bool {
+        self.is_closed()
+    }
+    fn stats(&mut self, io: IoCounters) -> SpokeStatus {
+        SpokeStatus {
+            state: self.state(),
+            stats: Spoke::stats(self),
+            hub_addresses: self.hub_addresses(),
+            routes: self.routes().iter().flat_map(|r| r.to_nets()).collect(),
+            dns_servers: self.dns_servers().to_vec(),
+            io,
+        }
+    }
+    fn apply(&mut self, event: &SpokeEvent, os: &mut OsPlan) -> Flow {
+        match event {
+            SpokeEvent::Assigned {
+                addresses, tun_mtu, ..
+            } => {
+                if let Some(mtu) = tun_mtu {
+                    os.push(OsAction::SetMtu(*mtu));
+                }
+                let host = addresses
+                    .iter()
+                    .map(|a| (*a, IpPrefix::host(*a).prefix_len()))
+                    .collect();
+                os.push(OsAction::SetAddresses(host));
+                // Routes need the addresses in place: queued after them, the current list.
+                os.push(os.policy().routes(self));
+            }
+            // Before the first assignment the routes wait for the addresses (see above).
+            SpokeEvent::RoutesChanged { .. } if os.has_addresses() => {
+                os.push(os.policy().routes(self));
+            }
+            SpokeEvent::DnsChanged { servers } => os.push(OsAction::SetDns(servers.clone())),
+            SpokeEvent::MtuChanged { tun_mtu } => os.push(OsAction::SetMtu(*tun_mtu)),
+            SpokeEvent::Disconnected {
+                reason,
+                retry_in: None,
+            } if !matches!(reason, DisconnectReason::Local { .. }) => {
+                return Flow::Stop(reason.clone());
+            }
+            _ => {}
+        }
+        Flow::Continue
+    }
+}
