@@ -93,8 +93,9 @@ impl<M: Machine> Loop<M> {
     pub fn stats(&self) -> Option<M::Stats> {
         match self {
             Self::Mio(h) => h.stats(),
+            // Timers need the runtime's context: made inside the futures.
             Self::Tokio { handle, runtime } => runtime
-                .block_on(tokio::time::timeout(STATS_TIMEOUT, handle.stats()))
+                .block_on(async { tokio::time::timeout(STATS_TIMEOUT, handle.stats()).await })
                 .ok()
                 .flatten(),
         }
@@ -105,7 +106,8 @@ impl<M: Machine> Loop<M> {
         match self {
             Self::Mio(h) => h.next_event(timeout),
             Self::Tokio { handle, runtime } => {
-                match runtime.block_on(tokio::time::timeout(timeout, handle.next_event())) {
+                let next = async { tokio::time::timeout(timeout, handle.next_event()).await };
+                match runtime.block_on(next) {
                     Ok(Some(event)) => Ok(event),
                     Ok(None) => Err(RecvTimeoutError::Disconnected),
                     Err(_) => Err(RecvTimeoutError::Timeout),
