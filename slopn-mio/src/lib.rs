@@ -1,6 +1,5 @@
-//! SloPN's event loop on mio: one thread, one `mio::Poll`, driving a
-//! [`Hub`](slopn_proto::Hub) or a [`Spoke`](slopn_proto::Spoke) against a UDP socket and a
-//! TUN device.
+//! SloPN's event loop on mio: one thread, one `mio::Poll`, driving a sans-IO `Hub` or
+//! `Spoke` (`slopn_proto`) against a UDP socket and a TUN device.
 //!
 //! The datapath itself is [`slopn_driver`]'s, shared with the other runtimes: each wakeup
 //! reads the UDP socket in batches (`recvmmsg` with GRO through `quinn-udp`) and the TUN

@@ -1,13 +1,13 @@
-//! SloPN for programs that already run tokio: the sans-IO [`Hub`](slopn_proto::Hub) or
-//! [`Spoke`](slopn_proto::Spoke) driven as one task on the caller's runtime.
+//! SloPN for programs that already run tokio: a sans-IO `Hub` or `Spoke` (`slopn_proto`)
+//! driven as one task on the caller's runtime.
 //!
 //! The datapath is [`slopn_driver`]'s, the same as `slopn-mio`'s event loop: the UDP socket
 //! read in batches (`recvmmsg` with GRO through quinn-udp, sends with GSO), TUN
 //! super-packets split, both bounded per wakeup so that neither side starves the other or
 //! the timers, and the machine's outputs drained in one order after any input. What is
-//! tokio's here: both descriptors wait in [`AsyncFd`](tokio::io::unix::AsyncFd)s, the timer
+//! tokio's here: both descriptors wait in [`AsyncFd`]s, the timer
 //! is a [`sleep_until`](tokio::time::sleep_until) on the machine's `poll_timeout`, and a
-//! [`Notify`](tokio::sync::Notify) carries commands, the stop request and the OS helper's
+//! [`Notify`] carries commands, the stop request and the OS helper's
 //! reports. Routes, addresses and DNS are set by the driver's helper thread, never on the
 //! runtime's workers; it runs in the network namespace of the thread that calls [`spawn`].
 //!
