@@ -79,8 +79,14 @@ fn tunnel_state(state: SpokeState) -> TunnelState {
 pub fn spoke_status(status: &SpokeStatus, hub: &str, rates: &Rates) -> StatusDocument {
     let s = &status.stats;
     let (rx_rate, tx_rate) = rates.get();
+    // Established means packets flow: not before the OS helper has set the addresses and
+    // routes the assignment called for.
+    let state = match tunnel_state(status.state) {
+        TunnelState::Established if status.io.os_pending > 0 => TunnelState::Authenticating,
+        state => state,
+    };
     StatusDocument {
-        state: tunnel_state(status.state),
+        state,
         hub: hub.to_owned(),
         identity: s.identity.clone(),
         addresses: s.addresses.clone(),

@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::mpsc::RecvTimeoutError;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,11 +33,22 @@ struct Watch {
     ended: Option<Result<(), String>>,
 }
 
+/// The watch, and a signal for when the watcher records how the loop ended.
+#[derive(Debug, Default)]
+struct Watched {
+    watch: Mutex<Watch>,
+    ended: Condvar,
+}
+
+/// How long a status request waits for the watcher to record why a loop that has just
+/// ended ended (it does at once; this only bounds a stuck watcher).
+const ENDED_WAIT: Duration = Duration::from_secs(1);
+
 /// A running (or ended) spoke tunnel.
 pub struct Tunnel {
     handle: Arc<Loop<Spoke>>,
     rates: Arc<Rates>,
-    watch: Arc<Mutex<Watch>>,
+    watch: Arc<Watched>,
     hub: String,
     watcher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -180,7 +191,7 @@ impl Tunnel {
         sample_rates(&handle, &rates, |s: &SpokeStatus| {
             (s.stats.traffic.rx_bytes, s.stats.traffic.tx_bytes)
         });
-        let watch = Arc::new(Mutex::new(Watch::default()));
+        let watch = Arc::new(Watched::default());
         let watcher = Watcher {
             handle: handle.clone(),
             watch: watch.clone(),
@@ -207,18 +218,31 @@ impl Tunnel {
     }
 
     fn watch(&self) -> MutexGuard<'_, Watch> {
-        self.watch.lock().unwrap_or_else(|e| e.into_inner())
+        self.watch.watch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How the loop ended, waiting briefly for the watcher to record it.
+    fn wait_ended(&self) -> Option<Result<(), String>> {
+        let watch = self.watch();
+        let (watch, _) = self
+            .watch
+            .ended
+            .wait_timeout_while(watch, ENDED_WAIT, |w| w.ended.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        watch.ended.clone()
     }
 
     /// The status document.
     pub fn status(&self) -> StatusDocument {
         let ended = self.watch().ended.clone();
-        // A finished loop answers no more questions (asking would wait for a timeout).
+        // A finished loop answers no more questions.
         let snapshot = match ended {
             None if !self.handle.is_finished() => self.handle.stats(),
             _ => None,
         };
         let Some(snapshot) = snapshot else {
+            // The loop has ended; its watcher says why a moment later.
+            let ended = ended.or_else(|| self.wait_ended());
             return StatusDocument {
                 state: TunnelState::Stopped,
                 hub: self.hub.clone(),
@@ -270,7 +294,7 @@ impl Tunnel {
 /// The thread that follows a tunnel's events.
 struct Watcher {
     handle: Arc<Loop<Spoke>>,
-    watch: Arc<Mutex<Watch>>,
+    watch: Arc<Watched>,
     events: Arc<Topic>,
     hub: String,
     hub_addr: SocketAddr,
@@ -329,14 +353,15 @@ impl Watcher {
         }
         self.events
             .publish(json!({ "event": "stopped", "error": ended.as_ref().err() }).to_string());
-        if let Ok(mut watch) = self.watch.lock() {
+        if let Ok(mut watch) = self.watch.watch.lock() {
             watch.ended = Some(ended);
         }
+        self.watch.ended.notify_all();
     }
 
     /// Keeps what the status document needs from the event.
     fn note(&self, event: &SpokeEvent) {
-        let Ok(mut watch) = self.watch.lock() else {
+        let Ok(mut watch) = self.watch.watch.lock() else {
             return;
         };
         let now = Instant::now();

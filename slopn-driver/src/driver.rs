@@ -142,6 +142,7 @@ impl<M: Machine> Driver<M> {
             tun_read_drops: self.tun.dropped_reads(),
             udp_send_errors: self.udp.send_errors,
             os_actions: self.os_actions,
+            os_pending: self.worker.queued() - self.os_actions,
             os_failures: self.os_failures,
         }
     }

@@ -75,6 +75,9 @@ pub struct IoCounters {
     pub udp_send_errors: u64,
     /// OS actions carried out (successfully or not).
     pub os_actions: u64,
+    /// OS actions queued and not carried out yet: while there are any, the device's
+    /// addresses and routes may lag behind the machine's state.
+    pub os_pending: u64,
     /// OS actions that failed, wholly or in part (a route the kernel refused, DNS servers
     /// that could not be applied).
     pub os_failures: u64,

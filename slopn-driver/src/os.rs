@@ -137,3 +137,54 @@ impl OsPlan {
         self.queued.drain(..)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_keep_their_order_and_routes_wait_for_addresses() {
+        let mut plan = OsPlan::new(RoutePolicy::default());
+        assert!(!plan.has_addresses());
+        plan.push(OsAction::SetMtu(1400));
+        plan.push(OsAction::SetAddresses(vec![(
+            "10.100.0.2".parse().unwrap(),
+            32,
+        )]));
+        assert!(plan.has_addresses());
+        plan.push(OsAction::SetDns(vec![]));
+        let kinds: Vec<String> = plan.drain().map(|a| a.to_string()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "setting the TUN MTU to 1400",
+                "setting the TUN addresses to 10.100.0.2/32",
+                "setting the DNS servers to none",
+            ]
+        );
+        plan.push(OsAction::SetAddresses(vec![]));
+        assert!(!plan.has_addresses());
+    }
+
+    #[test]
+    fn a_failure_names_the_action_and_every_error() {
+        let action = OsAction::SetRoutes {
+            tunnel: vec!["10.100.0.0/24".parse().unwrap()],
+            other: vec!["2001:db8::/32".parse().unwrap()],
+            bypass: None,
+        };
+        let failure = OsFailure {
+            action: action.to_string(),
+            errors: vec![TunError::Command {
+                command: "ip -6 route replace 2001:db8::/32 dev slopn0".into(),
+                stderr: "Error: IPv6 is disabled on nexthop device.".into(),
+            }],
+            fatal: false,
+        };
+        assert_eq!(
+            failure.to_string(),
+            "routing 10.100.0.0/24, 2001:db8::/32 into the tunnel: `ip -6 route replace \
+             2001:db8::/32 dev slopn0` failed: Error: IPv6 is disabled on nexthop device."
+        );
+    }
+}

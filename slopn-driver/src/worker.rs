@@ -53,6 +53,11 @@ impl Worker {
         id
     }
 
+    /// How many actions were queued so far.
+    pub(crate) fn queued(&self) -> u64 {
+        self.next_id
+    }
+
     /// A report that came in, if any.
     pub(crate) fn try_report(&self) -> Option<OsReport> {
         self.reports.try_recv().ok()
