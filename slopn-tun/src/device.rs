@@ -117,7 +117,8 @@ impl Tun {
 
     /// A handle that configures this device's MTU and addresses, starting from the
     /// addresses set now. Its ioctls and netlink requests act in the network namespace of
-    /// the thread that calls them, and may wait: keep them off the datapath.
+    /// the thread that calls them, and may wait: keep them off the datapath. The device
+    /// exists until the `Tun` and every such handle are dropped.
     pub fn control(&self) -> TunControl {
         TunControl {
             device: self.device.clone(),

@@ -95,7 +95,10 @@ fn tun_device_addresses_mtu_routes_and_packets() {
         drop(routes);
         let table = ns.ip(&["route", "show"]).unwrap();
         assert!(!table.contains("10.60.0.0/16"), "{table}");
+        // The device lives while the Tun or a TunControl does.
         drop(tun);
+        assert!(ns.ip(&["link", "show", "dev", "slopn-t0"]).is_ok());
+        drop(control);
         assert!(
             ns.ip(&["link", "show", "dev", "slopn-t0"]).is_err(),
             "device removed"
