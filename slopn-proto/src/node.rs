@@ -73,7 +73,8 @@ impl Packets {
     }
 
     /// Answers a TUN-side packet with an ICMP error from `from` (our tunnel address of its
-    /// family, if we have one), written back to the TUN side; rate-limited.
+    /// family, if we have one; the packet's destination if the packet came from `from`
+    /// itself), written back to the TUN side; rate-limited.
     pub(crate) fn icmp_to_tun(
         &mut self,
         now: Instant,
@@ -82,9 +83,15 @@ impl Packets {
         header: &IpHeader,
         kind: IcmpError,
     ) {
-        let Some(from) = from else {
+        let Some(mut from) = from else {
             return;
         };
+        // A packet this host sent itself: the kernel drops an ICMP error whose source is one
+        // of its own addresses (a "martian"), and the sender would never learn the smaller
+        // path MTU. The error comes from the destination instead, routed through the tunnel.
+        if from == header.src {
+            from = header.dst;
+        }
         if !self.tun_icmp.allow(now) {
             return;
         }
