@@ -217,6 +217,9 @@ pub struct SpokeStatus {
     pub rtt_ms: Option<f64>,
     /// The TUN device's MTU.
     pub tun_mtu: Option<u16>,
+    /// Times the current connection took losses for an MTU black hole and fell back to its
+    /// smallest packets (path MTU discovery then climbs again).
+    pub black_holes: u64,
     /// Seconds since the current session was established.
     pub connected_secs: Option<f64>,
     /// While reconnecting: milliseconds until the next attempt.

@@ -181,6 +181,9 @@ pub struct SpokeStats {
     pub rtt: Duration,
     /// Largest IP packet the tunnel to this spoke carries now.
     pub max_packet: Option<usize>,
+    /// Times QUIC took losses of what the hub sent for an MTU black hole and fell back to
+    /// its smallest packets (path MTU discovery then climbs again).
+    pub black_holes: u64,
     /// Traffic: rx = from the spoke, tx = to the spoke.
     pub traffic: TrafficCounters,
     /// Packets from this spoke that were dropped, by reason.
@@ -225,6 +228,9 @@ pub struct SpokeSnapshot {
     pub rtt: Option<Duration>,
     /// Largest IP packet the tunnel carries now (the TUN MTU to use).
     pub tun_mtu: Option<u16>,
+    /// Times QUIC took losses of what the current connection sent for an MTU black hole
+    /// and fell back to its smallest packets.
+    pub black_holes: u64,
     /// Traffic: rx = from the hub, tx = to the hub.
     pub traffic: TrafficCounters,
     /// Dropped packets by reason.

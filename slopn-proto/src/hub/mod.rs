@@ -324,6 +324,7 @@ impl Hub {
                     remote: link.conn.remote_address(),
                     rtt: link.conn.rtt(),
                     max_packet: link.max_packet(),
+                    black_holes: link.conn.stats().path.black_holes_detected,
                     traffic: s.traffic,
                     drops: s.drops,
                 }
