@@ -237,7 +237,10 @@ fn print_status(value: &serde_json::Value, json: bool) {
     }
     match s.tun_mtu {
         Some(mtu) if s.black_holes > 0 => {
-            println!("mtu:       {mtu} (dropped for a black hole {} times)", s.black_holes)
+            println!(
+                "mtu:       {mtu} (dropped for a black hole {} times)",
+                s.black_holes
+            )
         }
         Some(mtu) => println!("mtu:       {mtu}"),
         None => println!("mtu:       -"),

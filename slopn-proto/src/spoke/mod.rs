@@ -317,9 +317,7 @@ impl Spoke {
         stats.identity = tunnel.identity.clone();
         stats.addresses = tunnel.addresses();
         stats.tun_mtu = tunnel.tun_mtu;
-        let current = tunnel
-            .current
-            .and_then(|idx| self.node.transport.get(idx));
+        let current = tunnel.current.and_then(|idx| self.node.transport.get(idx));
         stats.rtt = current.map(|e| e.link.conn.rtt());
         stats.black_holes = current.map_or(0, |e| e.link.conn.stats().path.black_holes_detected);
         stats
