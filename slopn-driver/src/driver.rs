@@ -14,6 +14,7 @@ use crate::machine::{Flow, IoCounters, Machine};
 use crate::options::{Options, RunError, io_error};
 use crate::os::{OsAction, OsPlan};
 use crate::remote::{Inbox, Remote, Request, Wake};
+use crate::system::System;
 use crate::udp::Udp;
 use crate::worker::Worker;
 
@@ -61,7 +62,7 @@ impl<M: Machine> Driver<M> {
     ) -> Result<(Self, Remote<M>), RunError> {
         let udp = Udp::new(socket, options.socket_buffer, options.max_udp_payload)
             .map_err(io_error("setting up the UDP socket"))?;
-        let worker = Worker::spawn(tun.control(), wake.clone())
+        let worker = Worker::spawn(System::new(tun.control()), wake.clone())
             .map_err(io_error("starting the OS helper thread"))?;
         let (inbox, remote) = Inbox::new(wake);
         let driver = Self {
@@ -253,7 +254,10 @@ impl<M: Machine> Driver<M> {
                 // Room for the larger packets before the kernel can send them.
                 self.tun.reserve_mtu(mtu);
             }
-            let id = self.worker.submit(action);
+            let id = self
+                .worker
+                .submit(action)
+                .map_err(|_| RunError::OsHelperGone)?;
             debug!(id, "OS action queued");
         }
         gave_up.map_or(Ok(()), |reason| Err(RunError::GaveUp(reason)))

@@ -39,6 +39,7 @@ mod os;
 mod policy;
 mod remote;
 mod spoke;
+mod system;
 mod udp;
 mod worker;
 

@@ -3,17 +3,26 @@
 //! finishes, before the TUN device goes.
 
 use std::io;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
-use ipnet::IpNet;
-use slopn_tun::{Routes, TunControl, TunError};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::os::{OsAction, OsFailure, OsReport};
 use crate::remote::Wake;
+
+/// What the helper thread changes: the OS ([`System`](crate::system::System)), or a
+/// test's fake. Dropping it undoes what must not outlive the loop (the routes).
+pub(crate) trait OsSide: Send + 'static {
+    /// Carries out one action.
+    fn carry_out(&mut self, action: &OsAction) -> Result<(), OsFailure>;
+}
+
+/// The helper thread is gone before the loop asked it to end: it panicked, and actions
+/// queued for it would be lost.
+#[derive(Debug)]
+pub(crate) struct HelperGone;
 
 /// The loop's side of the helper thread.
 pub(crate) struct Worker {
@@ -27,12 +36,12 @@ impl Worker {
     /// Starts the thread. It runs in the network namespace of the calling thread (new
     /// threads inherit it), which is where the device and its routes live. `wake` is called
     /// after each report.
-    pub(crate) fn spawn(control: TunControl, wake: Arc<dyn Wake>) -> io::Result<Self> {
+    pub(crate) fn spawn(os: impl OsSide, wake: Arc<dyn Wake>) -> io::Result<Self> {
         let (actions, queue) = mpsc::channel();
         let (reporter, reports) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("slopn-os".into())
-            .spawn(move || run(control, queue, reporter, wake))?;
+            .spawn(move || run(os, queue, reporter, wake))?;
         Ok(Self {
             actions: Some(actions),
             reports,
@@ -41,16 +50,14 @@ impl Worker {
         })
     }
 
-    /// Queues an action; returns its number (its report carries it).
-    pub(crate) fn submit(&mut self, action: OsAction) -> u64 {
+    /// Queues an action; returns its number (its report carries it), or [`HelperGone`] if
+    /// the thread has died.
+    pub(crate) fn submit(&mut self, action: OsAction) -> Result<u64, HelperGone> {
         let id = self.next_id;
+        let actions = self.actions.as_ref().ok_or(HelperGone)?;
+        actions.send((id, action)).map_err(|_| HelperGone)?;
         self.next_id += 1;
-        if let Some(actions) = &self.actions {
-            // A thread that is gone has nothing left to configure; its end is reported by
-            // `finish`.
-            let _ = actions.send((id, action));
-        }
-        id
+        Ok(id)
     }
 
     /// How many actions were queued so far.
@@ -81,88 +88,84 @@ impl Drop for Worker {
 }
 
 fn run(
-    mut control: TunControl,
+    mut os: impl OsSide,
     queue: Receiver<(u64, OsAction)>,
     reporter: Sender<OsReport>,
     wake: Arc<dyn Wake>,
 ) {
-    let mut routes = Routes::new(control.name());
     for (id, action) in queue {
-        let result = carry_out(&action, &mut control, &mut routes);
+        let result = os.carry_out(&action);
         debug!(id, %action, ok = result.is_ok(), "OS action done");
         if reporter.send(OsReport { id, result }).is_ok() {
             wake.wake();
         }
     }
-    // The routes go before the device: dropping them deletes them.
-    drop(routes);
+    // Dropping `os` removes the routes, before the loop closes the device.
 }
 
-fn carry_out(
-    action: &OsAction,
-    control: &mut TunControl,
-    routes: &mut Routes,
-) -> Result<(), OsFailure> {
-    let failure = |errors: Vec<TunError>, fatal| OsFailure {
-        action: action.to_string(),
-        errors,
-        fatal,
-    };
-    match action {
-        OsAction::SetMtu(mtu) => control.set_mtu(*mtu).map_err(|e| failure(vec![e], true)),
-        OsAction::SetAddresses(addresses) => control
-            .set_addresses(addresses)
-            .map_err(|e| failure(vec![e], true)),
-        OsAction::SetRoutes {
-            tunnel,
-            other,
-            bypass,
-        } => {
-            // The hub stays reachable outside the tunnel before a default route points into it.
-            routes
-                .set_bypass(*bypass)
-                .map_err(|e| failure(vec![e], true))?;
-            let all: Vec<IpNet> = tunnel.iter().chain(other).copied().collect();
-            let failed = routes.set(&all);
-            if failed.is_empty() {
-                return Ok(());
-            }
-            let fatal = failed
-                .iter()
-                .any(|(net, _)| tunnel.iter().any(|t| t.trunc() == *net));
-            Err(failure(failed.into_iter().map(|(_, e)| e).collect(), fatal))
-        }
-        OsAction::SetDns(servers) => {
-            set_dns(control.name(), servers).map_err(|e| failure(vec![e], false))
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
 
-/// Points the system resolver at `servers` for the tunnel device through systemd-resolved.
-fn set_dns(device: &str, servers: &[IpAddr]) -> Result<(), TunError> {
-    if servers.is_empty() {
-        return Ok(());
+    use super::*;
+
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(&self) {}
     }
-    let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
-    let output = std::process::Command::new("resolvectl")
-        .arg("dns")
-        .arg(device)
-        .args(&list)
-        .output();
-    match output {
-        Ok(out) if out.status.success() => {
-            info!(servers = ?list, "DNS servers set");
+
+    /// Records what it is asked to do; panics on an MTU of 0.
+    struct Fake {
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl OsSide for Fake {
+        fn carry_out(&mut self, action: &OsAction) -> Result<(), OsFailure> {
+            assert_ne!(*action, OsAction::SetMtu(0), "the fake OS breaks");
+            self.log.lock().unwrap().push(action.to_string());
             Ok(())
         }
-        Ok(out) => Err(TunError::Command {
-            command: format!("resolvectl dns {device} {}", list.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        }),
-        Err(e) => Err(TunError::Io {
-            what: "running resolvectl (systemd-resolved is not available: configure the \
-                   pushed DNS servers in /etc/resolv.conf if wanted)"
-                .into(),
-            source: e,
-        }),
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            self.log.lock().unwrap().push("routes removed".into());
+        }
+    }
+
+    fn fake() -> (Worker, Arc<Mutex<Vec<String>>>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let worker = Worker::spawn(Fake { log: log.clone() }, Arc::new(NoWake)).unwrap();
+        (worker, log)
+    }
+
+    #[test]
+    fn actions_are_carried_out_in_order_and_the_routes_removed_at_the_end() {
+        let (mut worker, log) = fake();
+        assert_eq!(worker.submit(OsAction::SetMtu(1400)).unwrap(), 0);
+        assert_eq!(worker.submit(OsAction::SetDns(vec![])).unwrap(), 1);
+        worker.finish();
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "setting the TUN MTU to 1400",
+                "setting the DNS servers to none",
+                "routes removed"
+            ]
+        );
+        assert_eq!(worker.try_report().unwrap().id, 0);
+    }
+
+    #[test]
+    fn actions_for_a_helper_that_died_are_refused_not_lost() {
+        let (mut worker, _log) = fake();
+        worker.submit(OsAction::SetMtu(0)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while worker.submit(OsAction::SetMtu(1400)).is_ok() {
+            assert!(Instant::now() < deadline, "submit never failed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
