@@ -264,8 +264,8 @@ impl<M: Machine> Driver<M> {
     }
 
     /// Ends the loop's side effects in order: refuses further requests, lets the helper
-    /// thread finish its queue and remove the routes, then closes the TUN device (which
-    /// removes it). Blocks until the helper is done: async runtimes call it where blocking
+    /// thread end the action it is carrying out, skip the rest of its queue and remove the
+    /// routes, then closes the TUN device (which removes it). Blocks until the helper is done: async runtimes call it where blocking
     /// is allowed.
     pub fn finish(mut self) {
         self.inbox.close();

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
@@ -29,6 +30,8 @@ pub(crate) struct Worker {
     actions: Option<Sender<(u64, OsAction)>>,
     reports: Receiver<OsReport>,
     thread: Option<JoinHandle<()>>,
+    /// Set by [`finish`](Worker::finish): actions still queued are skipped.
+    cancelled: Arc<AtomicBool>,
     next_id: u64,
 }
 
@@ -39,13 +42,21 @@ impl Worker {
     pub(crate) fn spawn(os: impl OsSide, wake: Arc<dyn Wake>) -> io::Result<Self> {
         let (actions, queue) = mpsc::channel();
         let (reporter, reports) = mpsc::channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let helper = Helper {
+            queue,
+            reporter,
+            wake,
+            cancelled: cancelled.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("slopn-os".into())
-            .spawn(move || run(os, queue, reporter, wake))?;
+            .spawn(move || helper.run(os))?;
         Ok(Self {
             actions: Some(actions),
             reports,
             thread: Some(thread),
+            cancelled,
             next_id: 0,
         })
     }
@@ -70,8 +81,11 @@ impl Worker {
         self.reports.try_recv().ok()
     }
 
-    /// Lets the thread carry out what is queued, remove the routes and end; waits for it.
+    /// Ends the thread: it finishes the action it is carrying out, skips the rest of the
+    /// queue (a tunnel that ends needs no more routes or DNS), removes the routes and ends.
+    /// Waits for it.
     pub(crate) fn finish(&mut self) {
+        self.cancelled.store(true, Ordering::Release);
         self.actions = None;
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
@@ -87,20 +101,29 @@ impl Drop for Worker {
     }
 }
 
-fn run(
-    mut os: impl OsSide,
+/// The thread's side.
+struct Helper {
     queue: Receiver<(u64, OsAction)>,
     reporter: Sender<OsReport>,
     wake: Arc<dyn Wake>,
-) {
-    for (id, action) in queue {
-        let result = os.carry_out(&action);
-        debug!(id, %action, ok = result.is_ok(), "OS action done");
-        if reporter.send(OsReport { id, result }).is_ok() {
-            wake.wake();
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Helper {
+    fn run(self, mut os: impl OsSide) {
+        for (id, action) in self.queue {
+            if self.cancelled.load(Ordering::Acquire) {
+                debug!(id, %action, "OS action skipped: the loop has ended");
+                continue;
+            }
+            let result = os.carry_out(&action);
+            debug!(id, %action, ok = result.is_ok(), "OS action done");
+            if self.reporter.send(OsReport { id, result }).is_ok() {
+                self.wake.wake();
+            }
         }
+        // Dropping `os` removes the routes, before the loop closes the device.
     }
-    // Dropping `os` removes the routes, before the loop closes the device.
 }
 
 #[cfg(test)]
@@ -116,15 +139,23 @@ mod tests {
         fn wake(&self) {}
     }
 
-    /// Records what it is asked to do; panics on an MTU of 0.
+    /// Records what it is asked to do; panics on an MTU of 0. On an MTU of 1 it says it
+    /// has started and waits for the test's word.
     struct Fake {
         log: Arc<Mutex<Vec<String>>>,
+        gate: Option<(Sender<()>, Receiver<()>)>,
     }
 
     impl OsSide for Fake {
         fn carry_out(&mut self, action: &OsAction) -> Result<(), OsFailure> {
             assert_ne!(*action, OsAction::SetMtu(0), "the fake OS breaks");
             self.log.lock().unwrap().push(action.to_string());
+            if *action == OsAction::SetMtu(1)
+                && let Some((started, proceed)) = &self.gate
+            {
+                started.send(()).unwrap();
+                proceed.recv().unwrap();
+            }
             Ok(())
         }
     }
@@ -135,10 +166,17 @@ mod tests {
         }
     }
 
-    fn fake() -> (Worker, Arc<Mutex<Vec<String>>>) {
+    fn fake_with(gate: Option<(Sender<()>, Receiver<()>)>) -> (Worker, Arc<Mutex<Vec<String>>>) {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let worker = Worker::spawn(Fake { log: log.clone() }, Arc::new(NoWake)).unwrap();
-        (worker, log)
+        let fake = Fake {
+            log: log.clone(),
+            gate,
+        };
+        (Worker::spawn(fake, Arc::new(NoWake)).unwrap(), log)
+    }
+
+    fn fake() -> (Worker, Arc<Mutex<Vec<String>>>) {
+        fake_with(None)
     }
 
     #[test]
@@ -146,6 +184,8 @@ mod tests {
         let (mut worker, log) = fake();
         assert_eq!(worker.submit(OsAction::SetMtu(1400)).unwrap(), 0);
         assert_eq!(worker.submit(OsAction::SetDns(vec![])).unwrap(), 1);
+        let reports = wait_reports(&worker, 2);
+        assert_eq!(reports, [0, 1]);
         worker.finish();
         assert_eq!(
             *log.lock().unwrap(),
@@ -155,7 +195,50 @@ mod tests {
                 "routes removed"
             ]
         );
-        assert_eq!(worker.try_report().unwrap().id, 0);
+    }
+
+    /// The numbers of the first `n` reports, waiting for them.
+    fn wait_reports(worker: &Worker, n: usize) -> Vec<u64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            assert!(Instant::now() < deadline, "only {ids:?} reported");
+            match worker.try_report() {
+                Some(report) => ids.push(report.id),
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        ids
+    }
+
+    #[test]
+    fn finishing_skips_the_queue_and_only_removes_the_routes() {
+        let (started, has_started) = mpsc::channel();
+        let (proceed, gate) = mpsc::channel();
+        let (mut worker, log) = fake_with(Some((started, gate)));
+        // A slow action (resolvectl waiting on D-Bus), then a full tunnel queued behind it
+        // by a spoke that gives up.
+        worker.submit(OsAction::SetMtu(1)).unwrap();
+        worker
+            .submit(OsAction::SetRoutes {
+                tunnel: vec!["10.100.0.0/24".parse().unwrap()],
+                other: vec!["0.0.0.0/1".parse().unwrap()],
+                bypass: None,
+            })
+            .unwrap();
+        worker.submit(OsAction::SetDns(vec![])).unwrap();
+        has_started.recv().unwrap();
+        // Done once finish (below) has flagged the end.
+        let opener = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            proceed.send(()).unwrap();
+        });
+        worker.finish();
+        opener.join().unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["setting the TUN MTU to 1", "routes removed"]
+        );
     }
 
     #[test]
