@@ -101,6 +101,8 @@ pub struct OsReport {
 pub struct OsPlan {
     policy: RoutePolicy,
     addressed: bool,
+    /// DNS servers pushed before there were addresses, set after the routes.
+    held_dns: Option<Vec<IpAddr>>,
     queued: Vec<OsAction>,
 }
 
@@ -110,6 +112,7 @@ impl OsPlan {
         Self {
             policy,
             addressed: false,
+            held_dns: None,
             queued: Vec::new(),
         }
     }
@@ -122,6 +125,17 @@ impl OsPlan {
     /// Whether addresses have been queued for the device (routes need them first).
     pub fn has_addresses(&self) -> bool {
         self.addressed
+    }
+
+    /// Keeps DNS servers that came before the addresses (replacing any kept before), for
+    /// [`take_held_dns`](Self::take_held_dns) once the addresses and routes are queued.
+    pub fn hold_dns(&mut self, servers: Vec<IpAddr>) {
+        self.held_dns = Some(servers);
+    }
+
+    /// The DNS servers kept by [`hold_dns`](Self::hold_dns), if any.
+    pub fn take_held_dns(&mut self) -> Option<Vec<IpAddr>> {
+        self.held_dns.take()
     }
 
     /// Queues an action.

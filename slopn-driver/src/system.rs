@@ -1,11 +1,8 @@
 //! The OS side of the helper thread: the TUN device's MTU and addresses, the routes, and
 //! DNS, changed as [`OsAction`]s say.
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
-use slopn_tun::{Routes, TunControl, TunError};
-use tracing::info;
+use slopn_tun::{Routes, TunControl, TunError, set_dns};
 
 use crate::os::{OsAction, OsFailure};
 use crate::worker::OsSide;
@@ -63,34 +60,5 @@ impl OsSide for System {
                 set_dns(control.name(), servers).map_err(|e| failure(vec![e], false))
             }
         }
-    }
-}
-
-/// Points the system resolver at `servers` for the tunnel device through systemd-resolved.
-fn set_dns(device: &str, servers: &[IpAddr]) -> Result<(), TunError> {
-    if servers.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
-    let output = std::process::Command::new("resolvectl")
-        .arg("dns")
-        .arg(device)
-        .args(&list)
-        .output();
-    match output {
-        Ok(out) if out.status.success() => {
-            info!(servers = ?list, "DNS servers set");
-            Ok(())
-        }
-        Ok(out) => Err(TunError::Command {
-            command: format!("resolvectl dns {device} {}", list.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        }),
-        Err(e) => Err(TunError::Io {
-            what: "running resolvectl (systemd-resolved is not available: configure the \
-                   pushed DNS servers in /etc/resolv.conf if wanted)"
-                .into(),
-            source: e,
-        }),
     }
 }
