@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use crate::machine::{Flow, IoCounters, Machine};
 use crate::options::{Options, RunError, io_error};
 use crate::os::{OsAction, OsPlan};
+use crate::progress::OsProgress;
 use crate::remote::{Inbox, Remote, Request, Wake};
 use crate::system::System;
 use crate::udp::Udp;
@@ -44,8 +45,7 @@ pub struct Driver<M: Machine> {
     dropped_events: u64,
     /// When an orderly shutdown must end, once asked for.
     stopping: Option<Instant>,
-    os_actions: u64,
-    os_failures: u64,
+    progress: OsProgress,
 }
 
 impl<M: Machine> Driver<M> {
@@ -77,8 +77,7 @@ impl<M: Machine> Driver<M> {
             tx_buf: Vec::with_capacity(64 * 1024),
             dropped_events: 0,
             stopping: None,
-            os_actions: 0,
-            os_failures: 0,
+            progress: OsProgress::default(),
         };
         Ok((driver, remote))
     }
@@ -104,9 +103,20 @@ impl<M: Machine> Driver<M> {
         }
     }
 
-    /// Serves the requests and takes the OS reports that woke the loop. A fatal OS
-    /// failure ends the loop with it.
+    /// Takes the OS reports and serves the requests that woke the loop, in that order (a
+    /// statistics snapshot includes every report in). A fatal OS failure ends the loop
+    /// with it.
     pub fn woken(&mut self, now: Instant) -> Result<(), RunError> {
+        while let Some(report) = self.worker.try_report() {
+            self.progress.reported(&report);
+            let Err(failure) = report.result else {
+                continue;
+            };
+            if failure.fatal {
+                return Err(RunError::Os(failure));
+            }
+            warn!(id = report.id, "{failure}");
+        }
         let requests = self.inbox.take().unwrap_or_else(|| vec![Request::Stop]);
         for request in requests {
             match request {
@@ -123,17 +133,6 @@ impl<M: Machine> Driver<M> {
                 }
             }
         }
-        while let Some(report) = self.worker.try_report() {
-            self.os_actions += 1;
-            let Err(failure) = report.result else {
-                continue;
-            };
-            self.os_failures += 1;
-            if failure.fatal {
-                return Err(RunError::Os(failure));
-            }
-            warn!(id = report.id, "{failure}");
-        }
         Ok(())
     }
 
@@ -142,9 +141,9 @@ impl<M: Machine> Driver<M> {
             tun_write_drops: self.tun.dropped_writes(),
             tun_read_drops: self.tun.dropped_reads(),
             udp_send_errors: self.udp.send_errors,
-            os_actions: self.os_actions,
-            os_pending: self.worker.queued() - self.os_actions,
-            os_failures: self.os_failures,
+            os_actions: self.progress.reports,
+            routed: self.progress.routed(),
+            os_failures: self.progress.failures,
         }
     }
 
@@ -249,7 +248,7 @@ impl<M: Machine> Driver<M> {
                 }
             }
         }
-        for action in self.plan.drain() {
+        for (action, routes_assignment) in self.plan.drain() {
             if let OsAction::SetMtu(mtu) = action {
                 // Room for the larger packets before the kernel can send them.
                 self.tun.reserve_mtu(mtu);
@@ -258,6 +257,7 @@ impl<M: Machine> Driver<M> {
                 .worker
                 .submit(action)
                 .map_err(|_| RunError::OsHelperGone)?;
+            self.progress.queued(id, routes_assignment);
             debug!(id, "OS action queued");
         }
         gave_up.map_or(Ok(()), |reason| Err(RunError::GaveUp(reason)))

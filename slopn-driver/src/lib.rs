@@ -37,6 +37,7 @@ mod machine;
 mod options;
 mod os;
 mod policy;
+mod progress;
 mod remote;
 mod spoke;
 mod system;

@@ -83,7 +83,7 @@ impl Machine for Spoke {
                     .collect();
                 os.push(OsAction::SetAddresses(host));
                 // Routes need the addresses in place: queued after them, the current list.
-                os.push(os.policy().routes(self));
+                os.push_assignment_routes(os.policy().routes(self));
                 // DNS last: the tunnel carries packets before resolvectl has answered.
                 if let Some(servers) = os.take_held_dns() {
                     os.push(OsAction::SetDns(servers));
@@ -153,15 +153,16 @@ mod tests {
         ] {
             assert_eq!(spoke.apply(&event, &mut os), Flow::Continue);
         }
-        let queued: Vec<OsAction> = os.drain().collect();
+        // The routes mark the tunnel routed once reported on.
+        let queued: Vec<(OsAction, bool)> = os.drain().collect();
         assert!(
             matches!(
                 queued.as_slice(),
                 [
-                    OsAction::SetMtu(1400),
-                    OsAction::SetAddresses(_),
-                    OsAction::SetRoutes { .. },
-                    OsAction::SetDns(servers),
+                    (OsAction::SetMtu(1400), false),
+                    (OsAction::SetAddresses(_), false),
+                    (OsAction::SetRoutes { .. }, true),
+                    (OsAction::SetDns(servers), false),
                 ] if *servers == [dns]
             ),
             "{queued:?}"
@@ -169,6 +170,9 @@ mod tests {
 
         // Later changes go straight to the helper.
         spoke.apply(&SpokeEvent::DnsChanged { servers: vec![] }, &mut os);
-        assert_eq!(os.drain().collect::<Vec<_>>(), [OsAction::SetDns(vec![])]);
+        assert_eq!(
+            os.drain().collect::<Vec<_>>(),
+            [(OsAction::SetDns(vec![]), false)]
+        );
     }
 }

@@ -37,7 +37,7 @@ impl OsSide for System {
                 .set_addresses(addresses)
                 .map_err(|e| failure(vec![e], true)),
             OsAction::SetRoutes {
-                tunnel,
+                essential,
                 other,
                 bypass,
             } => {
@@ -46,14 +46,14 @@ impl OsSide for System {
                 routes
                     .set_bypass(*bypass)
                     .map_err(|e| failure(vec![e], true))?;
-                let all: Vec<IpNet> = tunnel.iter().chain(other).copied().collect();
+                let all: Vec<IpNet> = essential.iter().chain(other).copied().collect();
                 let failed = routes.set(&all);
                 if failed.is_empty() {
                     return Ok(());
                 }
                 let fatal = failed
                     .iter()
-                    .any(|(net, _)| tunnel.iter().any(|t| t.trunc() == *net));
+                    .any(|(net, _)| essential.iter().any(|t| t.trunc() == *net));
                 Err(failure(failed.into_iter().map(|(_, e)| e).collect(), fatal))
             }
             OsAction::SetDns(servers) => {

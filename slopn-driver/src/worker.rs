@@ -71,11 +71,6 @@ impl Worker {
         Ok(id)
     }
 
-    /// How many actions were queued so far.
-    pub(crate) fn queued(&self) -> u64 {
-        self.next_id
-    }
-
     /// A report that came in, if any.
     pub(crate) fn try_report(&self) -> Option<OsReport> {
         self.reports.try_recv().ok()
@@ -221,7 +216,7 @@ mod tests {
         worker.submit(OsAction::SetMtu(1)).unwrap();
         worker
             .submit(OsAction::SetRoutes {
-                tunnel: vec!["10.100.0.0/24".parse().unwrap()],
+                essential: vec!["10.100.0.0/24".parse().unwrap()],
                 other: vec!["0.0.0.0/1".parse().unwrap()],
                 bypass: None,
             })
