@@ -42,19 +42,26 @@ impl OsSide for System {
                 bypass,
             } => {
                 // The hub stays reachable outside the tunnel before a default route points
-                // into it.
-                routes
-                    .set_bypass(*bypass)
-                    .map_err(|e| failure(vec![e], true))?;
-                let all: Vec<IpNet> = essential.iter().chain(other).copied().collect();
-                let failed = routes.set(&all);
-                if failed.is_empty() {
-                    return Ok(());
+                // into it. Removing it is not essential: one that fails stays, counted.
+                let mut errors = Vec::new();
+                match routes.set_bypass(*bypass) {
+                    Err(e) if bypass.is_some() => return Err(failure(vec![e], true)),
+                    Err(e) => errors.push(e),
+                    Ok(()) => {}
                 }
+                let all: Vec<IpNet> = essential.iter().chain(other).copied().collect();
+                // Only routes to add can be essential: a stale one that could not be
+                // removed is no longer listed (and is tried again later).
+                let failed = routes.set(&all);
                 let fatal = failed
                     .iter()
                     .any(|(net, _)| essential.iter().any(|t| t.trunc() == *net));
-                Err(failure(failed.into_iter().map(|(_, e)| e).collect(), fatal))
+                errors.extend(failed.into_iter().map(|(_, e)| e));
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(failure(errors, fatal))
+                }
             }
             OsAction::SetDns(servers) => {
                 set_dns(control.name(), servers).map_err(|e| failure(vec![e], false))

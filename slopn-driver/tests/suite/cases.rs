@@ -152,3 +152,56 @@ pub fn fatal_route_failure<R: Runtime>(test: &str) {
             .contains("0.0.0.0/1")
     );
 }
+
+/// A full tunnel that becomes a split one: the bypass route to the hub goes, and when
+/// removing it fails (someone deleted it already) the failure is counted while the tunnel
+/// carries on.
+pub fn full_to_split_tunnel<R: Runtime>(test: &str) {
+    let Some(lab) = Lab::new(test, 1) else {
+        return;
+    };
+    let hub = lab.start_hub::<R>(lab.hub_config(&["0.0.0.0/0"]));
+    let config = lab.spoke_config(0);
+    let within = patience(&config.transport);
+    let underlay = config.hub.ip();
+    let options = Options {
+        routes: RoutePolicy {
+            accept_default_route: true,
+            only: Vec::new(),
+            hub: Some(underlay),
+        },
+        ..Options::default()
+    };
+    let spoke = lab.start_spoke::<R>(0, config, options);
+    let ns = &lab.spokes[0];
+
+    wait_assigned(&spoke, within);
+    eventually(within, "the full tunnel routed", || {
+        spoke.stats().unwrap().io.routed && tun_routes(ns).contains("0.0.0.0/1")
+    });
+    assert!(ping(ns, HUB_TUNNEL), "through the full tunnel");
+    let bypass = format!("{underlay}/32");
+    ns.ip(&["route", "del", &bypass]).unwrap();
+
+    hub.command(HubCommand::SetRoutes(vec![
+        "192.168.60.0/24".parse().unwrap(),
+    ]));
+    eventually(within, "the split tunnel's routes", || {
+        let routes = tun_routes(ns);
+        routes.contains("192.168.60.0/24") && !routes.contains("0.0.0.0/1")
+    });
+    eventually(within, "the failed bypass removal counted", || {
+        spoke.stats().unwrap().io.os_failures == 1
+    });
+    assert!(
+        !spoke.is_finished(),
+        "a failed removal does not end the tunnel"
+    );
+    assert!(ping(ns, HUB_TUNNEL), "through the split tunnel");
+
+    spoke.stop();
+    spoke.join().unwrap();
+    hub.stop();
+    hub.join().unwrap();
+    assert_cleaned_up(&lab);
+}
