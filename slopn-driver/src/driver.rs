@@ -45,6 +45,8 @@ pub struct Driver<M: Machine> {
     dropped_events: u64,
     /// When an orderly shutdown must end, once asked for.
     stopping: Option<Instant>,
+    /// Why the loop is shutting down, if for an error: returned once the goodbyes are said.
+    failed: Option<RunError>,
     progress: OsProgress,
 }
 
@@ -77,6 +79,7 @@ impl<M: Machine> Driver<M> {
             tx_buf: Vec::with_capacity(64 * 1024),
             dropped_events: 0,
             stopping: None,
+            failed: None,
             progress: OsProgress::default(),
         };
         Ok((driver, remote))
@@ -104,7 +107,8 @@ impl<M: Machine> Driver<M> {
     }
 
     /// Takes the OS reports and serves the requests that woke the loop, in that order (a
-    /// statistics snapshot includes every report in). A fatal OS failure ends the loop
+    /// statistics snapshot includes every report in). A fatal OS failure starts an
+    /// orderly shutdown (the hub is told at once) and [`step`](Self::step) ends the loop
     /// with it.
     pub fn woken(&mut self, now: Instant) -> Result<(), RunError> {
         while let Some(report) = self.worker.try_report() {
@@ -113,19 +117,15 @@ impl<M: Machine> Driver<M> {
                 continue;
             };
             if failure.fatal {
-                return Err(RunError::Os(failure));
+                self.fail(now, RunError::Os(failure));
+            } else {
+                warn!(id = report.id, "{failure}");
             }
-            warn!(id = report.id, "{failure}");
         }
         let requests = self.inbox.take().unwrap_or_else(|| vec![Request::Stop]);
         for request in requests {
             match request {
-                Request::Stop if self.stopping.is_none() => {
-                    info!("shutting down");
-                    self.machine.shut_down(now);
-                    self.stopping = Some(now + self.options.shutdown_grace);
-                }
-                Request::Stop => {}
+                Request::Stop => self.shut_down(now),
                 Request::Stats(reply) => reply(self.machine.stats(self.io_counters())),
                 Request::Command(command) => {
                     debug!(?command, "command");
@@ -134,6 +134,23 @@ impl<M: Machine> Driver<M> {
             }
         }
         Ok(())
+    }
+
+    /// Starts an orderly shutdown, unless one is under way.
+    fn shut_down(&mut self, now: Instant) {
+        if self.stopping.is_none() {
+            info!("shutting down");
+            self.machine.shut_down(now);
+            self.stopping = Some(now + self.options.shutdown_grace);
+        }
+    }
+
+    /// Shuts down for `error` (the first one counts): goodbyes first, so that the peer
+    /// frees the session at once, then the loop ends with it.
+    fn fail(&mut self, now: Instant, error: RunError) {
+        warn!("{error}; shutting down");
+        self.failed.get_or_insert(error);
+        self.shut_down(now);
     }
 
     fn io_counters(&self) -> IoCounters {
@@ -198,16 +215,23 @@ impl<M: Machine> Driver<M> {
 
     /// Runs due timers and drains the machine's outputs; returns whether the loop is done
     /// (an orderly shutdown finished or ran out of time). Ends with an error when the
-    /// spoke was refused for good.
+    /// spoke was refused for good, or once the shutdown a fatal OS failure started is done.
     pub fn step(&mut self, now: Instant) -> Result<bool, RunError> {
         if self.machine.poll_timeout().is_some_and(|t| t <= now) {
             self.machine.handle_timeout(now);
         }
         self.flush(now)?;
-        self.drain_events()?;
-        Ok(self
+        self.drain_events(now)?;
+        let done = self
             .stopping
-            .is_some_and(|deadline| self.machine.is_shut_down() || Instant::now() >= deadline))
+            .is_some_and(|deadline| self.machine.is_shut_down() || Instant::now() >= deadline);
+        match self.failed.take() {
+            Some(error) if done => Err(error),
+            failed => {
+                self.failed = failed;
+                Ok(done)
+            }
+        }
     }
 
     /// Sends everything the machine has for the network and the TUN device.
@@ -231,7 +255,7 @@ impl<M: Machine> Driver<M> {
     }
 
     /// Applies and forwards events, and hands the OS actions they call for to the helper.
-    fn drain_events(&mut self) -> Result<(), RunError> {
+    fn drain_events(&mut self, now: Instant) -> Result<(), RunError> {
         let mut gave_up = None;
         while let Some(event) = self.machine.poll_event() {
             info!(?event, "event");
@@ -248,17 +272,22 @@ impl<M: Machine> Driver<M> {
                 }
             }
         }
+        let mut helper_gone = false;
         for (action, routes_assignment) in self.plan.drain() {
             if let OsAction::SetMtu(mtu) = action {
                 // Room for the larger packets before the kernel can send them.
                 self.tun.reserve_mtu(mtu);
             }
-            let id = self
-                .worker
-                .submit(action)
-                .map_err(|_| RunError::OsHelperGone)?;
+            let Ok(id) = self.worker.submit(action) else {
+                // The rest of the plan goes with the helper.
+                helper_gone = true;
+                break;
+            };
             self.progress.queued(id, routes_assignment);
             debug!(id, "OS action queued");
+        }
+        if helper_gone {
+            self.fail(now, RunError::OsHelperGone);
         }
         gave_up.map_or(Ok(()), |reason| Err(RunError::GaveUp(reason)))
     }

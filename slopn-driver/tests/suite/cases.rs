@@ -1,6 +1,7 @@
 //! The suite's test cases, generic over the runtime.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use slopn_driver::{HubCommand, Options, RoutePolicy, RunError, SpokeCommand};
 use slopn_proto::{SpokeState, TransportSettings};
@@ -113,7 +114,7 @@ pub fn advertised_routes<R: Runtime>(test: &str) {
 
 /// A full tunnel whose hub cannot be kept outside it (no route to the hub's underlay
 /// address) must not route everything into the tunnel: the failure ends the loop with
-/// the reason, and everything is removed.
+/// the reason, after a goodbye to the hub, and everything is removed.
 pub fn fatal_route_failure<R: Runtime>(test: &str) {
     let Some(lab) = Lab::new(test, 1) else {
         return;
@@ -142,6 +143,10 @@ pub fn fatal_route_failure<R: Runtime>(test: &str) {
         }
         other => panic!("expected the route failure, got {other:?}"),
     }
+    // The spoke said goodbye: the hub frees the session at once, not after its idle timeout.
+    eventually(Duration::from_secs(1), "the hub frees the session", || {
+        hub.stats().unwrap().hub.spokes_assigned == 0
+    });
     hub.stop();
     hub.join().unwrap();
     assert_cleaned_up(&lab);
