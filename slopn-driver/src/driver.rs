@@ -110,7 +110,7 @@ impl<M: Machine> Driver<M> {
     /// statistics snapshot includes every report in). A fatal OS failure starts an
     /// orderly shutdown (the hub is told at once) and [`step`](Self::step) ends the loop
     /// with it.
-    pub fn woken(&mut self, now: Instant) -> Result<(), RunError> {
+    pub fn woken(&mut self, now: Instant) {
         while let Some(report) = self.worker.try_report() {
             self.progress.reported(&report);
             let Err(failure) = report.result else {
@@ -133,7 +133,6 @@ impl<M: Machine> Driver<M> {
                 }
             }
         }
-        Ok(())
     }
 
     /// Starts an orderly shutdown, unless one is under way.

@@ -73,7 +73,7 @@ pub struct IoCounters {
     pub tun_read_drops: u64,
     /// UDP sends that failed (other than for a full socket buffer, which waits).
     pub udp_send_errors: u64,
-    /// OS actions carried out (successfully or not).
+    /// OS actions the helper thread has reported on: carried out, successfully or not.
     pub os_actions: u64,
     /// Spoke: whether the OS has the addresses and routes of the latest assignment (the
     /// helper has reported on them; a refused optional route counts in `os_failures`).

@@ -93,11 +93,11 @@ impl std::error::Error for OsFailure {}
 
 /// The outcome of one action, reported back to the loop.
 #[derive(Debug)]
-pub struct OsReport {
+pub(crate) struct OsReport {
     /// The action's number, counting from 0 in the order queued.
-    pub id: u64,
+    pub(crate) id: u64,
     /// `Ok` when it was carried out in full.
-    pub result: Result<(), OsFailure>,
+    pub(crate) result: Result<(), OsFailure>,
 }
 
 /// The actions a machine queues while applying events, and what it needs to decide them.

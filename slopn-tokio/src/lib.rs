@@ -52,8 +52,10 @@
 //! ```
 //!
 //! When the task ends, by [`Handle::stop`] (after the machine's goodbyes, bounded by
-//! [`Options::shutdown_grace`]) or because a spoke was refused for good, the helper removes
-//! the routes (on tokio's blocking pool) and then the TUN device is closed.
+//! [`Options::shutdown_grace`]) or because a spoke was refused for good, the driver's
+//! helper thread removes the routes and then the TUN device is closed; the task waits for
+//! that on tokio's blocking pool, never on a worker thread. A task dropped by a runtime
+//! shutting down removes them the same way as it is dropped.
 
 mod task;
 

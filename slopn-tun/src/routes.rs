@@ -58,11 +58,6 @@ impl Routes {
         Ok(())
     }
 
-    /// The routes installed now.
-    pub fn installed(&self) -> &[IpNet] {
-        &self.installed
-    }
-
     /// Installs every route in `nets` not yet installed, and removes installed ones no longer
     /// listed. One route the kernel refuses does not stop the others: returns those that
     /// could not be added or removed, with why (empty when all went well).
