@@ -82,6 +82,16 @@ impl Handler for HubService {
                 None => answer("status", serde_json::json!({ "state": "stopped" })),
             },
             Request::Disconnect { session: Some(id) } => {
+                // A session that ends between this look and the command is only logged.
+                let known = self
+                    .handle
+                    .stats()
+                    .is_some_and(|s| s.spokes.iter().any(|spoke| spoke.id.0 == *id));
+                if !known {
+                    return Err(format!(
+                        "no session {id}: `status` lists the sessions (\"session\": N)"
+                    ));
+                }
                 self.handle.command(HubCommand::Disconnect {
                     id: SessionId(*id),
                     code: CloseCode::NO_ERROR,

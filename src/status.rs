@@ -82,7 +82,7 @@ pub fn spoke_status(status: &SpokeStatus, hub: &str, rates: &Rates) -> StatusDoc
     // Established means packets flow: not before the OS helper has set the addresses and
     // routes the assignment called for.
     let state = match tunnel_state(status.state) {
-        TunnelState::Established if status.io.os_pending > 0 => TunnelState::Authenticating,
+        TunnelState::Established if !status.io.routed => TunnelState::Authenticating,
         state => state,
     };
     StatusDocument {
@@ -237,5 +237,23 @@ mod tests {
         assert_eq!(all["tun_write_refused"], 3);
         assert!(!all.contains_key("udp_send_failed"), "{all:?}");
         assert!(!all.contains_key("tun_read_unsplit"), "{all:?}");
+    }
+
+    #[test]
+    fn established_only_once_the_assignment_is_routed() {
+        let mut status = SpokeStatus {
+            state: SpokeState::Established,
+            stats: Default::default(),
+            hub_addresses: Vec::new(),
+            routes: Vec::new(),
+            dns_servers: Vec::new(),
+            io: IoCounters::default(),
+        };
+        let state = |s: &SpokeStatus| spoke_status(s, "hub:4433", &Rates::default()).state;
+        assert_eq!(state(&status), TunnelState::Authenticating);
+        status.io.routed = true;
+        assert_eq!(state(&status), TunnelState::Established);
+        status.state = SpokeState::Reconnecting;
+        assert_eq!(state(&status), TunnelState::Reconnecting);
     }
 }

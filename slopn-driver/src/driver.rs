@@ -13,7 +13,9 @@ use tracing::{debug, info, warn};
 use crate::machine::{Flow, IoCounters, Machine};
 use crate::options::{Options, RunError, io_error};
 use crate::os::{OsAction, OsPlan};
+use crate::progress::OsProgress;
 use crate::remote::{Inbox, Remote, Request, Wake};
+use crate::system::System;
 use crate::udp::Udp;
 use crate::worker::Worker;
 
@@ -43,8 +45,9 @@ pub struct Driver<M: Machine> {
     dropped_events: u64,
     /// When an orderly shutdown must end, once asked for.
     stopping: Option<Instant>,
-    os_actions: u64,
-    os_failures: u64,
+    /// Why the loop is shutting down, if for an error: returned once the goodbyes are said.
+    failed: Option<RunError>,
+    progress: OsProgress,
 }
 
 impl<M: Machine> Driver<M> {
@@ -61,7 +64,7 @@ impl<M: Machine> Driver<M> {
     ) -> Result<(Self, Remote<M>), RunError> {
         let udp = Udp::new(socket, options.socket_buffer, options.max_udp_payload)
             .map_err(io_error("setting up the UDP socket"))?;
-        let worker = Worker::spawn(tun.control(), wake.clone())
+        let worker = Worker::spawn(System::new(tun.control()), wake.clone())
             .map_err(io_error("starting the OS helper thread"))?;
         let (inbox, remote) = Inbox::new(wake);
         let driver = Self {
@@ -76,8 +79,8 @@ impl<M: Machine> Driver<M> {
             tx_buf: Vec::with_capacity(64 * 1024),
             dropped_events: 0,
             stopping: None,
-            os_actions: 0,
-            os_failures: 0,
+            failed: None,
+            progress: OsProgress::default(),
         };
         Ok((driver, remote))
     }
@@ -103,18 +106,26 @@ impl<M: Machine> Driver<M> {
         }
     }
 
-    /// Serves the requests and takes the OS reports that woke the loop. A fatal OS
-    /// failure ends the loop with it.
-    pub fn woken(&mut self, now: Instant) -> Result<(), RunError> {
+    /// Takes the OS reports and serves the requests that woke the loop, in that order (a
+    /// statistics snapshot includes every report in). A fatal OS failure starts an
+    /// orderly shutdown (the hub is told at once) and [`step`](Self::step) ends the loop
+    /// with it.
+    pub fn woken(&mut self, now: Instant) {
+        while let Some(report) = self.worker.try_report() {
+            self.progress.reported(&report);
+            let Err(failure) = report.result else {
+                continue;
+            };
+            if failure.fatal {
+                self.fail(now, RunError::Os(failure));
+            } else {
+                warn!(id = report.id, "{failure}");
+            }
+        }
         let requests = self.inbox.take().unwrap_or_else(|| vec![Request::Stop]);
         for request in requests {
             match request {
-                Request::Stop if self.stopping.is_none() => {
-                    info!("shutting down");
-                    self.machine.shut_down(now);
-                    self.stopping = Some(now + self.options.shutdown_grace);
-                }
-                Request::Stop => {}
+                Request::Stop => self.shut_down(now),
                 Request::Stats(reply) => reply(self.machine.stats(self.io_counters())),
                 Request::Command(command) => {
                     debug!(?command, "command");
@@ -122,18 +133,23 @@ impl<M: Machine> Driver<M> {
                 }
             }
         }
-        while let Some(report) = self.worker.try_report() {
-            self.os_actions += 1;
-            let Err(failure) = report.result else {
-                continue;
-            };
-            self.os_failures += 1;
-            if failure.fatal {
-                return Err(RunError::Os(failure));
-            }
-            warn!(id = report.id, "{failure}");
+    }
+
+    /// Starts an orderly shutdown, unless one is under way.
+    fn shut_down(&mut self, now: Instant) {
+        if self.stopping.is_none() {
+            info!("shutting down");
+            self.machine.shut_down(now);
+            self.stopping = Some(now + self.options.shutdown_grace);
         }
-        Ok(())
+    }
+
+    /// Shuts down for `error` (the first one counts): goodbyes first, so that the peer
+    /// frees the session at once, then the loop ends with it.
+    fn fail(&mut self, now: Instant, error: RunError) {
+        warn!("{error}; shutting down");
+        self.failed.get_or_insert(error);
+        self.shut_down(now);
     }
 
     fn io_counters(&self) -> IoCounters {
@@ -141,9 +157,9 @@ impl<M: Machine> Driver<M> {
             tun_write_drops: self.tun.dropped_writes(),
             tun_read_drops: self.tun.dropped_reads(),
             udp_send_errors: self.udp.send_errors,
-            os_actions: self.os_actions,
-            os_pending: self.worker.queued() - self.os_actions,
-            os_failures: self.os_failures,
+            os_actions: self.progress.reports,
+            routed: self.progress.routed(),
+            os_failures: self.progress.failures,
         }
     }
 
@@ -198,16 +214,23 @@ impl<M: Machine> Driver<M> {
 
     /// Runs due timers and drains the machine's outputs; returns whether the loop is done
     /// (an orderly shutdown finished or ran out of time). Ends with an error when the
-    /// spoke was refused for good.
+    /// spoke was refused for good, or once the shutdown a fatal OS failure started is done.
     pub fn step(&mut self, now: Instant) -> Result<bool, RunError> {
         if self.machine.poll_timeout().is_some_and(|t| t <= now) {
             self.machine.handle_timeout(now);
         }
         self.flush(now)?;
-        self.drain_events()?;
-        Ok(self
+        self.drain_events(now)?;
+        let done = self
             .stopping
-            .is_some_and(|deadline| self.machine.is_shut_down() || Instant::now() >= deadline))
+            .is_some_and(|deadline| self.machine.is_shut_down() || Instant::now() >= deadline);
+        match self.failed.take() {
+            Some(error) if done => Err(error),
+            failed => {
+                self.failed = failed;
+                Ok(done)
+            }
+        }
     }
 
     /// Sends everything the machine has for the network and the TUN device.
@@ -231,7 +254,7 @@ impl<M: Machine> Driver<M> {
     }
 
     /// Applies and forwards events, and hands the OS actions they call for to the helper.
-    fn drain_events(&mut self) -> Result<(), RunError> {
+    fn drain_events(&mut self, now: Instant) -> Result<(), RunError> {
         let mut gave_up = None;
         while let Some(event) = self.machine.poll_event() {
             info!(?event, "event");
@@ -248,20 +271,29 @@ impl<M: Machine> Driver<M> {
                 }
             }
         }
-        for action in self.plan.drain() {
+        let mut helper_gone = false;
+        for (action, routes_assignment) in self.plan.drain() {
             if let OsAction::SetMtu(mtu) = action {
                 // Room for the larger packets before the kernel can send them.
                 self.tun.reserve_mtu(mtu);
             }
-            let id = self.worker.submit(action);
+            let Ok(id) = self.worker.submit(action) else {
+                // The rest of the plan goes with the helper.
+                helper_gone = true;
+                break;
+            };
+            self.progress.queued(id, routes_assignment);
             debug!(id, "OS action queued");
+        }
+        if helper_gone {
+            self.fail(now, RunError::OsHelperGone);
         }
         gave_up.map_or(Ok(()), |reason| Err(RunError::GaveUp(reason)))
     }
 
     /// Ends the loop's side effects in order: refuses further requests, lets the helper
-    /// thread finish its queue and remove the routes, then closes the TUN device (which
-    /// removes it). Blocks until the helper is done: async runtimes call it where blocking
+    /// thread end the action it is carrying out, skip the rest of its queue and remove the
+    /// routes, then closes the TUN device (which removes it). Blocks until the helper is done: async runtimes call it where blocking
     /// is allowed.
     pub fn finish(mut self) {
         self.inbox.close();

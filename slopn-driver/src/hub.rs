@@ -56,8 +56,10 @@ impl Machine for Hub {
     fn command(&mut self, now: Instant, command: HubCommand) {
         match command {
             HubCommand::Disconnect { id, code, reason } => {
-                if let Err(e) = self.disconnect(now, id, code, &reason) {
-                    warn!("session {id} not disconnected: {e}");
+                match self.disconnect(now, id, code, &reason) {
+                    Ok(true) => info!("session {id} disconnected: {reason}"),
+                    Ok(false) => warn!("session {id} not disconnected: there is no such session"),
+                    Err(e) => warn!("session {id} not disconnected: {e}"),
                 }
             }
             HubCommand::SetCredentials(credentials) => {

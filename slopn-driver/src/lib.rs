@@ -7,9 +7,11 @@
 //! - OS actions as values ([`OsAction`]): after an event the machine queues what the OS
 //!   must do (MTU, addresses, routes, DNS) on an [`OsPlan`]; a helper thread, one per
 //!   loop, carries them out in order (running `ip`, waiting on netlink or D-Bus is never
-//!   done on the datapath) and reports each one back ([`OsReport`]). Failures are counted
-//!   and logged; one the tunnel cannot work with ends the loop ([`RunError::Os`]). The
-//!   helper removes the routes when the loop ends, before the TUN device is closed.
+//!   done on the datapath; each command is killed after a few seconds) and reports each
+//!   one back to the loop. Failures are counted and logged ([`IoCounters`]); one the
+//!   tunnel cannot work with ends the loop after the machine's goodbyes
+//!   ([`RunError::Os`]). When the loop ends the helper skips what is still queued and
+//!   removes the routes, before the TUN device is closed.
 //! - [`Driver`]: the datapath steps, the same in every runtime: UDP read in batches
 //!   (`recvmmsg` and GRO through quinn-udp), TUN reads split from offload super-packets,
 //!   both bounded per wakeup so that neither starves the other or the timers; after any
@@ -23,7 +25,7 @@
 //! ```text
 //! loop {
 //!     wait until: UDP readable (or writable while blocked), TUN readable, woken, deadline
-//!     if woken   { driver.woken(now)? }              // requests, OS reports
+//!     if woken   { driver.woken(now) }               // OS reports, requests
 //!     if udp     { more_udp = driver.read_udp(now)? }
 //!     if tun     { more_tun = driver.read_tun(now)? }
 //!     if driver.step(now)? { break }                 // timers, datagrams, packets, events
@@ -37,8 +39,10 @@ mod machine;
 mod options;
 mod os;
 mod policy;
+mod progress;
 mod remote;
 mod spoke;
+mod system;
 mod udp;
 mod worker;
 
@@ -46,7 +50,7 @@ pub use driver::{Driver, EventSink};
 pub use hub::{HubCommand, HubSnapshot};
 pub use machine::{Flow, IoCounters, Machine};
 pub use options::{Options, RunError, io_error};
-pub use os::{OsAction, OsFailure, OsPlan, OsReport};
+pub use os::{OsAction, OsFailure, OsPlan};
 pub use policy::RoutePolicy;
 pub use remote::{Remote, Wake};
 pub use spoke::{SpokeCommand, SpokeStatus};

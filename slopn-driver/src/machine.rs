@@ -73,11 +73,13 @@ pub struct IoCounters {
     pub tun_read_drops: u64,
     /// UDP sends that failed (other than for a full socket buffer, which waits).
     pub udp_send_errors: u64,
-    /// OS actions carried out (successfully or not).
+    /// OS actions the helper thread has reported on: carried out, successfully or not.
     pub os_actions: u64,
-    /// OS actions queued and not carried out yet: while there are any, the device's
-    /// addresses and routes may lag behind the machine's state.
-    pub os_pending: u64,
+    /// Spoke: whether the OS has the addresses and routes of the latest assignment (the
+    /// helper has reported on them; a refused optional route counts in `os_failures`).
+    /// Later actions (DNS, an MTU change, new routes) do not take it back while they run.
+    /// Always false for a hub, which configures its device when it opens it.
+    pub routed: bool,
     /// OS actions that failed, wholly or in part (a route the kernel refused, DNS servers
     /// that could not be applied).
     pub os_failures: u64,

@@ -64,6 +64,13 @@ pub enum RunError {
     /// Configuring the TUN device or routes failed in a way the tunnel cannot work with.
     #[error(transparent)]
     Os(#[from] OsFailure),
+    /// The OS helper thread died (it panicked): the actions the tunnel needs can no longer
+    /// be carried out.
+    #[error(
+        "the OS helper thread died (a bug: its panic is in the log), so the tunnel's addresses, \
+         routes and DNS can no longer be set"
+    )]
+    OsHelperGone,
     /// The spoke was refused for good (wrong token, untrusted certificate, ...).
     #[error("{0}")]
     GaveUp(DisconnectReason),

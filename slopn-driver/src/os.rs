@@ -20,13 +20,15 @@ pub enum OsAction {
     /// Makes the TUN device's addresses exactly these (address, prefix length). A failure
     /// ends the tunnel.
     SetAddresses(Vec<(IpAddr, u8)>),
-    /// Makes the routes through the TUN device exactly `tunnel` and `other`, and keeps
+    /// Makes the routes through the TUN device exactly `essential` and `other`, and keeps
     /// `bypass` (the hub) routed outside the tunnel with a host route, installed first.
-    /// A failed bypass or tunnel-network route ends the tunnel; a refused `other` route is
+    /// A failed bypass or essential route ends the tunnel; a refused `other` route is
     /// counted and logged, and the rest are installed regardless.
     SetRoutes {
-        /// The tunnel's own networks (the pools), without which nothing reaches the hub.
-        tunnel: Vec<IpNet>,
+        /// Routes the tunnel cannot work without: its own networks (the pools), without
+        /// which nothing reaches the hub, and in a full tunnel the default-route halves,
+        /// without which traffic would leave outside it.
+        essential: Vec<IpNet>,
         /// Further networks routed into the tunnel (advertised routes).
         other: Vec<IpNet>,
         /// The hub's underlay address, kept outside a full tunnel.
@@ -45,9 +47,11 @@ impl fmt::Display for OsAction {
                 write!(f, "setting the TUN addresses to ")?;
                 list(f, addresses.iter().map(|(a, p)| format!("{a}/{p}")))
             }
-            OsAction::SetRoutes { tunnel, other, .. } => {
+            OsAction::SetRoutes {
+                essential, other, ..
+            } => {
                 write!(f, "routing ")?;
-                list(f, tunnel.iter().chain(other).map(ToString::to_string))?;
+                list(f, essential.iter().chain(other).map(ToString::to_string))?;
                 write!(f, " into the tunnel")
             }
             OsAction::SetDns(servers) => {
@@ -89,11 +93,11 @@ impl std::error::Error for OsFailure {}
 
 /// The outcome of one action, reported back to the loop.
 #[derive(Debug)]
-pub struct OsReport {
+pub(crate) struct OsReport {
     /// The action's number, counting from 0 in the order queued.
-    pub id: u64,
+    pub(crate) id: u64,
     /// `Ok` when it was carried out in full.
-    pub result: Result<(), OsFailure>,
+    pub(crate) result: Result<(), OsFailure>,
 }
 
 /// The actions a machine queues while applying events, and what it needs to decide them.
@@ -101,7 +105,10 @@ pub struct OsReport {
 pub struct OsPlan {
     policy: RoutePolicy,
     addressed: bool,
-    queued: Vec<OsAction>,
+    /// DNS servers pushed before there were addresses, set after the routes.
+    held_dns: Option<Vec<IpAddr>>,
+    /// Each action, and whether it routes the latest assignment.
+    queued: Vec<(OsAction, bool)>,
 }
 
 impl OsPlan {
@@ -110,6 +117,7 @@ impl OsPlan {
         Self {
             policy,
             addressed: false,
+            held_dns: None,
             queued: Vec::new(),
         }
     }
@@ -124,16 +132,35 @@ impl OsPlan {
         self.addressed
     }
 
+    /// Keeps DNS servers that came before the addresses (replacing any kept before), for
+    /// [`take_held_dns`](Self::take_held_dns) once the addresses and routes are queued.
+    pub fn hold_dns(&mut self, servers: Vec<IpAddr>) {
+        self.held_dns = Some(servers);
+    }
+
+    /// The DNS servers kept by [`hold_dns`](Self::hold_dns), if any.
+    pub fn take_held_dns(&mut self) -> Option<Vec<IpAddr>> {
+        self.held_dns.take()
+    }
+
     /// Queues an action.
     pub fn push(&mut self, action: OsAction) {
         if let OsAction::SetAddresses(addresses) = &action {
             self.addressed = !addresses.is_empty();
         }
-        self.queued.push(action);
+        self.queued.push((action, false));
     }
 
-    /// Takes the queued actions, oldest first.
-    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, OsAction> {
+    /// Queues the routes of an assignment, after its addresses: once the helper has
+    /// reported on it, the tunnel is routed (see
+    /// [`IoCounters::routed`](crate::IoCounters::routed)).
+    pub fn push_assignment_routes(&mut self, action: OsAction) {
+        self.queued.push((action, true));
+    }
+
+    /// Takes the queued actions, oldest first, each with whether it routes the latest
+    /// assignment.
+    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, (OsAction, bool)> {
         self.queued.drain(..)
     }
 }
@@ -153,7 +180,7 @@ mod tests {
         )]));
         assert!(plan.has_addresses());
         plan.push(OsAction::SetDns(vec![]));
-        let kinds: Vec<String> = plan.drain().map(|a| a.to_string()).collect();
+        let kinds: Vec<String> = plan.drain().map(|(a, _)| a.to_string()).collect();
         assert_eq!(
             kinds,
             [
@@ -169,7 +196,7 @@ mod tests {
     #[test]
     fn a_failure_names_the_action_and_every_error() {
         let action = OsAction::SetRoutes {
-            tunnel: vec!["10.100.0.0/24".parse().unwrap()],
+            essential: vec!["10.100.0.0/24".parse().unwrap()],
             other: vec!["2001:db8::/32".parse().unwrap()],
             bypass: None,
         };

@@ -26,8 +26,23 @@ impl RoutePolicy {
     /// The routes `spoke` needs now, as an action.
     pub(crate) fn routes(&self, spoke: &Spoke) -> OsAction {
         let advertised: Vec<IpNet> = spoke.routes().iter().flat_map(|r| r.to_nets()).collect();
+        self.routes_for(&advertised, spoke.tunnel_networks(), &spoke.addresses())
+    }
+
+    /// The routes for `advertised` networks and the tunnel's own, for a spoke holding
+    /// `addresses`: in a full tunnel the default-route halves are as essential as the tunnel
+    /// networks (a missing half would leave part of the traffic outside the tunnel while it
+    /// looks up). Only in the families the spoke has an address in, though: without one
+    /// (a hub's IPv6 pool exhausted) the device has IPv6 disabled and the kernel refuses
+    /// those routes, which are then only counted.
+    fn routes_for(
+        &self,
+        advertised: &[IpNet],
+        tunnel: Vec<IpNet>,
+        addresses: &[IpAddr],
+    ) -> OsAction {
         let wanted: Vec<IpNet> = if self.only.is_empty() {
-            advertised
+            advertised.to_vec()
         } else {
             self.only
                 .iter()
@@ -35,6 +50,7 @@ impl RoutePolicy {
                 .filter(|o| advertised.iter().any(|a| a.contains(o)))
                 .collect()
         };
+        let mut essential = tunnel;
         let mut other = Vec::new();
         let mut full = false;
         for net in wanted {
@@ -47,13 +63,111 @@ impl RoutePolicy {
                 } else {
                     ["::/1", "8000::/1"]
                 };
-                other.extend(halves.iter().map(|h| h.parse::<IpNet>().expect("valid")));
+                essential.extend(halves.iter().map(|h| h.parse::<IpNet>().expect("valid")));
             }
         }
+        let held = |net: &IpNet| {
+            addresses
+                .iter()
+                .any(|a| a.is_ipv4() == net.addr().is_ipv4())
+        };
+        let (essential, unheld): (Vec<IpNet>, Vec<IpNet>) = essential.into_iter().partition(held);
+        other.extend(unheld);
         OsAction::SetRoutes {
-            tunnel: spoke.tunnel_networks(),
+            essential,
             other,
             bypass: if full { self.hub } else { None },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn dual_stack() -> Vec<IpAddr> {
+        vec![
+            "10.100.0.2".parse().unwrap(),
+            "fd00:100::2".parse().unwrap(),
+        ]
+    }
+
+    #[test]
+    fn a_family_without_an_address_is_not_essential() {
+        let policy = RoutePolicy {
+            accept_default_route: true,
+            only: Vec::new(),
+            hub: None,
+        };
+        // A dual-stack hub whose IPv6 pool is exhausted: an IPv4 address only.
+        let action = policy.routes_for(
+            &nets(&["0.0.0.0/0", "::/0"]),
+            nets(&["10.100.0.0/24", "fd00:100::/64"]),
+            &["10.100.0.2".parse().unwrap()],
+        );
+        assert_eq!(
+            action,
+            OsAction::SetRoutes {
+                essential: nets(&["10.100.0.0/24", "0.0.0.0/1", "128.0.0.0/1"]),
+                other: nets(&["fd00:100::/64", "::/1", "8000::/1"]),
+                bypass: None,
+            }
+        );
+    }
+
+    #[test]
+    fn a_full_tunnel_needs_its_default_route_halves_and_the_bypass() {
+        let hub = "192.0.2.1".parse().unwrap();
+        let policy = RoutePolicy {
+            accept_default_route: true,
+            only: Vec::new(),
+            hub: Some(hub),
+        };
+        let action = policy.routes_for(
+            &nets(&["0.0.0.0/0", "::/0", "192.168.50.0/24"]),
+            nets(&["10.100.0.0/24", "fd00:100::/64"]),
+            &dual_stack(),
+        );
+        assert_eq!(
+            action,
+            OsAction::SetRoutes {
+                essential: nets(&[
+                    "10.100.0.0/24",
+                    "fd00:100::/64",
+                    "0.0.0.0/1",
+                    "128.0.0.0/1",
+                    "::/1",
+                    "8000::/1"
+                ]),
+                other: nets(&["192.168.50.0/24"]),
+                bypass: Some(hub),
+            }
+        );
+    }
+
+    #[test]
+    fn a_split_tunnel_needs_only_the_tunnel_networks() {
+        let policy = RoutePolicy {
+            accept_default_route: false,
+            only: Vec::new(),
+            hub: Some("192.0.2.1".parse().unwrap()),
+        };
+        let action = policy.routes_for(
+            &nets(&["0.0.0.0/0", "192.168.50.0/24"]),
+            nets(&["10.100.0.0/24"]),
+            &dual_stack(),
+        );
+        assert_eq!(
+            action,
+            OsAction::SetRoutes {
+                essential: nets(&["10.100.0.0/24"]),
+                other: nets(&["192.168.50.0/24"]),
+                bypass: None,
+            }
+        );
     }
 }

@@ -111,3 +111,44 @@ impl<M: Machine> Inbox<M> {
         queue.requests.clear();
     }
 }
+
+/// However the loop ends (returned, panicked, or its task dropped by a runtime shutting
+/// down), requests left are dropped uncalled and later ones refused: nobody waits for a
+/// reply that cannot come.
+impl<M: Machine> Drop for Inbox<M> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use slopn_proto::Spoke;
+
+    use super::*;
+
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    #[test]
+    fn a_dropped_inbox_answers_waiting_requests_by_dropping_them_and_refuses_new_ones() {
+        let (inbox, remote) = Inbox::<Spoke>::new(Arc::new(NoWake));
+        let (tx, rx) = mpsc::channel::<()>();
+        assert!(remote.stats(move |_| drop(tx)));
+        // The loop ends without closing its inbox (a panic, a cancelled task).
+        drop(inbox);
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(1)),
+            Err(mpsc::RecvTimeoutError::Disconnected),
+            "the reply was dropped uncalled"
+        );
+        assert!(!remote.stats(|_| {}), "later requests are refused");
+        assert!(!remote.stop());
+    }
+}

@@ -83,13 +83,21 @@ impl Machine for Spoke {
                     .collect();
                 os.push(OsAction::SetAddresses(host));
                 // Routes need the addresses in place: queued after them, the current list.
-                os.push(os.policy().routes(self));
+                os.push_assignment_routes(os.policy().routes(self));
+                // DNS last: the tunnel carries packets before resolvectl has answered.
+                if let Some(servers) = os.take_held_dns() {
+                    os.push(OsAction::SetDns(servers));
+                }
             }
-            // Before the first assignment the routes wait for the addresses (see above).
+            // Before the first assignment routes and DNS wait for the addresses (see above):
+            // the hub sends them first.
             SpokeEvent::RoutesChanged { .. } if os.has_addresses() => {
                 os.push(os.policy().routes(self));
             }
-            SpokeEvent::DnsChanged { servers } => os.push(OsAction::SetDns(servers.clone())),
+            SpokeEvent::DnsChanged { servers } if os.has_addresses() => {
+                os.push(OsAction::SetDns(servers.clone()));
+            }
+            SpokeEvent::DnsChanged { servers } => os.hold_dns(servers.clone()),
             SpokeEvent::MtuChanged { tun_mtu } => os.push(OsAction::SetMtu(*tun_mtu)),
             SpokeEvent::Disconnected {
                 reason,
@@ -100,5 +108,71 @@ impl Machine for Spoke {
             _ => {}
         }
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use slopn_proto::SpokeConfig;
+    use slopn_proto::pki::{CertificateAuthority, Validity};
+
+    use super::*;
+    use crate::policy::RoutePolicy;
+
+    fn spoke() -> Spoke {
+        let validity = Validity::days_from(SystemTime::now(), 2);
+        let ca = CertificateAuthority::generate("test CA", [1; 32], validity).unwrap();
+        let trust = slopn_proto::tls::parse_certificates(ca.cert_pem().as_bytes()).unwrap();
+        let config = SpokeConfig::new(
+            "192.0.2.1:4433".parse().unwrap(),
+            "hub.slopn.test",
+            trust,
+            "token",
+            [2; 32],
+        );
+        Spoke::new(config, Instant::now(), SystemTime::now()).unwrap()
+    }
+
+    #[test]
+    fn on_first_connect_dns_comes_after_the_addresses_and_routes() {
+        let mut spoke = spoke();
+        let mut os = OsPlan::new(RoutePolicy::default());
+        let dns: IpAddr = "10.100.0.53".parse().unwrap();
+        // What the hub sends, in its order: routes and DNS, then the addresses.
+        for event in [
+            SpokeEvent::RoutesChanged { routes: Vec::new() },
+            SpokeEvent::DnsChanged { servers: vec![dns] },
+            SpokeEvent::Assigned {
+                identity: "spoke".into(),
+                addresses: vec!["10.100.0.2".parse().unwrap()],
+                hub_addresses: vec!["10.100.0.1".parse().unwrap()],
+                tun_mtu: Some(1400),
+            },
+        ] {
+            assert_eq!(spoke.apply(&event, &mut os), Flow::Continue);
+        }
+        // The routes mark the tunnel routed once reported on.
+        let queued: Vec<(OsAction, bool)> = os.drain().collect();
+        assert!(
+            matches!(
+                queued.as_slice(),
+                [
+                    (OsAction::SetMtu(1400), false),
+                    (OsAction::SetAddresses(_), false),
+                    (OsAction::SetRoutes { .. }, true),
+                    (OsAction::SetDns(servers), false),
+                ] if *servers == [dns]
+            ),
+            "{queued:?}"
+        );
+
+        // Later changes go straight to the helper.
+        spoke.apply(&SpokeEvent::DnsChanged { servers: vec![] }, &mut os);
+        assert_eq!(
+            os.drain().collect::<Vec<_>>(),
+            [(OsAction::SetDns(vec![]), false)]
+        );
     }
 }

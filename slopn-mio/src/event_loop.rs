@@ -58,7 +58,7 @@ fn drive<M: Machine>(driver: &mut Driver<M>, mut poll: Poll) -> Result<(), RunEr
         }
         let now = Instant::now();
         if woken {
-            driver.woken(now)?;
+            driver.woken(now);
         }
         if udp_writable {
             driver.udp_writable();

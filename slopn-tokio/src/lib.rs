@@ -5,7 +5,8 @@
 //! read in batches (`recvmmsg` with GRO through quinn-udp, sends with GSO), TUN
 //! super-packets split, both bounded per wakeup so that neither side starves the other or
 //! the timers, and the machine's outputs drained in one order after any input. What is
-//! tokio's here: both descriptors wait in [`AsyncFd`]s, the timer
+//! tokio's here: both descriptors wait for readability in [`AsyncFd`]s (the socket's
+//! writability is watched only while a send waits for it), the timer
 //! is a [`sleep_until`](tokio::time::sleep_until) on the machine's `poll_timeout`, and a
 //! [`Notify`] carries commands, the stop request and the OS helper's
 //! reports. Routes, addresses and DNS are set by the driver's helper thread, never on the
@@ -51,8 +52,10 @@
 //! ```
 //!
 //! When the task ends, by [`Handle::stop`] (after the machine's goodbyes, bounded by
-//! [`Options::shutdown_grace`]) or because a spoke was refused for good, the helper removes
-//! the routes (on tokio's blocking pool) and then the TUN device is closed.
+//! [`Options::shutdown_grace`]) or because a spoke was refused for good, the driver's
+//! helper thread removes the routes and then the TUN device is closed; the task waits for
+//! that on tokio's blocking pool, never on a worker thread. A task dropped by a runtime
+//! shutting down removes them the same way as it is dropped.
 
 mod task;
 
@@ -139,21 +142,26 @@ impl<M: Machine> Handle<M> {
     }
 }
 
-/// Registers a duplicate of `fd` with the reactor. The duplicate belongs to the `AsyncFd`,
-/// so it stays open exactly as long as the registration, whatever the driver does with the
-/// original (both refer to the same socket or device, so readiness is the same).
+/// A duplicate of `fd`, to register with the reactor. The duplicate belongs to its
+/// `AsyncFd`, so it stays open exactly as long as the registration, whatever the driver
+/// does with the original (both refer to the same socket or device, so readiness is the
+/// same).
+fn duplicate(fd: BorrowedFd<'_>, what: &'static str) -> Result<OwnedFd, RunError> {
+    fd.try_clone_to_owned().map_err(io_error(what))
+}
+
+/// Registers `fd` with the reactor for `interest`.
 fn register(
-    fd: BorrowedFd<'_>,
+    fd: OwnedFd,
     interest: Interest,
     what: &'static str,
 ) -> Result<AsyncFd<OwnedFd>, RunError> {
-    let owned = fd.try_clone_to_owned().map_err(io_error(what))?;
     // SAFETY: an `OwnedFd` is open, and returns the same descriptor, until the `AsyncFd`
-    // that owns it drops it: the contract tokio asks for (the safe constructors are
-    // deprecated because other types cannot promise it).
+    // that owns it drops it or gives it back: the contract tokio asks for (the safe
+    // constructors are deprecated because other types cannot promise it).
     #[allow(unsafe_code)]
-    let registered = unsafe { AsyncFd::register_with_interest(owned, interest) };
-    registered.map_err(|e| io_error(what)(e.into()))
+    let registered = unsafe { AsyncFd::register_with_interest(fd, interest) };
+    registered.map_err(|e| io_error(what)(e.into_parts().1))
 }
 
 /// Starts the task on the current tokio runtime (call it from within one, like
@@ -179,18 +187,17 @@ pub fn spawn<M: Machine>(
         Arc::new(NotifyWake(notify.clone())),
         Box::new(move |event| events_tx.try_send(event).is_ok()),
     )?;
-    let (udp, tun) = {
+    let (udp, writable, tun) = {
         let _context = runtime.enter();
-        let both = Interest::READABLE | Interest::WRITABLE;
-        let udp = register(driver.udp_fd(), both, "registering the UDP socket")?;
-        let tun = register(
-            driver.tun_fd(),
-            Interest::READABLE,
-            "registering the TUN device",
-        )?;
-        (udp, tun)
+        let what = "registering the UDP socket";
+        let udp = register(duplicate(driver.udp_fd(), what)?, Interest::READABLE, what)?;
+        // Writability has a descriptor of its own, registered only while a send waits.
+        let writable = task::WriteWatch::new(duplicate(driver.udp_fd(), what)?);
+        let what = "registering the TUN device";
+        let tun = register(duplicate(driver.tun_fd(), what)?, Interest::READABLE, what)?;
+        (udp, writable, tun)
     };
-    let task = runtime.spawn(task::run(driver, udp, tun, notify));
+    let task = runtime.spawn(task::run(driver, udp, writable, tun, notify));
     Ok(Handle {
         remote,
         events: Mutex::new(events),

@@ -10,8 +10,40 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use slopn_driver::{Driver, Machine, RunError, io_error};
+use tokio::io::Interest;
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::sync::Notify;
+
+/// The UDP socket's writability, watched only while a transmit waits for it
+/// ([`Driver::udp_blocked`]): registered for it all the time, every send completion would
+/// wake the task. A duplicate of the socket's descriptor, registered and deregistered as
+/// needed (the reading registration stays as it is).
+pub(crate) struct WriteWatch {
+    idle: Option<OwnedFd>,
+    armed: Option<AsyncFd<OwnedFd>>,
+}
+
+impl WriteWatch {
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        Self {
+            idle: Some(fd),
+            armed: None,
+        }
+    }
+
+    /// Watches while `blocked`, and stops watching otherwise.
+    fn update(&mut self, blocked: bool) -> Result<(), RunError> {
+        if blocked {
+            if let Some(fd) = self.idle.take() {
+                let what = "watching the UDP socket";
+                self.armed = Some(crate::register(fd, Interest::WRITABLE, what)?);
+            }
+        } else if let Some(armed) = self.armed.take() {
+            self.idle = Some(armed.into_inner());
+        }
+        Ok(())
+    }
+}
 
 /// What one wakeup found ready.
 struct Ready<'a> {
@@ -27,16 +59,20 @@ struct Ready<'a> {
 pub(crate) async fn run<M: Machine>(
     mut driver: Driver<M>,
     udp: AsyncFd<OwnedFd>,
+    mut writable: WriteWatch,
     tun: AsyncFd<OwnedFd>,
     notify: Arc<Notify>,
 ) -> Result<(), RunError> {
-    let result = drive(&mut driver, &udp, &tun, &notify).await;
-    drop((udp, tun));
-    if tokio::task::spawn_blocking(move || driver.finish())
-        .await
-        .is_err()
-    {
-        tracing::warn!("finishing the loop panicked; routes may be left behind");
+    let result = drive(&mut driver, &udp, &mut writable, &tun, &notify).await;
+    drop((udp, writable, tun));
+    match tokio::task::spawn_blocking(move || driver.finish()).await {
+        Ok(()) => {}
+        Err(e) if e.is_panic() => {
+            tracing::warn!("finishing the loop panicked; routes may be left behind");
+        }
+        // The runtime shut down before the blocking pool ran it: dropping the driver with
+        // the closure removed the routes and the device all the same.
+        Err(_) => tracing::debug!("the loop finished as its runtime shut down"),
     }
     result
 }
@@ -44,6 +80,7 @@ pub(crate) async fn run<M: Machine>(
 async fn drive<M: Machine>(
     driver: &mut Driver<M>,
     udp: &AsyncFd<OwnedFd>,
+    writable: &mut WriteWatch,
     tun: &AsyncFd<OwnedFd>,
     notify: &Notify,
 ) -> Result<(), RunError> {
@@ -54,7 +91,8 @@ async fn drive<M: Machine>(
         sleep
             .as_mut()
             .reset(driver.deadline().unwrap_or_else(never).into());
-        let blocked = driver.udp_blocked();
+        writable.update(driver.udp_blocked())?;
+        let write_watch = writable.armed.as_ref();
         let mut notified = pin!(notify.notified());
         let ready = poll_fn(|cx| {
             let woken = notified.as_mut().poll(cx).is_ready();
@@ -62,11 +100,7 @@ async fn drive<M: Machine>(
             let ready = Ready {
                 woken,
                 udp_read: ready(udp.poll_read_ready(cx)),
-                udp_write: if blocked {
-                    ready(udp.poll_write_ready(cx))
-                } else {
-                    None
-                },
+                udp_write: write_watch.and_then(|fd| ready(fd.poll_write_ready(cx))),
                 tun_read: ready(tun.poll_read_ready(cx)),
             };
             if woken
@@ -83,7 +117,7 @@ async fn drive<M: Machine>(
         .await;
         let now = Instant::now();
         if ready.woken {
-            driver.woken(now)?;
+            driver.woken(now);
         }
         if let Some(guard) = ready.udp_write {
             let mut guard = guard.map_err(io_error("waiting for the UDP socket"))?;

@@ -10,23 +10,29 @@
 //!   on netlink.
 //! - [`Routes`]: routes through the device, installed with `ip route` and removed on drop,
 //!   and the host route that keeps the hub reachable outside a full tunnel.
+//! - [`set_dns`]: the resolver servers for the device, through systemd-resolved.
 //! - [`Gateway`]: the hub's gateway mode — forwarding and NAT in an nftables table of its own.
 //! - [`netns`]: network namespaces and veth pairs, for SloPN's tests, demo and benchmarks.
 //!
-//! Errors say what is wrong and what to do ([`TunError`]). macOS (`utun`) goes through the same
+//! Errors say what is wrong and what to do ([`TunError`]). Every command run is killed
+//! after [`COMMAND_TIMEOUT`]. macOS (`utun`) goes through the same
 //! tun-rs API but is untested; routes there use `route(8)`.
 
 mod device;
+mod dns;
 mod gateway;
 pub mod netns;
 mod offload;
 mod routes;
 
 pub use device::{Tun, TunConfig, TunControl};
+pub use dns::set_dns;
 pub use gateway::{Gateway, default_uplink};
 pub use routes::Routes;
 
 use std::io;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// Why a TUN device or a route could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +64,14 @@ pub enum TunError {
         #[source]
         source: io::Error,
     },
+    /// A configuration command did not end within its time, and was killed.
+    #[error("`{command}` gave no answer within {timeout:?} and was stopped")]
+    TimedOut {
+        /// The command line.
+        command: String,
+        /// How long it was given.
+        timeout: Duration,
+    },
     /// A configuration command failed.
     #[error("`{command}` failed: {stderr}")]
     Command {
@@ -77,19 +91,34 @@ impl TunError {
     }
 }
 
+/// How long a configuration command (`ip`, `nft`, `resolvectl`) may take before it is
+/// killed: a stuck netlink or D-Bus peer must not hold up the tunnel.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Runs a command, failing with its stderr.
 pub(crate) fn run(program: &str, args: &[&str]) -> Result<String, TunError> {
     run_with_input(program, args, "")
 }
 
-/// Runs a command with `input` on its stdin, failing with its stderr.
+/// Runs a command with `input` on its stdin, failing with its stderr; kills it after
+/// [`COMMAND_TIMEOUT`].
 pub(crate) fn run_with_input(
     program: &str,
     args: &[&str],
     input: &str,
 ) -> Result<String, TunError> {
-    use std::io::Write;
+    run_within(program, args, input, COMMAND_TIMEOUT)
+}
+
+fn run_within(
+    program: &str,
+    args: &[&str],
+    input: &str,
+    timeout: Duration,
+) -> Result<String, TunError> {
+    use std::io::{Read, Write};
     use std::process::Stdio;
+    let deadline = Instant::now() + timeout;
     let command = format!("{program} {}", args.join(" "));
     let mut child = std::process::Command::new(program)
         .args(args)
@@ -105,14 +134,78 @@ pub(crate) fn run_with_input(
             .write_all(input.as_bytes())
             .map_err(|e| TunError::io(format!("writing to `{command}`"), e))?;
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| TunError::io(format!("running `{command}`"), e))?;
-    if !output.status.success() {
-        return Err(TunError::Command {
-            command,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    // Both pipes are read on threads of their own, so that a full pipe cannot stall the
+    // command while this thread keeps the time.
+    let (tx, rx) = mpsc::channel();
+    let pipes: [(bool, Option<Box<dyn Read + Send>>); 2] = [
+        (true, child.stdout.take().map(|p| Box::new(p) as _)),
+        (false, child.stderr.take().map(|p| Box::new(p) as _)),
+    ];
+    for (is_stdout, pipe) in pipes {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            let _ = tx.send((is_stdout, bytes));
         });
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut status = None;
+    for _ in 0..2 {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((true, bytes)) => stdout = bytes,
+            Ok((false, bytes)) => stderr = bytes,
+            Err(_) => break,
+        }
+    }
+    // Its pipes closed, the command has ended or is about to.
+    while status.is_none() && Instant::now() < deadline {
+        status = child
+            .try_wait()
+            .map_err(|e| TunError::io(format!("running `{command}`"), e))?;
+        if status.is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(TunError::TimedOut { command, timeout });
+    };
+    if !status.success() {
+        return Err(TunError::Command {
+            command,
+            stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_that_hangs_is_killed_after_the_timeout() {
+        let start = Instant::now();
+        let e = run_within("sleep", &["10"], "", Duration::from_millis(200)).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            e.to_string(),
+            "`sleep 10` gave no answer within 200ms and was stopped"
+        );
+    }
+
+    #[test]
+    fn a_command_answers_with_its_output_or_its_error() {
+        assert_eq!(run("echo", &["hello"]).unwrap(), "hello\n");
+        let e = run_with_input("sh", &["-c", "cat >&2; exit 1"], "refused").unwrap_err();
+        assert_eq!(e.to_string(), "`sh -c cat >&2; exit 1` failed: refused");
+    }
 }

@@ -30,13 +30,15 @@ impl Routes {
     /// Keeps `dest` (the hub's underlay address) routed as it is now, outside the tunnel,
     /// with a host route through the current gateway. Install it before a default route
     /// points into the tunnel, or packets to the hub would loop into it. `None` removes it.
+    /// A bypass that could not be removed is kept, to be removed by a later call or on drop.
     pub fn set_bypass(&mut self, dest: Option<std::net::IpAddr>) -> Result<(), TunError> {
         let wanted = dest.map(IpNet::from);
         if wanted == self.bypass {
             return Ok(());
         }
-        if let Some(old) = self.bypass.take() {
+        if let Some(old) = self.bypass {
             delete_host(old)?;
+            self.bypass = None;
         }
         if let (Some(net), Some(dest)) = (wanted, dest) {
             let via = current_route(dest)?;
@@ -54,11 +56,6 @@ impl Routes {
             self.bypass = Some(net);
         }
         Ok(())
-    }
-
-    /// The routes installed now.
-    pub fn installed(&self) -> &[IpNet] {
-        &self.installed
     }
 
     /// Installs every route in `nets` not yet installed, and removes installed ones no longer

@@ -305,6 +305,17 @@ fn the_control_socket_disconnects_and_reconnects_a_spoke() {
         return;
     };
     established(&mut lab, 1);
+    // The hub refuses to disconnect a session it does not have, and says so.
+    let hub_sock = lab.dir.join("hub.sock");
+    let unknown = slopn::control::Request::Disconnect {
+        session: Some(999_999),
+    };
+    let refusal = slopn::control::request(&hub_sock, &unknown).unwrap_err();
+    assert!(
+        refusal.to_string().contains("no session 999999"),
+        "{refusal}"
+    );
+    assert_eq!(lab.spoke_state(0), "established");
     let sock = lab.dir.join("spoke-0.sock");
     slopn::control::request(
         &sock,

@@ -1,6 +1,7 @@
 //! The suite's test cases, generic over the runtime.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use slopn_driver::{HubCommand, Options, RoutePolicy, RunError, SpokeCommand};
 use slopn_proto::{SpokeState, TransportSettings};
@@ -113,7 +114,7 @@ pub fn advertised_routes<R: Runtime>(test: &str) {
 
 /// A full tunnel whose hub cannot be kept outside it (no route to the hub's underlay
 /// address) must not route everything into the tunnel: the failure ends the loop with
-/// the reason, and everything is removed.
+/// the reason, after a goodbye to the hub, and everything is removed.
 pub fn fatal_route_failure<R: Runtime>(test: &str) {
     let Some(lab) = Lab::new(test, 1) else {
         return;
@@ -142,6 +143,10 @@ pub fn fatal_route_failure<R: Runtime>(test: &str) {
         }
         other => panic!("expected the route failure, got {other:?}"),
     }
+    // The spoke said goodbye: the hub frees the session at once, not after its idle timeout.
+    eventually(Duration::from_secs(1), "the hub frees the session", || {
+        hub.stats().unwrap().hub.spokes_assigned == 0
+    });
     hub.stop();
     hub.join().unwrap();
     assert_cleaned_up(&lab);
@@ -151,4 +156,57 @@ pub fn fatal_route_failure<R: Runtime>(test: &str) {
             .unwrap()
             .contains("0.0.0.0/1")
     );
+}
+
+/// A full tunnel that becomes a split one: the bypass route to the hub goes, and when
+/// removing it fails (someone deleted it already) the failure is counted while the tunnel
+/// carries on.
+pub fn full_to_split_tunnel<R: Runtime>(test: &str) {
+    let Some(lab) = Lab::new(test, 1) else {
+        return;
+    };
+    let hub = lab.start_hub::<R>(lab.hub_config(&["0.0.0.0/0"]));
+    let config = lab.spoke_config(0);
+    let within = patience(&config.transport);
+    let underlay = config.hub.ip();
+    let options = Options {
+        routes: RoutePolicy {
+            accept_default_route: true,
+            only: Vec::new(),
+            hub: Some(underlay),
+        },
+        ..Options::default()
+    };
+    let spoke = lab.start_spoke::<R>(0, config, options);
+    let ns = &lab.spokes[0];
+
+    wait_assigned(&spoke, within);
+    eventually(within, "the full tunnel routed", || {
+        spoke.stats().unwrap().io.routed && tun_routes(ns).contains("0.0.0.0/1")
+    });
+    assert!(ping(ns, HUB_TUNNEL), "through the full tunnel");
+    let bypass = format!("{underlay}/32");
+    ns.ip(&["route", "del", &bypass]).unwrap();
+
+    hub.command(HubCommand::SetRoutes(vec![
+        "192.168.60.0/24".parse().unwrap(),
+    ]));
+    eventually(within, "the split tunnel's routes", || {
+        let routes = tun_routes(ns);
+        routes.contains("192.168.60.0/24") && !routes.contains("0.0.0.0/1")
+    });
+    eventually(within, "the failed bypass removal counted", || {
+        spoke.stats().unwrap().io.os_failures == 1
+    });
+    assert!(
+        !spoke.is_finished(),
+        "a failed removal does not end the tunnel"
+    );
+    assert!(ping(ns, HUB_TUNNEL), "through the split tunnel");
+
+    spoke.stop();
+    spoke.join().unwrap();
+    hub.stop();
+    hub.join().unwrap();
+    assert_cleaned_up(&lab);
 }

@@ -75,6 +75,13 @@ macro_rules! tests {
                 "a_route_the_tunnel_needs_that_fails_ends_the_loop",
             );
         }
+
+        #[test]
+        fn a_route_that_cannot_be_removed_is_counted_not_fatal() {
+            $crate::suite::cases::full_to_split_tunnel::<$runtime>(
+                "a_route_that_cannot_be_removed_is_counted_not_fatal",
+            );
+        }
     };
 }
 pub(crate) use tests;
