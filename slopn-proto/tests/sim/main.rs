@@ -16,6 +16,7 @@ mod determinism;
 mod faults;
 mod limits;
 mod liveness;
+mod mtu;
 mod scale;
 mod security;
 mod tcp;

@@ -23,6 +23,19 @@ fn pattern(i: usize) -> u8 {
 /// Moves `total` bytes from the host behind spoke `a` to the host behind spoke `b` over
 /// TCP, checking every byte. Returns the virtual time the transfer took.
 pub fn transfer(world: &mut World, a: usize, b: usize, total: usize, limit: Duration) -> Duration {
+    transfer_with(world, a, b, total, limit, &mut |_| {})
+}
+
+/// [`transfer`], calling `during` after every step (to change the network under it, or
+/// watch the nodes).
+pub fn transfer_with(
+    world: &mut World,
+    a: usize,
+    b: usize,
+    total: usize,
+    limit: Duration,
+    during: &mut dyn FnMut(&mut World),
+) -> Duration {
     let dst = assigned(world, b);
     let server = world.spokes[b].host.add_tcp(WINDOW);
     world.spokes[b]
@@ -44,6 +57,7 @@ pub fn transfer(world: &mut World, a: usize, b: usize, total: usize, limit: Dura
     let (mut sent, mut received) = (0usize, 0usize);
     let mut chunk = vec![0u8; 64 * 1024];
     let done = world.run_until(limit, |w| {
+        during(w);
         let host = &mut w.spokes[a].host;
         let socket = host.sockets.get_mut::<tcp::Socket>(client);
         while sent < total && socket.can_send() {

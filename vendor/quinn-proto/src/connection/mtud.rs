@@ -358,8 +358,9 @@ impl SearchState {
 /// packets all lost together were probably lost for the same reason.
 ///
 /// A loss burst is deemed "suspicious" if it contains no packets that are (a) smaller than the
-/// minimum MTU or (b) smaller than a more recent acknowledged packet, because such a burst could be
-/// fully explained by a reduction in MTU.
+/// minimum MTU or (b) no larger than a packet sent after the burst and acknowledged, because such
+/// a burst could be fully explained by a reduction in MTU. A burst stops being suspicious when
+/// such a packet is acknowledged later on.
 ///
 /// When the number of suspicious loss bursts exceeds [`BLACK_HOLE_THRESHOLD`], we judge the
 /// evidence for an MTU black hole to be sufficient.
@@ -369,12 +370,12 @@ struct BlackHoleDetector {
     suspicious_loss_bursts: Vec<LossBurst>,
     /// Loss burst currently being aggregated, if any
     current_loss_burst: Option<CurrentLossBurst>,
-    /// Packet number of the biggest packet larger than `min_mtu` which we've received
-    /// acknowledgment of more recently than any suspicious loss burst, if any
-    largest_post_loss_packet: u64,
-    /// The maximum of `min_mtu` and the size of `largest_post_loss_packet`, or exactly `min_mtu` if
-    /// no larger packets have been received since the most recent loss burst.
-    acked_mtu: u16,
+    /// The most recent acknowledged packets larger than `min_mtu`, by size: for every size, the
+    /// largest packet number acknowledged among packets at least that large, as far as these
+    /// entries tell. Sorted by size, descending, and so by packet number, ascending (an entry
+    /// both smaller and older than another proves nothing more and is dropped). At most
+    /// [`MAX_DELIVERIES`] entries.
+    deliveries: Vec<Delivery>,
     /// The UDP payload size guaranteed to be supported by the network
     min_mtu: u16,
 }
@@ -384,8 +385,7 @@ impl BlackHoleDetector {
         Self {
             suspicious_loss_bursts: Vec::with_capacity(BLACK_HOLE_THRESHOLD + 1),
             current_loss_burst: None,
-            largest_post_loss_packet: 0,
-            acked_mtu: min_mtu,
+            deliveries: Vec::with_capacity(MAX_DELIVERIES + 1),
             min_mtu,
         }
     }
@@ -395,32 +395,47 @@ impl BlackHoleDetector {
         // suspicious. At most one MTU probe is in flight at a time, so we don't need to worry about
         // reordering between them.
         self.suspicious_loss_bursts.clear();
-        self.acked_mtu = len;
-        // This might go backwards, but that's okay: a successful ACK means we haven't yet judged a
-        // more recently sent packet lost, and we just want to track the largest packet that's been
-        // successfully delivered more recently than a loss.
-        self.largest_post_loss_packet = pn;
+        self.record_delivery(pn, len);
     }
 
     fn on_non_probe_acked(&mut self, pn: u64, len: u16) {
-        if len < self.acked_mtu {
-            // We've already seen a larger packet since the most recent suspicious loss burst;
-            // nothing to do.
-            return;
-        }
-        if len == self.acked_mtu {
-            // Another delivery of the largest size seen since the most recent suspicious loss
-            // burst. It doesn't raise `acked_mtu`, but loss bursts that precede it cannot be
-            // explained by an MTU reduction either, so remember it as the newest such delivery.
-            self.largest_post_loss_packet = self.largest_post_loss_packet.max(pn);
-            return;
-        }
-        self.acked_mtu = len;
-        // This might go backwards, but that's okay as described in `on_probe_acked`.
-        self.largest_post_loss_packet = pn;
-        // Loss bursts packets smaller than this are retroactively deemed non-suspicious.
+        self.record_delivery(pn, len);
+        // The path carried `len` bytes after every loss burst sent before this packet: those made
+        // of packets no larger are retroactively deemed non-suspicious.
         self.suspicious_loss_bursts
-            .retain(|burst| burst.smallest_packet_size > len);
+            .retain(|burst| pn <= burst.latest_non_probe || len < burst.smallest_packet_size);
+    }
+
+    /// Remembers that packet `pn` of `len` bytes was delivered
+    fn record_delivery(&mut self, pn: u64, len: u16) {
+        if len <= self.min_mtu {
+            // Bursts of packets this small are never suspicious; this proves nothing.
+            return;
+        }
+        if self
+            .deliveries
+            .iter()
+            .any(|known| known.size >= len && known.pn >= pn)
+        {
+            // A packet at least as large and at least as recent was already delivered.
+            return;
+        }
+        self.deliveries
+            .retain(|known| known.size > len || known.pn > pn);
+        let at = self.deliveries.partition_point(|known| known.size > len);
+        self.deliveries.insert(at, Delivery { pn, size: len });
+        if self.deliveries.len() > MAX_DELIVERIES {
+            // Forget the largest (and oldest) delivery. Less evidence only makes losses look more
+            // suspicious, which is the safe side.
+            self.deliveries.remove(0);
+        }
+    }
+
+    /// Whether a packet of at least `size` bytes sent after packet `pn` was delivered
+    fn delivered_after(&self, pn: u64, size: u16) -> bool {
+        self.deliveries
+            .iter()
+            .any(|known| known.pn > pn && known.size >= size)
     }
 
     fn on_non_probe_lost(&mut self, pn: u64, len: u16) {
@@ -460,27 +475,18 @@ impl BlackHoleDetector {
         let Some(burst) = self.current_loss_burst.take() else {
             return;
         };
-        // If a loss burst contains a packet smaller than the minimum MTU or a more recently
-        // transmitted packet, it is not suspicious.
+        // If a loss burst contains a packet smaller than the minimum MTU, or no larger than a
+        // packet sent later and delivered (acknowledgments are processed before the losses they
+        // reveal), it is not suspicious.
         if burst.smallest_packet_size <= self.min_mtu
-            || (burst.latest_non_probe < self.largest_post_loss_packet
-                && burst.smallest_packet_size <= self.acked_mtu)
+            || self.delivered_after(burst.latest_non_probe, burst.smallest_packet_size)
         {
             return;
         }
         // The loss burst is now deemed suspicious.
-
-        // A suspicious loss burst more recent than `largest_post_loss_packet` invalidates it. This
-        // makes `acked_mtu` a conservative approximation. Ideally we'd update `safe_mtu` and
-        // `largest_post_loss_packet` to describe the largest acknowledged packet sent later than
-        // this burst, but that would require tracking the size of an unpredictable number of
-        // recently acknowledged packets, and erring on the side of false positives is safe.
-        if burst.latest_non_probe > self.largest_post_loss_packet {
-            self.acked_mtu = self.min_mtu;
-        }
-
         let burst = LossBurst {
             smallest_packet_size: burst.smallest_packet_size,
+            latest_non_probe: burst.latest_non_probe,
         };
 
         if self.suspicious_loss_bursts.len() <= BLACK_HOLE_THRESHOLD {
@@ -513,6 +519,16 @@ impl BlackHoleDetector {
 #[derive(Copy, Clone)]
 struct LossBurst {
     smallest_packet_size: u16,
+    /// Packet number of the burst's last packet: a delivery sent after it of a packet at least
+    /// `smallest_packet_size` large clears the burst
+    latest_non_probe: u64,
+}
+
+/// An acknowledged packet
+#[derive(Copy, Clone)]
+struct Delivery {
+    pn: u64,
+    size: u16,
 }
 
 #[derive(Copy, Clone)]
@@ -526,6 +542,8 @@ struct CurrentLossBurst {
 const MAX_PROBE_RETRANSMITS: usize = 3;
 /// Maximum number of suspicious loss bursts that will not trigger black hole detection
 const BLACK_HOLE_THRESHOLD: usize = 3;
+/// Acknowledged packets of distinct sizes the black hole detector keeps as evidence
+const MAX_DELIVERIES: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -972,10 +990,9 @@ mod tests {
     }
 
     // Loss bursts that precede the delivery of another packet of the largest size seen so far
-    // are not suspicious: that delivery proves the path still carries packets of that size, even
-    // though it does not raise `acked_mtu`. This is the steady state of a bulk transfer, where
-    // every packet is full-size and one ACK typically both confirms new packets and reveals
-    // older losses.
+    // are not suspicious: that delivery proves the path still carries packets of that size. This
+    // is the steady state of a bulk transfer, where every packet is full-size and one ACK
+    // typically both confirms new packets and reveals older losses.
     #[test]
     fn equal_size_delivery_clears_preceding_bursts() {
         let mut bhd = BlackHoleDetector::new(1200);
@@ -1012,5 +1029,135 @@ mod tests {
         bhd.on_non_probe_acked(BLACK_HOLE_THRESHOLD as u64 * 2, 1400);
         bhd.on_non_probe_lost(BLACK_HOLE_THRESHOLD as u64 * 2 + 1, 1400);
         assert!(!bhd.black_hole_detected());
+    }
+
+    /// Drives a detector the way `Connection` does, one ACK at a time: `sizes[pn]` is the size of
+    /// packet `pn` and `delivered(pn)` whether it reaches the peer. Every `ack_every` packets an
+    /// ACK arrives: the delivered packets it covers are reported acknowledged first, then the
+    /// packets it reveals as lost (those `packet_threshold` = 3 or more below its largest), then
+    /// the detector is asked for a black hole. Returns the packet numbers of the ACKs after which a
+    /// black hole was declared.
+    fn run_detector(
+        min_mtu: u16,
+        sizes: &[u16],
+        delivered: impl Fn(u64) -> bool,
+        ack_every: usize,
+    ) -> Vec<u64> {
+        let mut declared = Vec::new();
+        let mut bhd = BlackHoleDetector::new(min_mtu);
+        let mut unresolved = Vec::new();
+        for pn in 0..sizes.len() as u64 {
+            unresolved.push(pn);
+            if (pn + 1) % ack_every as u64 != 0 {
+                continue;
+            }
+            let Some(&largest) = unresolved.iter().rev().find(|&&p| delivered(p)) else {
+                continue;
+            };
+            for &p in unresolved.iter().filter(|&&p| p <= largest && delivered(p)) {
+                bhd.on_non_probe_acked(p, sizes[p as usize]);
+            }
+            let lost: Vec<u64> = unresolved
+                .iter()
+                .copied()
+                .filter(|&p| !delivered(p) && p + 3 <= largest)
+                .collect();
+            for &p in &lost {
+                bhd.on_non_probe_lost(p, sizes[p as usize]);
+            }
+            unresolved.retain(|&p| p > largest || !(delivered(p) || lost.contains(&p)));
+            if bhd.black_hole_detected() {
+                declared.push(pn);
+            }
+        }
+        declared
+    }
+
+    /// A deterministic pseudo-random sequence in [0, 1)
+    fn uniform(seed: u64) -> impl Fn(u64) -> f64 {
+        move |i| {
+            let mut x = (seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_add(i);
+            x ^= x >> 33;
+            x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            x ^= x >> 33;
+            x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+            x ^= x >> 33;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    // A bulk transfer at the discovered MTU, 1 to 5 % of packets lost at random (10 % too for the
+    // first two patterns), ACKs acknowledging 2 to 64 packets and so revealing several losses at
+    // once. The packets are full-size, in three patterns: all of one size; in batches (as with
+    // GSO) of nine padded to the MTU and a last one a few bytes shorter; or mostly a little under
+    // the MTU with one in ten a few bytes larger (packet number length, an ACK frame that fits).
+    // Deliveries of full-size packets sent after each loss prove the path still carries them:
+    // never a black hole. Before the detector compared each loss burst with the deliveries sent
+    // after it, the mixed pattern declared black holes in 13 of its 36 runs below 10 % loss
+    // (1 at 1 %, 13 at 2 %, 151 at 5 %, as many as 39 in one run of 20 000 packets).
+    #[test]
+    fn random_loss_of_full_size_packets_is_not_a_black_hole() {
+        for seed in 0..4 {
+            let rand = uniform(seed);
+            let uniform_sizes = vec![1452; 20_000];
+            let batched_sizes: Vec<u16> = (0..20_000)
+                .map(|pn| match pn % 10 {
+                    9 => 1443 + (rand(pn + 1_000_000) * 9.0) as u16,
+                    _ => 1452,
+                })
+                .collect();
+            let mixed_sizes: Vec<u16> = (0..20_000)
+                .map(|pn| match pn % 10 {
+                    9 => 1444 + (rand(pn + 1_000_000) * 9.0) as u16,
+                    _ => 1443,
+                })
+                .collect();
+            let patterns = [
+                ("uniform", &uniform_sizes, 0.1),
+                ("batched", &batched_sizes, 0.1),
+                ("mixed", &mixed_sizes, 0.05),
+            ];
+            for (what, sizes, max_loss) in patterns {
+                for loss in [0.01, 0.02, 0.05, 0.1]
+                    .into_iter()
+                    .filter(|&l| l <= max_loss)
+                {
+                    for ack_every in [2, 16, 64] {
+                        let declared = run_detector(1200, sizes, |pn| rand(pn) >= loss, ack_every);
+                        assert_eq!(
+                            declared,
+                            [],
+                            "{what} sizes, {loss} loss, seed {seed}, an ACK every {ack_every}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // The path narrows at packet 1000: from then on every packet above 1300 bytes is lost, smaller
+    // ones are delivered (with 1 % random loss on top). Packets alternate between full-size data
+    // and small ones, as acknowledgments and control traffic do. The black hole is declared once
+    // four large packets are lost, each between delivered small ones: within three ACKs of 16
+    // packets.
+    #[test]
+    fn real_black_hole_is_detected() {
+        let rand = uniform(7);
+        let sizes: Vec<u16> = (0..2_000)
+            .map(|pn| if pn % 2 == 0 { 1452 } else { 1250 })
+            .collect();
+        let delivered = |pn: u64| {
+            let fits = pn < 1000 || sizes[pn as usize] <= 1300;
+            fits && rand(pn) >= 0.01
+        };
+        for ack_every in [2, 16] {
+            // (The harness keeps sending large packets, so it declares more after the first.)
+            let declared = run_detector(1200, &sizes, delivered, ack_every);
+            let declared = *declared.first().expect("black hole declared");
+            assert!(
+                (1000..1000 + 3 * 16).contains(&declared),
+                "declared at {declared}, acks every {ack_every}"
+            );
+        }
     }
 }
