@@ -27,8 +27,9 @@ pub struct TransportSettings {
     /// Upper bound for path MTU discovery (UDP payload bytes).
     pub max_mtu: u16,
     /// UDP payload size the path is known to carry; QUIC never goes below it, even when it
-    /// suspects an MTU black hole. 1200 is safe anywhere; on a known 1500-byte path, 1452
-    /// avoids the tunnel MTU dropping when congestion losses look like a black hole.
+    /// detects an MTU black hole. 1200 is safe anywhere; on a known 1500-byte path, 1452
+    /// keeps the tunnel MTU up even at the heavy loss (around 10 %) that can still, rarely,
+    /// pass for a black hole (vendor/quinn-proto/SLOPN-PATCH.md).
     pub min_mtu: u16,
     /// Round-trip estimate before the first sample.
     pub initial_rtt: Duration,
@@ -83,8 +84,8 @@ impl TransportSettings {
         t.initial_mtu(self.initial_mtu.max(min_mtu));
         let mut mtud = MtuDiscoveryConfig::default();
         mtud.upper_bound(self.max_mtu.max(self.initial_mtu).max(min_mtu));
-        // Congestion losses can pass for an MTU black hole (all datagram packets are large);
-        // probe again soon rather than after quinn's default minute.
+        // After a black hole (a real narrowing, or rarely heavy random loss) probe again
+        // soon rather than after quinn's default minute.
         mtud.black_hole_cooldown(Duration::from_secs(5));
         t.mtu_discovery_config(Some(mtud));
         t.initial_rtt(self.initial_rtt);
