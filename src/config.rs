@@ -617,6 +617,18 @@ mod tests {
     use super::*;
     use crate::keys::{InitOptions, add_spoke, init};
 
+    /// `hub init` into `dir` with one spoke, `alice`.
+    fn init_with_alice(dir: &Path) {
+        init(&InitOptions {
+            dir: dir.to_owned(),
+            name: "192.0.2.1".into(),
+            port: 4433,
+            pool: "10.7.0.0/24".parse().unwrap(),
+            spokes: vec!["alice".into()],
+        })
+        .unwrap();
+    }
+
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("slopn-config-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -670,14 +682,7 @@ mod tests {
         // The desktop client checks tokens against the wire protocol's own limit.
         assert_eq!(slopn_control::MAX_TOKEN_BYTES, MAX_CREDENTIAL_LEN);
         let dir = temp("values");
-        init(&InitOptions {
-            dir: dir.clone(),
-            name: "192.0.2.1".into(),
-            port: 4433,
-            pool: "10.7.0.0/24".parse().unwrap(),
-            spokes: vec!["alice".into()],
-        })
-        .unwrap();
+        init_with_alice(&dir);
         let good: SpokeFile = load(&dir.join("spokes/alice.toml"), "spoke").unwrap();
         good.check_profile("alice").unwrap();
         type Change = fn(&mut SpokeFile);
@@ -707,14 +712,7 @@ mod tests {
     #[test]
     fn hub_files_the_protocol_cannot_carry_are_refused_at_start_and_reload() {
         let dir = temp("limits");
-        init(&InitOptions {
-            dir: dir.clone(),
-            name: "192.0.2.1".into(),
-            port: 4433,
-            pool: "10.7.0.0/24".parse().unwrap(),
-            spokes: vec!["alice".into()],
-        })
-        .unwrap();
+        init_with_alice(&dir);
         let path = dir.join("hub.toml");
         let good: HubFile = load(&path, "hub").unwrap();
         good.reload(&path).unwrap();

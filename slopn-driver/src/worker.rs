@@ -194,13 +194,11 @@ mod tests {
 
     /// The numbers of the first `n` reports, waiting for them.
     fn wait_reports(worker: &Worker, n: usize) -> Vec<u64> {
-        let deadline = Instant::now() + Duration::from_secs(5);
         let mut ids = Vec::new();
         while ids.len() < n {
-            assert!(Instant::now() < deadline, "only {ids:?} reported");
-            match worker.try_report() {
-                Some(report) => ids.push(report.id),
-                None => std::thread::sleep(Duration::from_millis(5)),
+            match worker.reports.recv_timeout(Duration::from_secs(5)) {
+                Ok(report) => ids.push(report.id),
+                Err(e) => panic!("only {ids:?} reported: {e}"),
             }
         }
         ids
@@ -224,8 +222,13 @@ mod tests {
         worker.submit(OsAction::SetDns(vec![])).unwrap();
         has_started.recv().unwrap();
         // Done once finish (below) has flagged the end.
+        let cancelled = worker.cancelled.clone();
         let opener = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !cancelled.load(Ordering::Acquire) {
+                assert!(Instant::now() < deadline, "finish never flagged the end");
+                std::thread::yield_now();
+            }
             proceed.send(()).unwrap();
         });
         worker.finish();

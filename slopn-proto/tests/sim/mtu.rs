@@ -8,21 +8,15 @@ use smoltcp::socket::udp;
 
 use crate::basic::assigned;
 use crate::net::LinkParams;
-use crate::tcp::transfer_with;
+use crate::tcp::{transfer_with, two_spokes_settled};
+use crate::udp_packet;
 use crate::world::World;
-use crate::{hub_config, pki, spoke_config, udp_packet};
 use slopn_proto::SpokeEvent;
 
 /// Two spokes on the given access links, established, with path MTU discovery settled at
 /// the 1500-byte path's 1414-byte tunnel MTU.
 fn two_spokes(seed: u64, links: LinkParams) -> World {
-    let pki = pki();
-    let mut world = World::new(seed, hub_config(&pki));
-    for i in 0..2 {
-        world.add_spoke(spoke_config(&pki, i), (links.clone(), links.clone()));
-    }
-    assert!(world.all_established(Duration::from_secs(30)));
-    world.run_for(Duration::from_secs(3));
+    let world = two_spokes_settled(seed, links);
     for s in &world.spokes {
         assert_eq!(
             s.spoke.tun_mtu(),

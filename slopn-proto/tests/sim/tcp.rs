@@ -101,17 +101,23 @@ pub fn transfer_with(
     world.now - start
 }
 
-/// Runs the 4 MiB transfer between two spokes with the given access links, reports it, and
-/// returns the world and the throughput in Mbit/s of virtual time.
-fn four_mib(seed: u64, links: LinkParams, what: &str) -> (World, f64) {
+/// Two spokes on the given access links, established, and 3 s later, so that path MTU
+/// discovery has settled and the hosts' TCP MSS matches the tunnel.
+pub fn two_spokes_settled(seed: u64, links: LinkParams) -> World {
     let pki = pki();
     let mut world = World::new(seed, hub_config(&pki));
     for i in 0..2 {
         world.add_spoke(spoke_config(&pki, i), (links.clone(), links.clone()));
     }
     assert!(world.all_established(Duration::from_secs(30)));
-    // Let path MTU discovery settle so the hosts' TCP MSS matches the tunnel.
     world.run_for(Duration::from_secs(3));
+    world
+}
+
+/// Runs the 4 MiB transfer between two spokes with the given access links, reports it, and
+/// returns the world and the throughput in Mbit/s of virtual time.
+fn four_mib(seed: u64, links: LinkParams, what: &str) -> (World, f64) {
+    let mut world = two_spokes_settled(seed, links);
     let total = 4 * 1024 * 1024;
     let wall = Instant::now();
     let virtual_time = transfer(&mut world, 0, 1, total, Duration::from_secs(1200));
