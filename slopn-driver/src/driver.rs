@@ -233,8 +233,22 @@ impl<M: Machine> Driver<M> {
         }
     }
 
-    /// Sends everything the machine has for the network and the TUN device.
+    /// Sends everything the machine has for the TUN device and the network, in that order:
+    /// a packet that arrived is on its way to its host before any ACK goes back.
     fn flush(&mut self, now: Instant) -> Result<(), RunError> {
+        let mut wrote = false;
+        while let Some(packet) = self.machine.poll_tun_packet() {
+            wrote = true;
+            self.tun
+                .queue_packet(&packet)
+                .map_err(io_error("writing to the TUN device"))?;
+        }
+        self.tun
+            .flush()
+            .map_err(io_error("writing to the TUN device"))?;
+        if wrote {
+            self.read_answers(now)?;
+        }
         if !self.udp.is_blocked() {
             let segments = self.udp.max_segments();
             while let Some(t) = self.machine.poll_transmit(now, segments, &mut self.tx_buf) {
@@ -243,14 +257,29 @@ impl<M: Machine> Driver<M> {
                 }
             }
         }
-        while let Some(packet) = self.machine.poll_tun_packet() {
-            self.tun
-                .queue_packet(&packet)
-                .map_err(io_error("writing to the TUN device"))?;
+        Ok(())
+    }
+
+    /// Reads once from the TUN device right after writing to it: the kernel handles a
+    /// written packet at once, and what its host answered (an echo reply, a TCP ACK) then
+    /// leaves in the same datagram as our ACKs, a wakeup sooner. What this read leaves
+    /// behind still makes the device ready (its edge fired when the answer came).
+    fn read_answers(&mut self, now: Instant) -> Result<(), RunError> {
+        let machine = &mut self.machine;
+        match self.tun.recv_packets(|packet| {
+            let _ = machine.handle_tun_packet(now, packet);
+        }) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(io_error("reading the TUN device")(e)),
         }
-        self.tun
-            .flush()
-            .map_err(io_error("writing to the TUN device"))
     }
 
     /// Applies and forwards events, and hands the OS actions they call for to the helper.
