@@ -119,6 +119,10 @@ pub struct HubFile {
     /// Path of the control socket (default: `/run/slopn/hub.sock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g. `127.0.0.1:9464`; off when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Where spokes reach the hub (`host:port`), written into new spoke configurations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_endpoint: Option<String>,
@@ -197,6 +201,10 @@ pub struct SpokeFile {
     /// Path of the control socket (default: `/run/slopn/spoke.sock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g. `127.0.0.1:9465`; off when
+    /// absent (`spoke run` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Seconds to wait for the first session before giving up.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,

@@ -17,6 +17,7 @@ use slopn_tun::{Gateway, TunConfig, default_uplink};
 use tracing::{info, warn};
 
 use crate::config::{self, HubFile, SpokeFile};
+use crate::metrics::{self, MetricsServer};
 use crate::runtime::Loop;
 use crate::status::{self, Rates};
 use crate::tunnel::{Origin, Resolved, Tunnel, bind, open_tun, sample_rates, tun_offload};
@@ -169,6 +170,26 @@ pub fn run_hub(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
+    let _metrics = match file.metrics_listen {
+        Some(listen) => {
+            let source = handle.clone();
+            let metrics = MetricsServer::start(listen, move |registry| {
+                source.stats().map(|s| metrics::hub(registry, &s))
+            });
+            match metrics {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    handle.stop();
+                    let _ = handle.join();
+                    return Err(format!(
+                        "cannot serve metrics on {listen} (metrics_listen): {e}; choose a free \
+                         address and port, or remove metrics_listen"
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
     let (reload_handle, reload_path) = (handle.clone(), path.to_owned());
     stop_on_signal(&handle, move || {
         let reload =
@@ -253,6 +274,26 @@ pub fn run_spoke(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
             let _ = tunnel.wait();
             return Err(e.to_string());
         }
+    };
+    let _metrics = match file.metrics_listen {
+        Some(listen) => {
+            let source = tunnel.clone();
+            let metrics = MetricsServer::start(listen, move |registry| {
+                Some(metrics::spoke(registry, &source.status()))
+            });
+            match metrics {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tunnel.stop();
+                    let _ = tunnel.wait();
+                    return Err(format!(
+                        "cannot serve metrics on {listen} (metrics_listen): {e}; choose a free \
+                         address and port, or remove metrics_listen"
+                    ));
+                }
+            }
+        }
+        None => None,
     };
     let stopping = tunnel.clone();
     handle_signals(

@@ -13,7 +13,8 @@
 //! - [`control`]: the local control socket's protocol, client and server; [`cli`]: its
 //!   errors as sentences for the command-line tools.
 //! - [`config`]: the TOML configuration files; [`keys`]: `hub init` and `hub add-spoke`;
-//!   [`status`]: the control socket's documents; [`logs`]: logging, also to the socket.
+//!   [`status`]: the control socket's documents; [`logs`]: logging, also to the socket;
+//!   [`metrics`]: Prometheus metrics over HTTP.
 //! - [`daemon`]: running a hub, or a spoke from one file ([`tunnel`]); [`service`]: the
 //!   spoke service behind the desktop client, with its [`profiles`].
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod daemon;
 pub mod keys;
 pub mod logs;
+pub mod metrics;
 pub mod profiles;
 pub mod runtime;
 pub mod service;

@@ -48,7 +48,7 @@ fn drops(d: &DropCounters) -> BTreeMap<String, u64> {
 }
 
 /// The machine's drops and the loop's own I/O losses (those only when there are any).
-fn all_drops(d: &DropCounters, io: &IoCounters) -> BTreeMap<String, u64> {
+pub(crate) fn all_drops(d: &DropCounters, io: &IoCounters) -> BTreeMap<String, u64> {
     let mut all = drops(d);
     for (name, n) in [
         ("tun_write_refused", io.tun_write_drops),

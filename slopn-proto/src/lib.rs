@@ -84,7 +84,9 @@ pub use quinn_proto::{EcnCodepoint, Transmit};
 pub use rustls;
 pub use session::{DisconnectReason, SessionId};
 pub use spoke::{Spoke, SpokeError, SpokeEvent, SpokeState};
-pub use stats::{DropCounters, DropReason, HubStats, SpokeSnapshot, SpokeStats, TrafficCounters};
+pub use stats::{
+    DropCounters, DropReason, HubStats, PoolUsage, SpokeSnapshot, SpokeStats, TrafficCounters,
+};
 
 /// A 32-byte key derived from a seed for one purpose (SHA-256 of label and seed).
 pub(crate) fn derive_key(seed: &[u8; 32], label: &[u8]) -> [u8; 32] {

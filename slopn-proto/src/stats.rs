@@ -188,6 +188,9 @@ pub struct SpokeStats {
     pub traffic: TrafficCounters,
     /// Packets from this spoke that were dropped, by reason.
     pub drops: DropCounters,
+    /// When the session got its addresses, on the clock the caller gives the hub; `None`
+    /// before that.
+    pub assigned_at: Option<std::time::Instant>,
 }
 
 /// A snapshot of the hub.
@@ -215,6 +218,19 @@ pub struct HubStats {
     pub retries: u64,
     /// Sessions that reached assignment.
     pub sessions_assigned_total: u64,
+    /// Each address pool's use.
+    pub pools: Vec<PoolUsage>,
+}
+
+/// How much of one address pool is handed out.
+#[derive(Clone, Debug)]
+pub struct PoolUsage {
+    /// The pool's network.
+    pub network: ipnet::IpNet,
+    /// Addresses handed out now.
+    pub in_use: usize,
+    /// Addresses the pool can hand out in all.
+    pub capacity: u128,
 }
 
 /// A snapshot of the spoke.

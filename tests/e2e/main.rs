@@ -4,6 +4,7 @@
 
 mod gateway;
 mod lab;
+mod metrics;
 mod pmtu;
 mod service;
 mod traffic;

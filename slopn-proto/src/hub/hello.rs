@@ -172,6 +172,7 @@ impl Session<'_> {
         if newly_active {
             self.slot.entry.deadline = None;
             self.set_phase(Phase::Active);
+            self.slot.entry.state.assigned_at = Some(self.now);
             self.hub.stats.sessions_assigned_total += 1;
             info!(%id, %identity, ?addresses, "spoke assigned");
             self.events.push_back(HubEvent::Assigned {

@@ -29,7 +29,7 @@ use crate::node::{Datagram, Dispatch, Node};
 use crate::pool::AddressPool;
 use crate::route::RouteTable;
 use crate::session::{DisconnectReason, SessionId};
-use crate::stats::{DropReason, HubStats, SpokeStats};
+use crate::stats::{DropReason, HubStats, PoolUsage, SpokeStats};
 use crate::transport::Received;
 
 /// Something the driver may want to log or show.
@@ -308,6 +308,16 @@ impl Hub {
             .iter()
             .filter(|e| e.state.phase == Phase::Active)
             .count();
+        stats.pools = self
+            .tables
+            .pools
+            .iter()
+            .map(|p| PoolUsage {
+                network: p.net(),
+                in_use: p.in_use(),
+                capacity: p.capacity(),
+            })
+            .collect();
         stats
     }
 
@@ -325,6 +335,7 @@ impl Hub {
                     rtt: link.conn.rtt(),
                     max_packet: link.max_packet(),
                     black_holes: link.conn.stats().path.black_holes_detected,
+                    assigned_at: s.assigned_at,
                     traffic: s.traffic,
                     drops: s.drops,
                 }

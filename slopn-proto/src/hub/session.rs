@@ -50,6 +50,8 @@ pub(crate) struct HubSession {
     pub(super) traffic: TrafficCounters,
     pub(super) drops: DropCounters,
     pub(super) icmp: IcmpRateLimit,
+    /// When the session got its addresses (the caller's clock).
+    pub(super) assigned_at: Option<Instant>,
     close_reason: Option<String>,
     /// Whether the end of this session was reported (addresses freed, event sent).
     ended: bool,
@@ -66,6 +68,7 @@ impl HubSession {
             traffic: TrafficCounters::default(),
             drops: DropCounters::default(),
             icmp: IcmpRateLimit::default(),
+            assigned_at: None,
             close_reason: None,
             ended: false,
         }

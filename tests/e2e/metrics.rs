@@ -1,0 +1,147 @@
+//! Prometheus metrics: the hub and a spoke serve `/metrics`, the counters follow traffic, a
+//! spoke that leaves takes its series with it, and `promtool check metrics` accepts the
+//! output.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use slopn_tun::netns::{self, Namespace};
+
+use crate::lab::Lab;
+
+const HUB_METRICS: &str = "127.0.0.1:9464";
+const SPOKE_METRICS: &str = "127.0.0.1:9465";
+
+/// `GET path` on `addr` from inside `ns`: the status code and the body.
+fn get(ns: &Namespace, addr: &str, path: &str) -> (u16, String) {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter().unwrap();
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            let (head, body) = response.split_once("\r\n\r\n").unwrap();
+            let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+            (code, body.to_owned())
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+fn scrape(ns: &Namespace, addr: &str) -> String {
+    let (code, body) = get(ns, addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// The value of the series written exactly as `series` (name and labels), if present.
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.split(' ').next()?.parse().ok()
+    })
+}
+
+/// promtool from the PATH or `SLOPN_PROMTOOL`.
+fn promtool() -> Result<PathBuf, String> {
+    let path = std::env::var_os("SLOPN_PROMTOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("promtool"));
+    match Command::new(&path).arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(path),
+        _ => Err(format!(
+            "no promtool ({}): install Debian's prometheus package or set SLOPN_PROMTOOL",
+            path.display()
+        )),
+    }
+}
+
+fn promtool_accepts(promtool: &PathBuf, metrics: &str) {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn hub_and_spoke_serve_metrics_that_follow_traffic() {
+    let test = "hub_and_spoke_serve_metrics";
+    let Some(mut lab) = Lab::new(test, 1) else {
+        return;
+    };
+    let promtool = promtool();
+    if !netns::skip_unless(test, promtool.as_ref().map(|_| ()).map_err(Clone::clone)) {
+        return;
+    }
+    let promtool = promtool.unwrap();
+    lab.edit_hub(|h| h.metrics_listen = Some(HUB_METRICS.parse().unwrap()));
+    lab.edit_spoke(0, |s| {
+        s.metrics_listen = Some(SPOKE_METRICS.parse().unwrap())
+    });
+    lab.start_hub();
+    lab.start_spoke(0);
+    lab.wait_established(&[0], Duration::from_secs(10));
+
+    let spoke_series = r#"slopn_hub_spoke_received_bytes_total{identity="spoke-0"}"#;
+    let hub = scrape(&lab.hub_ns, HUB_METRICS);
+    assert_eq!(value(&hub, "slopn_hub_spokes_assigned"), Some(1.0), "{hub}");
+    let before = value(&hub, spoke_series).expect("a series for the spoke");
+    let spoke = scrape(&lab.spoke_ns[0], SPOKE_METRICS);
+    assert_eq!(
+        value(&spoke, r#"slopn_spoke_state{state="established"}"#),
+        Some(1.0),
+        "{spoke}"
+    );
+    let sent_before = value(&spoke, "slopn_spoke_sent_bytes_total").unwrap();
+
+    lab.ping(&lab.spoke_ns[0], "10.100.0.1", 5)
+        .expect("spoke pings the hub");
+    let hub = scrape(&lab.hub_ns, HUB_METRICS);
+    let spoke = scrape(&lab.spoke_ns[0], SPOKE_METRICS);
+    assert!(
+        value(&hub, spoke_series).unwrap() >= before + 5.0 * 84.0,
+        "{hub}"
+    );
+    assert!(value(&spoke, "slopn_spoke_sent_bytes_total").unwrap() >= sent_before + 5.0 * 84.0);
+    assert!(value(&hub, r#"slopn_hub_spoke_rtt_seconds{identity="spoke-0"}"#).unwrap() > 0.0);
+    promtool_accepts(&promtool, &hub);
+    promtool_accepts(&promtool, &spoke);
+
+    // Anything but GET /metrics is refused.
+    assert_eq!(get(&lab.hub_ns, HUB_METRICS, "/").0, 404);
+
+    // A spoke that leaves takes its series with it.
+    lab.signal_spoke(0, "TERM");
+    lab.wait_for(
+        "the hub to forget the spoke",
+        Duration::from_secs(10),
+        |lab| !scrape(&lab.hub_ns, HUB_METRICS).contains(r#"identity="spoke-0""#),
+    );
+    let hub = scrape(&lab.hub_ns, HUB_METRICS);
+    assert_eq!(value(&hub, "slopn_hub_spokes_assigned"), Some(0.0), "{hub}");
+    assert!(value(&hub, "slopn_hub_received_bytes_total").unwrap() >= 5.0 * 84.0);
+}
