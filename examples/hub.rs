@@ -41,6 +41,9 @@ enum Command {
         /// Network to assign spoke addresses from; the hub takes its first address.
         #[arg(long, default_value = "10.100.0.0/24")]
         pool: ipnet::IpNet,
+        /// A second network of the other family, for dual stack (e.g. fd00:100::/64).
+        #[arg(long)]
+        pool6: Option<ipnet::IpNet>,
         /// A spoke to create (repeat for more).
         #[arg(long = "spoke", value_name = "NAME")]
         spokes: Vec<String>,
@@ -97,12 +100,14 @@ fn main() -> ExitCode {
             name,
             port,
             pool,
+            pool6,
             spokes,
         } => keys::init(&InitOptions {
             dir,
             name,
             port,
             pool,
+            pool6,
             spokes,
         })
         .map(|files| {

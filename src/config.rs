@@ -632,6 +632,7 @@ mod tests {
             name: "192.0.2.1".into(),
             port: 4433,
             pool: "10.7.0.0/24".parse().unwrap(),
+            pool6: None,
             spokes: vec!["alice".into()],
         })
         .unwrap();
@@ -738,6 +739,39 @@ mod tests {
     }
 
     #[test]
+    fn init_with_pool6_writes_a_dual_stack_hub_and_refuses_one_family_twice() {
+        let options = |dir: &Path, pool6: &str| InitOptions {
+            dir: dir.to_owned(),
+            name: "192.0.2.1".into(),
+            port: 4433,
+            pool: "10.7.0.0/24".parse().unwrap(),
+            pool6: Some(pool6.parse().unwrap()),
+            spokes: vec!["alice".into()],
+        };
+        let dir = temp("init-pool6");
+        init(&options(&dir, "fd00:7::/64")).unwrap();
+        let hub_path = dir.join("hub.toml");
+        let hub: HubFile = load(&hub_path, "hub").unwrap();
+        let (_, runtime) = hub.resolve(&hub_path).unwrap();
+        assert_eq!(
+            runtime.tun_addresses,
+            vec![
+                ("10.7.0.1".parse().unwrap(), 24),
+                ("fd00:7::1".parse().unwrap(), 64)
+            ]
+        );
+        let same = temp("init-pool6-same");
+        let e = init(&options(&same, "10.8.0.0/24"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--pool6") && e.contains("other family"), "{e}");
+        assert!(
+            !same.join("hub.toml").exists(),
+            "nothing written after a refusal"
+        );
+    }
+
+    #[test]
     fn init_writes_a_working_hub_and_spokes_and_refuses_to_overwrite() {
         let dir = temp("init");
         let options = InitOptions {
@@ -746,6 +780,7 @@ mod tests {
             name: "192.0.2.1".into(),
             port: 4433,
             pool: "10.7.0.0/24".parse().unwrap(),
+            pool6: None,
             spokes: vec!["alice".into()],
         };
         init(&options).unwrap();

@@ -58,6 +58,8 @@ pub struct InitOptions {
     pub port: u16,
     /// The address pool.
     pub pool: IpNet,
+    /// A second pool of the other family (dual stack), if any.
+    pub pool6: Option<IpNet>,
     /// Spokes to create right away.
     pub spokes: Vec<String>,
 }
@@ -77,6 +79,15 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
              --dir {}`, or choose an empty directory.",
             hub_toml.display(),
             dir.display()
+        )));
+    }
+    if let Some(pool6) = options.pool6
+        && pool6.addr().is_ipv4() == options.pool.addr().is_ipv4()
+    {
+        return Err(ConfigError(format!(
+            "--pool6 {pool6} is of the same address family as --pool {}: give the other \
+             family's network for dual stack, e.g. --pool6 fd00:100::/64",
+            options.pool
         )));
     }
     let now = SystemTime::now();
@@ -117,7 +128,7 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
         private_key: "hub.key".into(),
         pool: options.pool,
         hub_address: None,
-        pool6: None,
+        pool6: options.pool6,
         routes: Vec::new(),
         isolate_spokes: false,
         gateway: false,
