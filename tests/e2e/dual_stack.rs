@@ -1,8 +1,12 @@
-//! Dual stack inside the tunnel: with a `pool6`, every spoke gets an IPv4 and an IPv6
-//! address, and IPv6 carries pings and TCP from spoke to hub and spoke to spoke.
+//! Dual stack: with a `pool6` every spoke gets an IPv4 and an IPv6 address and IPv6
+//! carries pings and TCP from spoke to hub and spoke to spoke; a hub listening on `[::]`
+//! serves a spoke whose underlay is IPv6 only; and the gateway NATs IPv6 (NAT66).
 
-use std::net::{IpAddr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::Duration;
+
+use slopn_tun::netns::Namespace;
 
 use crate::MIB;
 use crate::lab::Lab;
@@ -64,4 +68,113 @@ fn spokes_get_both_families_and_reach_each_other_over_ipv6() {
     );
     let hub = lab.hub_status().unwrap();
     assert!(hub["tx_bytes"].as_u64().unwrap() > 16 * MIB as u64, "{hub}");
+}
+
+/// Adds `addr` (with its prefix) to `dev` in `ns`, usable at once (no duplicate address
+/// detection: the namespaces are ours alone).
+fn add6(ns: &Namespace, dev: &str, addr: &str) {
+    ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"])
+        .unwrap();
+}
+
+#[test]
+fn a_hub_on_ipv6_serves_spokes_over_an_ipv6_only_underlay() {
+    let Some(mut lab) = Lab::new("ipv6_underlay", 1) else {
+        return;
+    };
+    // The wan routes IPv6 too; the spoke's underlay is IPv6 only.
+    lab.wan
+        .run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])
+        .unwrap();
+    add6(&lab.wan, "hub", "fd01:0:0:0::1/64");
+    add6(&lab.hub_ns, "wan0", "fd01:0:0:0::2/64");
+    lab.hub_ns
+        .ip(&["-6", "route", "add", "default", "via", "fd01::1"])
+        .unwrap();
+    add6(&lab.wan, "s0", "fd01:0:0:1::1/64");
+    add6(&lab.spoke_ns[0], "wan0", "fd01:0:0:1::2/64");
+    lab.spoke_ns[0]
+        .ip(&["-4", "addr", "flush", "dev", "wan0"])
+        .unwrap();
+    lab.spoke_ns[0]
+        .ip(&["-6", "route", "add", "default", "via", "fd01:0:0:1::1"])
+        .unwrap();
+    lab.edit_hub(|h| h.listen = "[::]:4433".parse().unwrap());
+    lab.edit_spoke(0, |s| s.hub = "[fd01::2]:4433".into());
+
+    lab.start_hub();
+    lab.start_spoke(0);
+    lab.wait_established(&[0], Duration::from_secs(10));
+    let hub = lab.hub_status().unwrap();
+    let remote = hub["sessions"][0]["remote"].as_str().unwrap().to_owned();
+    assert!(
+        remote.starts_with("[fd01:0:0:1::2]"),
+        "the spoke came over IPv6: {hub}"
+    );
+    lab.ping(&lab.spoke_ns[0], "10.100.0.1", 3)
+        .expect("IPv4 inside, IPv6 outside");
+    transfer(
+        &lab.spoke_ns[0],
+        &lab.hub_ns,
+        "10.100.0.1:5003".parse().unwrap(),
+        8 * MIB,
+        |_| {},
+    );
+}
+
+#[test]
+fn the_gateway_nats_ipv6_to_the_internet() {
+    let Some(mut lab) = Lab::with_internet("gateway_nat66", 1) else {
+        return;
+    };
+    let internet = lab.internet.take().unwrap();
+    add6(&lab.hub_ns, "up0", "2001:db8:1::1/64");
+    add6(&internet, "eth0", "2001:db8:1::2/64");
+    lab.hub_ns
+        .ip(&["-6", "route", "add", "default", "via", "2001:db8:1::2"])
+        .unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let name = internet.name().to_owned();
+    let server = std::thread::spawn(move || {
+        slopn_tun::netns::enter(&name).unwrap();
+        let listener = TcpListener::bind("[2001:db8:1::2]:8080").unwrap();
+        ready_tx.send(()).unwrap();
+        let (mut conn, peer) = listener.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = conn.read(&mut request);
+        let body = format!("you are {}\n", peer.ip());
+        let _ = write!(
+            conn,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    ready_rx.recv().unwrap();
+    lab.edit_hub(|h| {
+        h.gateway = true;
+        h.uplink = Some("up0".into());
+        h.pool6 = Some("fd00:100::/64".parse().unwrap());
+    });
+    lab.start_hub();
+    lab.start_spoke(0);
+    lab.wait_established(&[0], Duration::from_secs(10));
+
+    let page = lab.spoke_ns[0]
+        .run(
+            "curl",
+            &[
+                "-6",
+                "-s",
+                "-g",
+                "--max-time",
+                "5",
+                "http://[2001:db8:1::2]:8080/",
+            ],
+        )
+        .expect("the spoke reaches the IPv6 internet through the hub");
+    assert!(
+        page.contains("you are 2001:db8:1::1"),
+        "masqueraded: {page}"
+    );
+    server.join().unwrap();
 }
