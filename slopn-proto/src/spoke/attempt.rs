@@ -12,7 +12,6 @@ use quinn_proto::{Event, StreamEvent};
 use tracing::{debug, info};
 
 use super::{SpokeEvent, Tunnel};
-use crate::clamp_mtu;
 use crate::control::{Capsule, CloseCode, IpPrefix, PROTOCOL_VERSION, RequestedAddress};
 use crate::link::ControlError;
 use crate::session::DisconnectReason;
@@ -244,7 +243,7 @@ impl AttemptCx<'_> {
                 }
                 if first || addresses != tunnel.addresses {
                     tunnel.addresses = addresses;
-                    tunnel.tun_mtu = entry.link.max_packet().map(clamp_mtu);
+                    tunnel.tun_mtu = tunnel.tun_mtu_for(entry.link.max_packet());
                     info!(addresses = ?tunnel.addresses(), identity = ?tunnel.identity, "assigned");
                     self.events.push_back(SpokeEvent::Assigned {
                         identity: tunnel.identity.clone().unwrap_or_default(),
@@ -337,7 +336,7 @@ impl AttemptCx<'_> {
         if !self.is_current() || self.slot.entry.state.phase != Phase::Established {
             return;
         }
-        let mtu = self.slot.entry.link.max_packet().map(clamp_mtu);
+        let mtu = self.tunnel.tun_mtu_for(self.slot.entry.link.max_packet());
         if mtu != self.tunnel.tun_mtu {
             self.tunnel.tun_mtu = mtu;
             if let Some(tun_mtu) = mtu {

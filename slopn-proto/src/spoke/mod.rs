@@ -26,6 +26,9 @@ use crate::session::DisconnectReason;
 use crate::stats::{DropReason, SpokeSnapshot};
 use crate::transport::Received;
 
+/// IPv6's minimum link MTU (RFC 8200, section 5).
+const IPV6_MIN_MTU: u16 = 1280;
+
 /// Something the driver may want to act on, log or show.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SpokeEvent {
@@ -132,6 +135,17 @@ pub(super) struct Tunnel {
 impl Tunnel {
     fn addresses(&self) -> Vec<IpAddr> {
         self.addresses.iter().map(IpPrefix::addr).collect()
+    }
+
+    /// The TUN device's MTU for a session that carries packets of up to `max_packet`
+    /// bytes. With an IPv6 address it is at least 1280, IPv6's minimum link MTU: below it
+    /// the kernel turns IPv6 off on the device and refuses the address. That happens
+    /// while path MTU discovery starts (QUIC's first 1200 bytes carry 1162); until it
+    /// climbs, IPv6 packets over the session's limit are dropped and counted as too large.
+    fn tun_mtu_for(&self, max_packet: Option<usize>) -> Option<u16> {
+        let mtu = crate::clamp_mtu(max_packet?);
+        let ipv6 = self.addresses.iter().any(|a| a.addr().is_ipv6());
+        Some(if ipv6 { mtu.max(IPV6_MIN_MTU) } else { mtu })
     }
 
     fn hub_addresses(&self) -> Vec<IpAddr> {

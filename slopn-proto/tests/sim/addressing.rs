@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use slopn_proto::packet::{self, IpHeader, PROTO_ICMPV6, PROTO_UDP};
-use slopn_proto::{DropReason, PoolConfig};
+use slopn_proto::{DropReason, PoolConfig, SpokeEvent};
 
 use crate::host::v4;
 use crate::net::LinkParams;
@@ -68,8 +68,13 @@ fn dual_stack_spokes_route_ipv6_and_expire_hop_limits() {
         .pools
         .push(PoolConfig::new("fd00:100::/64".parse().unwrap()));
     let mut world = World::new(51, config);
+    // Links that carry only QUIC's first 1200 bytes: the tunnel's packets stay at 1162.
+    let narrow = LinkParams {
+        mtu: 1200,
+        ..LinkParams::default()
+    };
     for i in 0..2 {
-        world.add_spoke(spoke_config(&pki, i), LinkParams::pair());
+        world.add_spoke(spoke_config(&pki, i), (narrow.clone(), narrow.clone()));
     }
     assert!(world.all_established(Duration::from_secs(5)));
     let six = |w: &World, i: usize| match w.spokes[i].spoke.addresses().iter().find(|a| a.is_ipv6())
@@ -80,6 +85,21 @@ fn dual_stack_spokes_route_ipv6_and_expire_hop_limits() {
     let (a, b) = (six(&world, 0), six(&world, 1));
     assert_eq!(a, v6("fd00:100::2"));
     assert_eq!(world.spokes[0].spoke.hub_addresses().len(), 2);
+    // With an IPv6 address the TUN MTU never goes under IPv6's 1280, even where QUIC's
+    // packets carry only 1162 (the kernel would refuse the address on a smaller link).
+    let mtus: Vec<u16> = world.spokes[0]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SpokeEvent::Assigned { tun_mtu, .. } => *tun_mtu,
+            SpokeEvent::MtuChanged { tun_mtu } => Some(*tun_mtu),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !mtus.is_empty() && mtus.iter().all(|m| *m >= 1280),
+        "{mtus:?}"
+    );
 
     world.spokes[0].host.device.capture = true;
     world.spokes[1].host.device.capture = true;
