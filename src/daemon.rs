@@ -17,7 +17,7 @@ use slopn_tun::{Gateway, TunConfig, default_uplink};
 use tracing::{info, warn};
 
 use crate::config::{self, HubFile, SpokeFile};
-use crate::metrics::{self, MetricsServer};
+use crate::metrics;
 use crate::runtime::Loop;
 use crate::status::{self, Rates};
 use crate::tunnel::{Origin, Resolved, Tunnel, bind, open_tun, sample_rates, tun_offload};
@@ -170,25 +170,17 @@ pub fn run_hub(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
-    let _metrics = match file.metrics_listen {
-        Some(listen) => {
-            let source = handle.clone();
-            let metrics = MetricsServer::start(listen, move |registry| {
-                source.stats().map(|s| metrics::hub(registry, &s))
-            });
-            match metrics {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    handle.stop();
-                    let _ = handle.join();
-                    return Err(format!(
-                        "cannot serve metrics on {listen} (metrics_listen): {e}; choose a free \
-                         address and port, or remove metrics_listen"
-                    ));
-                }
-            }
+    let source = handle.clone();
+    let metrics = metrics::serve(file.metrics_listen, move |registry| {
+        source.stats().map(|s| metrics::hub(registry, &s))
+    });
+    let _metrics = match metrics {
+        Ok(metrics) => metrics,
+        Err(e) => {
+            handle.stop();
+            let _ = handle.join();
+            return Err(e);
         }
-        None => None,
     };
     let (reload_handle, reload_path) = (handle.clone(), path.to_owned());
     stop_on_signal(&handle, move || {
@@ -275,25 +267,17 @@ pub fn run_spoke(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
-    let _metrics = match file.metrics_listen {
-        Some(listen) => {
-            let source = tunnel.clone();
-            let metrics = MetricsServer::start(listen, move |registry| {
-                Some(metrics::spoke(registry, &source.status()))
-            });
-            match metrics {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    tunnel.stop();
-                    let _ = tunnel.wait();
-                    return Err(format!(
-                        "cannot serve metrics on {listen} (metrics_listen): {e}; choose a free \
-                         address and port, or remove metrics_listen"
-                    ));
-                }
-            }
+    let source = tunnel.clone();
+    let metrics = metrics::serve(file.metrics_listen, move |registry| {
+        Some(metrics::spoke(registry, &source.status()))
+    });
+    let _metrics = match metrics {
+        Ok(metrics) => metrics,
+        Err(e) => {
+            tunnel.stop();
+            let _ = tunnel.wait();
+            return Err(e);
         }
-        None => None,
     };
     let stopping = tunnel.clone();
     handle_signals(

@@ -56,6 +56,25 @@ impl MetricsServer {
     }
 }
 
+/// Starts a [`MetricsServer`] if `listen` is set (`metrics_listen`); the error is a
+/// sentence for the operator.
+pub fn serve(
+    listen: Option<SocketAddr>,
+    collect: impl Fn(&Registry) -> Option<Scrape> + Send + 'static,
+) -> Result<Option<MetricsServer>, String> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    MetricsServer::start(listen, collect)
+        .map(Some)
+        .map_err(|e| {
+            format!(
+                "cannot serve metrics on {listen} (metrics_listen): {e}; choose a free address \
+             and port, or remove metrics_listen"
+            )
+        })
+}
+
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.server.unblock();
@@ -407,4 +426,45 @@ pub fn spoke(registry: &Registry, s: &SpokeStatus) -> Scrape {
         "Sessions established with the hub",
         s.sessions,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_address_is_refused_with_a_sentence() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let e = serve(Some(addr), |_| None).err().expect("refused");
+        assert!(
+            e.contains(&addr.to_string()) && e.contains("metrics_listen"),
+            "{e}"
+        );
+        assert!(serve(None, |_| None).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_spoke_reports_its_state_as_one_series_at_one() {
+        let registry = Registry::new();
+        let status = SpokeStatus {
+            state: TunnelState::Reconnecting,
+            ..SpokeStatus::default()
+        };
+        spoke(&registry, &status).unwrap();
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("slopn_spoke_state{state=\"reconnecting\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("slopn_spoke_state{state=\"established\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("slopn_spoke_sent_bytes_total 0\n"), "{text}");
+    }
 }
