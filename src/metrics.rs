@@ -18,6 +18,7 @@ use prometheus::{
 };
 use slopn_control::{SpokeStatus, TunnelState};
 use slopn_driver::HubSnapshot;
+use slopn_proto::ReconnectCounters;
 use tracing::{info, warn};
 
 use crate::status;
@@ -231,6 +232,28 @@ pub fn hub(registry: &Registry, s: &HubSnapshot) -> Scrape {
         "QUIC Retry packets sent to check a client's address",
         h.retries,
     )?;
+    counter(
+        registry,
+        "slopn_hub_handshakes_started_total",
+        "QUIC handshakes taken on (not refused, not sent a Retry)",
+        h.handshakes.started,
+    )?;
+    counter(
+        registry,
+        "slopn_hub_handshakes_completed_total",
+        "QUIC handshakes completed",
+        h.handshakes.completed,
+    )?;
+    counters(
+        registry,
+        "slopn_hub_handshakes_failed_total",
+        "QUIC handshakes that failed, by reason (tls, timeout, other)",
+        &["reason"],
+        h.handshakes
+            .failures()
+            .into_iter()
+            .map(|(reason, n)| (vec![reason.to_owned()], n)),
+    )?;
     let pool = |p: &slopn_proto::PoolUsage| vec![p.network.to_string()];
     gauges(
         registry,
@@ -425,6 +448,19 @@ pub fn spoke(registry: &Registry, s: &SpokeStatus) -> Scrape {
         "slopn_spoke_sessions_total",
         "Sessions established with the hub",
         s.sessions,
+    )?;
+    counters(
+        registry,
+        "slopn_spoke_reconnects_total",
+        "New attempts scheduled, by why the previous one ended",
+        &["reason"],
+        ReconnectCounters::default()
+            .by_reason()
+            .into_iter()
+            .map(|(reason, _)| {
+                let n = s.reconnects.get(reason).copied().unwrap_or(0);
+                (vec![reason.to_owned()], n)
+            }),
     )
 }
 

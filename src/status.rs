@@ -105,6 +105,13 @@ pub fn spoke_status(status: &SpokeStatus, hub: &str, rates: &Rates) -> StatusDoc
         drops: all_drops(&s.drops, &status.io),
         connect_attempts: s.connect_attempts,
         sessions: s.sessions,
+        reconnects: s
+            .reconnects
+            .by_reason()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| (reason.to_owned(), n))
+            .collect(),
         ..StatusDocument::default()
     }
 }

@@ -242,6 +242,8 @@ pub struct SpokeStatus {
     pub connect_attempts: u64,
     /// Sessions established so far.
     pub sessions: u64,
+    /// New attempts scheduled, by why the previous one ended (non-zero counts only).
+    pub reconnects: BTreeMap<String, u64>,
     /// The control socket's own counters.
     pub control: ControlStats,
 }

@@ -85,7 +85,8 @@ pub use rustls;
 pub use session::{DisconnectReason, SessionId};
 pub use spoke::{Spoke, SpokeError, SpokeEvent, SpokeState};
 pub use stats::{
-    DropCounters, DropReason, HubStats, PoolUsage, SpokeSnapshot, SpokeStats, TrafficCounters,
+    DropCounters, DropReason, HandshakeCounters, HubStats, PoolUsage, ReconnectCounters,
+    SpokeSnapshot, SpokeStats, TrafficCounters,
 };
 
 /// A 32-byte key derived from a seed for one purpose (SHA-256 of label and seed).

@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::session::DisconnectReason;
+
 /// Why a packet was not delivered. Inputs that refuse a packet return one; the state
 /// machines also count every drop by reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -216,10 +218,87 @@ pub struct HubStats {
     pub refused: u64,
     /// Connection attempts asked to prove their address with a QUIC Retry.
     pub retries: u64,
+    /// QUIC handshakes taken on, and how they ended.
+    pub handshakes: HandshakeCounters,
     /// Sessions that reached assignment.
     pub sessions_assigned_total: u64,
     /// Each address pool's use.
     pub pools: Vec<PoolUsage>,
+}
+
+/// The hub's QUIC handshakes: taken on (not refused, not sent a Retry), completed, and
+/// failed by why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeCounters {
+    /// Handshakes the hub took on.
+    pub started: u64,
+    /// Handshakes that completed (TLS done, ALPN agreed or not).
+    pub completed: u64,
+    /// Failed on TLS: a certificate or ALPN one side refused.
+    pub failed_tls: u64,
+    /// Failed because the client went silent.
+    pub failed_timeout: u64,
+    /// Failed otherwise: closed by the client, reset, a transport error, the hub closing.
+    pub failed_other: u64,
+}
+
+impl HandshakeCounters {
+    /// Counts a handshake that ended for `reason` before completing.
+    pub(crate) fn fail(&mut self, reason: &DisconnectReason) {
+        match reason {
+            DisconnectReason::Transport { tls: true, .. } => self.failed_tls += 1,
+            DisconnectReason::TimedOut => self.failed_timeout += 1,
+            _ => self.failed_other += 1,
+        }
+    }
+
+    /// The failures by reason, with the names the metrics use.
+    pub fn failures(&self) -> [(&'static str, u64); 3] {
+        [
+            ("tls", self.failed_tls),
+            ("timeout", self.failed_timeout),
+            ("other", self.failed_other),
+        ]
+    }
+}
+
+/// How often the spoke scheduled a new attempt, by why the previous one ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconnectCounters {
+    /// Nothing heard from the hub for the idle timeout (or the attempt timed out).
+    pub timed_out: u64,
+    /// The hub answered with a stateless reset: it restarted.
+    pub reset: u64,
+    /// The hub closed the session (shutting down, pool exhausted, an error it reported).
+    pub closed_by_hub: u64,
+    /// This side closed it (a protocol error it detected).
+    pub closed_locally: u64,
+    /// A QUIC or network error.
+    pub transport: u64,
+}
+
+impl ReconnectCounters {
+    /// Counts a reconnect after a session or attempt ended for `reason`.
+    pub(crate) fn add(&mut self, reason: &DisconnectReason) {
+        match reason {
+            DisconnectReason::TimedOut => self.timed_out += 1,
+            DisconnectReason::Reset => self.reset += 1,
+            DisconnectReason::Remote { .. } => self.closed_by_hub += 1,
+            DisconnectReason::Local { .. } => self.closed_locally += 1,
+            DisconnectReason::Transport { .. } => self.transport += 1,
+        }
+    }
+
+    /// The counts by reason, with the names the metrics use.
+    pub fn by_reason(&self) -> [(&'static str, u64); 5] {
+        [
+            ("timeout", self.timed_out),
+            ("reset", self.reset),
+            ("closed_by_hub", self.closed_by_hub),
+            ("closed_locally", self.closed_locally),
+            ("transport", self.transport),
+        ]
+    }
 }
 
 /// How much of one address pool is handed out.
@@ -255,4 +334,6 @@ pub struct SpokeSnapshot {
     pub connect_attempts: u64,
     /// Sessions that reached assignment.
     pub sessions: u64,
+    /// New attempts scheduled, by why the previous one ended.
+    pub reconnects: ReconnectCounters,
 }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use quinn_proto::{
@@ -193,6 +193,13 @@ impl<S> Transport<S> {
             &reset_key,
         )));
         config.cid_generator(move || Box::new(SignedCidGenerator::new(cid_seed, cid_key)));
+        // quinn sends at most one stateless reset per 20 ms (and one per batch of datagrams
+        // handled at the same `now` with any interval), so a restarted hub told only 50
+        // spokes a second that their session was gone; the others waited for their idle
+        // timeout (a 1,000-spoke storm took 7.5 s). No limit here: only a connection ID
+        // this hub signed earns a reset (the generator's check drops garbage first), and a
+        // reset is smaller than the packet it answers, so it amplifies nothing.
+        config.min_reset_interval(Duration::ZERO);
         config.rng_seed(Some(derive_key(seed, b"slopn endpoint rng")));
         let endpoint = Endpoint::new(Arc::new(config), server, true, None);
         Self {

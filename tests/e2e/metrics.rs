@@ -109,6 +109,27 @@ fn hub_and_spoke_serve_metrics_that_follow_traffic() {
     let spoke_series = r#"slopn_hub_spoke_received_bytes_total{identity="spoke-0"}"#;
     let hub = scrape(&lab.hub_ns, HUB_METRICS);
     assert_eq!(value(&hub, "slopn_hub_spokes_assigned"), Some(1.0), "{hub}");
+    assert_eq!(value(&hub, "slopn_hub_handshakes_started_total"), Some(1.0));
+    assert_eq!(
+        value(&hub, "slopn_hub_handshakes_completed_total"),
+        Some(1.0)
+    );
+    let failed_tls = r#"slopn_hub_handshakes_failed_total{reason="tls"}"#;
+    assert_eq!(value(&hub, failed_tls), Some(0.0), "{hub}");
+
+    // A hub that dies and comes back: the spoke counts the reconnect by its reason (the
+    // new hub answers the old session with a stateless reset).
+    lab.signal_hub("KILL");
+    lab.start_hub();
+    lab.wait_for("the spoke to reconnect", Duration::from_secs(15), |lab| {
+        let spoke = scrape(&lab.spoke_ns[0], SPOKE_METRICS);
+        value(&spoke, "slopn_spoke_sessions_total") == Some(2.0)
+    });
+    let spoke = scrape(&lab.spoke_ns[0], SPOKE_METRICS);
+    let reset = r#"slopn_spoke_reconnects_total{reason="reset"}"#;
+    assert_eq!(value(&spoke, reset), Some(1.0), "{spoke}");
+    promtool_accepts(&promtool, &spoke);
+    let hub = scrape(&lab.hub_ns, HUB_METRICS);
     let before = value(&hub, spoke_series).expect("a series for the spoke");
     let spoke = scrape(&lab.spoke_ns[0], SPOKE_METRICS);
     assert_eq!(

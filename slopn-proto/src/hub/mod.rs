@@ -151,6 +151,7 @@ impl Hub {
             Ok(idx) => {
                 admission.next_session += 1;
                 tables.handshaking += 1;
+                tables.stats.handshakes.started += 1;
                 debug!(%id, %remote, "incoming connection");
                 self.process(now, idx, false);
             }

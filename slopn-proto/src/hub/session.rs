@@ -304,6 +304,9 @@ impl Session<'_> {
         let session = &mut self.slot.entry.state;
         if session.phase == Phase::Handshaking && phase != Phase::Handshaking {
             self.hub.handshaking -= 1;
+            if phase == Phase::AwaitingHello {
+                self.hub.stats.handshakes.completed += 1;
+            }
         }
         session.phase = phase;
     }
@@ -329,6 +332,7 @@ impl Session<'_> {
             hub.by_identity.remove(identity);
         }
         if session.phase == Phase::Handshaking {
+            hub.stats.handshakes.fail(&reason);
             // A TLS handshake this hub refused (a bad client certificate) is an
             // authentication failure like a bad token, and counts against its source.
             if let DisconnectReason::Transport {

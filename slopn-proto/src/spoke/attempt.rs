@@ -295,8 +295,9 @@ impl AttemptCx<'_> {
             .tunnel
             .reconnect
             .after(self.now, &reason, was_established);
-        if retry_in.is_none() {
-            self.tunnel.stopped = true;
+        match retry_in {
+            Some(_) => self.tunnel.stats.reconnects.add(&reason),
+            None => self.tunnel.stopped = true,
         }
         info!(%reason, ?retry_in, "session ended");
         self.events
