@@ -10,6 +10,7 @@ use std::time::Instant;
 use slopn_tun::Tun;
 use tracing::{debug, info, warn};
 
+use crate::event_log::EventLog;
 use crate::machine::{Flow, IoCounters, Machine};
 use crate::options::{Options, RunError, io_error};
 use crate::os::{OsAction, OsPlan};
@@ -43,6 +44,7 @@ pub struct Driver<M: Machine> {
     options: Options,
     tx_buf: Vec<u8>,
     dropped_events: u64,
+    event_log: EventLog,
     /// When an orderly shutdown must end, once asked for.
     stopping: Option<Instant>,
     /// Why the loop is shutting down, if for an error: returned once the goodbyes are said.
@@ -78,6 +80,7 @@ impl<M: Machine> Driver<M> {
             options,
             tx_buf: Vec::with_capacity(64 * 1024),
             dropped_events: 0,
+            event_log: EventLog::default(),
             stopping: None,
             failed: None,
             progress: OsProgress::default(),
@@ -285,8 +288,9 @@ impl<M: Machine> Driver<M> {
     /// Applies and forwards events, and hands the OS actions they call for to the helper.
     fn drain_events(&mut self, now: Instant) -> Result<(), RunError> {
         let mut gave_up = None;
+        self.event_log.roll(now);
         while let Some(event) = self.machine.poll_event() {
-            info!(?event, "event");
+            self.event_log.log(now, &event);
             if let Flow::Stop(reason) = self.machine.apply(&event, &mut self.plan) {
                 gave_up = Some(reason);
             }

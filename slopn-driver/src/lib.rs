@@ -34,6 +34,7 @@
 //! ```
 
 mod driver;
+mod event_log;
 mod hub;
 mod machine;
 mod options;

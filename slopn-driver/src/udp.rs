@@ -50,7 +50,10 @@ impl Udp {
                 warn!("could not set the UDP {what} buffer to {buffer_bytes} bytes: {e}");
             }
             // Linux reports twice the usable size it granted.
-            let granted = get(&state, (&socket).into()).unwrap_or(0);
+            let mut granted = get(&state, (&socket).into()).unwrap_or(0);
+            if granted < buffer_bytes && force_buffer(&socket, what == "receive", buffer_bytes) {
+                granted = get(&state, (&socket).into()).unwrap_or(0);
+            }
             if granted < buffer_bytes {
                 warn!(
                     "the kernel capped the UDP {what} buffer at {granted} bytes (asked {buffer_bytes}); \
@@ -185,6 +188,21 @@ impl Udp {
 /// Turns off the receive timestamp quinn-udp asks for: nothing reads it, and it costs a
 /// control message (and a clock read in the kernel) per datagram, which is most of the
 /// datagrams received when the path has no GRO.
+/// Asks for a buffer of `bytes` past the `net.core.{r,w}mem_max` cap, which a process with
+/// CAP_NET_ADMIN (the hub and the spoke service run with it for the TUN device) may do,
+/// as quic-go and wireguard-go do. The default cap (4 MiB here, 208 KiB on many systems)
+/// holds a few thousand handshake packets: a 10,000-spoke reconnect storm overflowed it.
+/// Returns whether the kernel took it.
+fn force_buffer(socket: &std::net::UdpSocket, receive: bool, bytes: usize) -> bool {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let result = if receive {
+        setsockopt(socket, sockopt::RcvBufForce, &bytes)
+    } else {
+        setsockopt(socket, sockopt::SndBufForce, &bytes)
+    };
+    result.is_ok()
+}
+
 fn no_receive_timestamps(socket: &std::net::UdpSocket) {
     use nix::sys::socket::{setsockopt, sockopt::ReceiveTimestampns};
     if let Err(e) = setsockopt(socket, ReceiveTimestampns, &false) {

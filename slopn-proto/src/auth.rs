@@ -5,8 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustc_hash::{FxHashMap, FxHashSet};
-use subtle::ConstantTimeEq;
+use rustc_hash::FxHashMap;
 
 use crate::config::{Auth, Credential};
 use crate::control::MAX_IDENTITY_LEN;
@@ -14,7 +13,12 @@ use crate::control::MAX_IDENTITY_LEN;
 /// The hub's credentials, ready for checking.
 #[derive(Debug, Default)]
 pub(crate) struct Authenticator {
-    tokens: Vec<([u8; 32], Arc<str>)>,
+    /// Identities by the SHA-256 of their token. Looked up, not compared one by one: a
+    /// constant-time comparison with every digest took 39 % of the hub's CPU while 10,000
+    /// spokes joined. A lookup's timing says nothing useful about a stored token: finding
+    /// one still takes a preimage of its digest. (Fx hashing is fine: an attacker only
+    /// looks up, never inserts.)
+    tokens: FxHashMap<[u8; 32], Arc<str>>,
     by_identity: FxHashMap<Arc<str>, Auth>,
 }
 
@@ -22,7 +26,6 @@ impl Authenticator {
     /// Checks the credentials for duplicates and bad names.
     pub(crate) fn new(credentials: &[Credential]) -> Result<Self, String> {
         let mut auth = Self::default();
-        let mut digests = FxHashSet::default();
         for cred in credentials {
             if cred.identity.is_empty() || cred.identity.len() > MAX_IDENTITY_LEN {
                 return Err(format!(
@@ -38,14 +41,13 @@ impl Authenticator {
             {
                 return Err(format!("identity {:?} is listed twice", cred.identity));
             }
-            if let Auth::Token { sha256 } = cred.auth {
-                if !digests.insert(sha256) {
-                    return Err(format!(
-                        "the token of {:?} is also used by another spoke",
-                        cred.identity
-                    ));
-                }
-                auth.tokens.push((sha256, identity));
+            if let Auth::Token { sha256 } = cred.auth
+                && auth.tokens.insert(sha256, identity).is_some()
+            {
+                return Err(format!(
+                    "the token of {:?} is also used by another spoke",
+                    cred.identity
+                ));
             }
         }
         Ok(auth)
@@ -78,14 +80,7 @@ impl Authenticator {
             };
         }
         let digest = Credential::digest(token);
-        // Compare with every stored digest, in constant time, whatever matches.
-        let mut found = None;
-        for (stored, identity) in &self.tokens {
-            if bool::from(stored.ct_eq(&digest)) {
-                found = Some(identity);
-            }
-        }
-        match found {
+        match self.tokens.get(&digest) {
             Some(identity) => Ok((identity.clone(), Auth::Token { sha256: digest })),
             None if token.is_empty() => Err("no token and no client certificate".into()),
             None => Err("unknown token".into()),

@@ -1,7 +1,7 @@
 //! What a spoke asks for once connected: to be authenticated (HELLO), then addresses.
 
 use rustls::pki_types::CertificateDer;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::HubEvent;
 use super::session::{HubSession, Phase, Session};
@@ -50,7 +50,7 @@ impl Session<'_> {
                 // The spoke learns only that it failed; the operator learns why.
                 self.hub.stats.auth_failures += 1;
                 self.hub.failures.record(remote.ip(), self.now);
-                warn!(%id, %remote, "authentication failed: {why}");
+                debug!(%id, %remote, "authentication failed: {why}");
                 self.events.push_back(HubEvent::AuthFailed {
                     id,
                     remote,
@@ -174,7 +174,7 @@ impl Session<'_> {
             self.set_phase(Phase::Active);
             self.slot.entry.state.assigned_at = Some(self.now);
             self.hub.stats.sessions_assigned_total += 1;
-            info!(%id, %identity, ?addresses, "spoke assigned");
+            debug!(%id, %identity, ?addresses, "spoke assigned");
             self.events.push_back(HubEvent::Assigned {
                 id,
                 identity: identity.to_string(),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quinn_proto::{Event, StreamEvent};
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::{HubEvent, Tables};
 use crate::config::Auth;
@@ -350,7 +350,7 @@ impl Session<'_> {
             }
         }
         let (id, identity) = (session.id, session.identity.as_deref().map(str::to_owned));
-        info!(%id, identity = identity.as_deref().unwrap_or("-"), %reason, "spoke disconnected");
+        debug!(%id, identity = identity.as_deref().unwrap_or("-"), %reason, "spoke disconnected");
         self.events.push_back(HubEvent::Disconnected {
             id,
             identity,
