@@ -31,6 +31,8 @@ struct Member {
     marked: u32,
     /// It sends echoes to the hub.
     active: bool,
+    /// It left (said goodbye) and comes back then.
+    rejoin_at: Option<Instant>,
     seq: u16,
 }
 
@@ -59,6 +61,10 @@ pub struct Tally {
     pub rtts: Vec<Duration>,
     /// Datagrams the sockets would not take (their buffers were full).
     pub send_dropped: u64,
+    /// Spokes that left and roamed (churn).
+    pub left: u64,
+    /// Spokes that moved to a new port.
+    pub roamed: u64,
 }
 
 /// Spokes, their sockets and their timers.
@@ -121,6 +127,7 @@ impl Fleet {
             sessions: 0,
             marked: 0,
             active,
+            rejoin_at: None,
             seq: 0,
         });
         self.flush(idx, now);
@@ -130,6 +137,63 @@ impl Fleet {
     /// Spokes whose session is up.
     pub fn up(&self) -> usize {
         self.up
+    }
+
+    /// Churn: `leave` spokes whose session is up say goodbye and come back `away` later,
+    /// and `roam` others move to a new UDP port (a new address for the hub: QUIC
+    /// migrates the session). Picks spokes with `pick`, which returns a number below its
+    /// argument.
+    pub fn churn(
+        &mut self,
+        leave: usize,
+        roam: usize,
+        away: Duration,
+        bind: SocketAddr,
+        mut pick: impl FnMut(usize) -> usize,
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        let n = self.members.len();
+        for _ in 0..leave {
+            let idx = pick(n);
+            let m = &mut self.members[idx];
+            if m.up && m.rejoin_at.is_none() {
+                m.spoke.disconnect(now);
+                m.rejoin_at = Some(now + away);
+                self.tally.left += 1;
+                self.flush(idx, now);
+            }
+        }
+        for _ in 0..roam {
+            let idx = pick(n);
+            let m = &mut self.members[idx];
+            if !m.up {
+                continue;
+            }
+            let mut socket = UdpSocket::bind(bind)?;
+            let registry = self.poll.registry();
+            registry.deregister(&mut m.socket)?;
+            registry.register(&mut socket, Token(idx), Interest::READABLE)?;
+            m.socket = socket;
+            // The hub sees the new address with the next packet (a keep-alive at the latest).
+            self.tally.roamed += 1;
+        }
+        for idx in 0..n {
+            let m = &mut self.members[idx];
+            if m.rejoin_at.is_some_and(|at| at <= now) {
+                m.rejoin_at = None;
+                m.spoke.connect(now);
+                self.flush(idx, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Spokes away after [`churn`](Self::churn), not yet back.
+    pub fn away(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|m| m.rejoin_at.is_some())
+            .count()
     }
 
     /// Remembers every spoke's session count, to tell which get a new session after this.

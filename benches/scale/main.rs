@@ -70,6 +70,14 @@ enum Command {
         /// Exit once every spoke is back after a loss.
         #[arg(long)]
         exit_after_storm: bool,
+        /// Churn for this many seconds from SIGUSR1 (sent once all are assigned): each
+        /// second CHURN spokes leave (and come back 5 s later) and CHURN others move to a
+        /// new port.
+        #[arg(long, default_value_t = 0)]
+        churn_secs: u64,
+        /// Spokes that leave, and spokes that roam, each second of churn.
+        #[arg(long, default_value_t = 5)]
+        churn: usize,
     },
 }
 
@@ -84,7 +92,20 @@ fn main() {
             active,
             bind,
             exit_after_storm,
-        } => run(&dir, spokes, &template, active, bind, exit_after_storm),
+            churn_secs,
+            churn,
+        } => run(
+            &dir,
+            spokes,
+            &template,
+            active,
+            bind,
+            exit_after_storm,
+            Churn {
+                secs: churn_secs,
+                per_second: churn,
+            },
+        ),
     };
     if let Err(e) = result {
         eprintln!("scale: {e}");
@@ -138,6 +159,25 @@ fn wall_ms() -> u128 {
         .map_or(0, |d| d.as_millis())
 }
 
+/// How much churn after all are assigned.
+struct Churn {
+    secs: u64,
+    per_second: usize,
+}
+
+/// A small, fast random number generator (xorshift64*) for picking spokes.
+struct Pick(u64);
+
+impl Pick {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run(
     dir: &Path,
     n: usize,
@@ -145,11 +185,15 @@ fn run(
     active: usize,
     bind: SocketAddr,
     exit_after_storm: bool,
+    churn: Churn,
 ) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).map_err(|e| e.to_string())?;
     }
+    let churn_go = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, churn_go.clone())
+        .map_err(|e| e.to_string())?;
     let secret = secret(dir)?;
     let file: SpokeFile = load(template, "spoke configuration").map_err(|e| e.to_string())?;
     let (base, _) = file.resolve(template).map_err(|e| e.to_string())?;
@@ -172,10 +216,25 @@ fn run(
 
     let mut report = Report::new(n, start);
     let mut tick = start;
+    let mut pick = Pick(u64::from(std::process::id()) | 1);
+    let mut churn_until = None;
+    let mut settled = churn.secs == 0;
     while !stop.load(Ordering::Relaxed) {
         tick += Duration::from_secs(1);
         fleet.run_until(tick).map_err(|e| e.to_string())?;
         fleet.send_echoes();
+        if report.assigned_at.is_some() && churn_go.load(Ordering::Relaxed) {
+            let until = *churn_until.get_or_insert(tick + Duration::from_secs(churn.secs));
+            let per_second = if tick < until { churn.per_second } else { 0 };
+            let away = Duration::from_secs(5);
+            fleet
+                .churn(per_second, per_second, away, bind, |n| pick.below(n))
+                .map_err(|e| e.to_string())?;
+            if !settled && tick >= until && fleet.away() == 0 && fleet.up() == n {
+                settled = true;
+                println!("settled n={n} wall_ms={}", wall_ms());
+            }
+        }
         if report.second(&mut fleet) && exit_after_storm {
             break;
         }
@@ -198,6 +257,8 @@ struct Report {
     same: u64,
     other: u64,
     attempts: u64,
+    left: u64,
+    roamed: u64,
     rtts: Vec<Duration>,
 }
 
@@ -215,6 +276,8 @@ impl Report {
             same: 0,
             other: 0,
             attempts: 0,
+            left: 0,
+            roamed: 0,
             rtts: Vec::new(),
         }
     }
@@ -236,6 +299,8 @@ impl Report {
             println!("loss t={t:.1} wall_ms={}", wall_ms());
         }
         let (connecting, reconnecting, stopped) = fleet.states();
+        self.left += tally.left;
+        self.roamed += tally.roamed;
         let (p50, p99) = percentiles(&mut tally.rtts);
         println!(
             "t={t:.1} up={} connecting={connecting} reconnecting={reconnecting} stopped={stopped} \
@@ -284,12 +349,14 @@ impl Report {
     fn summary(&mut self) {
         let (p50, p99) = percentiles(&mut self.rtts);
         println!(
-            "summary n={} assigned_in_s={} peak_assigned_per_s={} attempts={} echo_rtt_p50_ms={p50:.2} echo_rtt_p99_ms={p99:.2}",
+            "summary n={} assigned_in_s={} peak_assigned_per_s={} attempts={} left={} roamed={} echo_rtt_p50_ms={p50:.2} echo_rtt_p99_ms={p99:.2}",
             self.n,
             self.assigned_at
                 .map_or("never".into(), |d| format!("{:.2}", d.as_secs_f64())),
             self.peak_rate,
             self.attempts,
+            self.left,
+            self.roamed,
         );
     }
 }
