@@ -209,3 +209,29 @@ fn no_receive_timestamps(socket: &std::net::UdpSocket) {
         debug!("could not turn off UDP receive timestamps: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_cap_net_admin_the_buffers_pass_the_systems_cap() {
+        if !slopn_tun::netns::runnable("udp_buffers_pass_the_cap") {
+            return;
+        }
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .expect("rmem_max")
+            .trim()
+            .parse()
+            .expect("a number");
+        // Linux doubles what it grants: capped, this would get 2 x rmem_max.
+        let asked = 4 * rmem_max;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp = Udp::new(socket, asked, 1452).unwrap();
+        let granted = udp.state.recv_buffer_size((&udp.socket).into()).unwrap();
+        assert!(
+            granted >= asked,
+            "receive buffer {granted} bytes, asked {asked} (rmem_max {rmem_max})"
+        );
+    }
+}

@@ -533,6 +533,44 @@ fn a_restarting_hub_that_lost_its_state_resets_old_connections_at_once() {
 }
 
 #[test]
+fn a_restarted_hub_resets_a_hundred_spokes_at_once_not_fifty_a_second() {
+    // quinn's default allows one stateless reset per 20 ms: most of these spokes, whose
+    // keep-alives leave together, would have waited for their idle timeout (6 s).
+    const N: usize = 100;
+    let pki = pki();
+    let mut world = world_with(23, &pki, N);
+    let before: Vec<IpAddr> = (0..N).map(|i| assigned(&world, i)).collect();
+    world.run_for(Duration::from_secs(1));
+    for s in &mut world.spokes {
+        s.events.clear();
+    }
+    world.kill_hub();
+    world.start_hub();
+    let restarted = world.now;
+    let reset = |e: &SpokeEvent| {
+        matches!(
+            e,
+            SpokeEvent::Disconnected {
+                reason: DisconnectReason::Reset,
+                ..
+            }
+        )
+    };
+    let ok = world.run_until(Duration::from_secs(8), |w| {
+        w.spokes
+            .iter()
+            .all(|s| s.events.iter().any(reset) && s.spoke.state() == SpokeState::Established)
+    });
+    assert!(ok, "every spoke reset and back");
+    let took = world.now - restarted;
+    println!("hub restarted under {N} spokes: all reset and back after {took:?}");
+    assert!(took < Duration::from_secs(3), "back after {took:?}");
+    for (i, addr) in before.iter().enumerate() {
+        assert_eq!(assigned(&world, i), *addr, "spoke {i} kept its address");
+    }
+}
+
+#[test]
 fn a_hub_closing_gracefully_sends_spokes_to_retry_at_once() {
     let pki = pki();
     let mut world = world_with(22, &pki, 2);
