@@ -87,6 +87,54 @@ fn promtool_accepts(promtool: &PathBuf, metrics: &str) {
     );
 }
 
+/// The Grafana dashboard in docs/: every query parses (`promtool check rules`) and names
+/// only metrics the hub or the spoke serves.
+fn dashboard_queries_are_valid(promtool: &PathBuf, served: &[&str]) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana-dashboard.json");
+    let text = std::fs::read_to_string(path).expect("the dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut rules = String::from("groups:\n- name: dashboard\n  rules:\n");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for (i, target) in panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .enumerate()
+    {
+        let expr = target["expr"].as_str().expect("expr");
+        rules += &format!(
+            "  - record: dashboard:q{i}\n    expr: '{}'\n",
+            expr.replace('\'', "''")
+        );
+        let mut rest = expr;
+        while let Some(at) = rest.find("slopn_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let help = format!("# HELP {name} ");
+            assert!(
+                served.iter().any(|m| m.contains(&help)),
+                "the dashboard queries {name}, which nothing serves"
+            );
+            rest = &rest[at + name.len()..];
+        }
+    }
+    let file = std::env::temp_dir().join(format!("slopn-dashboard-{}.yml", std::process::id()));
+    std::fs::write(&file, rules).unwrap();
+    let out = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "promtool check rules on the dashboard's queries: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn hub_and_spoke_serve_metrics_that_follow_traffic() {
     let test = "hub_and_spoke_serve_metrics";
@@ -151,6 +199,7 @@ fn hub_and_spoke_serve_metrics_that_follow_traffic() {
     assert!(value(&hub, r#"slopn_hub_spoke_rtt_seconds{identity="spoke-0"}"#).unwrap() > 0.0);
     promtool_accepts(&promtool, &hub);
     promtool_accepts(&promtool, &spoke);
+    dashboard_queries_are_valid(&promtool, &[&hub, &spoke]);
 
     // Anything but GET /metrics is refused.
     assert_eq!(get(&lab.hub_ns, HUB_METRICS, "/").0, 404);
