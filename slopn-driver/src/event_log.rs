@@ -48,14 +48,14 @@ impl EventLog {
             return;
         }
         if !self.suppressed.is_empty() {
+            let total: u64 = self.suppressed.iter().map(|(_, n)| n).sum();
             let counts: Vec<String> = self
                 .suppressed
                 .drain(..)
                 .map(|(kind, n)| format!("{n} {kind}"))
                 .collect();
             info!(
-                "{} more events in {:.1} s, not logged one by one: {}",
-                counts.len(),
+                "{total} more events in {:.1} s, not logged one by one: {}",
                 now.duration_since(start).as_secs_f64(),
                 counts.join(", ")
             );
