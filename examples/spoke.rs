@@ -47,6 +47,10 @@ enum Command {
         /// The group whose members may use the socket.
         #[arg(long, default_value = service::GROUP)]
         group: String,
+        /// Serve Prometheus metrics of the tunnel at this address (`GET /metrics`), e.g.
+        /// 127.0.0.1:9465; off by default.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Show the tunnel: state, addresses, RTT, bytes and rates each way, drops.
     Status {
@@ -118,11 +122,13 @@ fn main() -> ExitCode {
             socket,
             profiles,
             group,
+            metrics_listen,
         } => service::run_service(
             &ServiceOptions {
                 socket,
                 profiles,
                 group,
+                metrics_listen,
             },
             slopn::logs::init(),
         ),

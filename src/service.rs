@@ -6,6 +6,7 @@
 //! (all of that removed again) and connects again, without restarting. Requests that change
 //! something run one at a time; status requests never wait for them.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +20,7 @@ use slopn_driver::SpokeCommand;
 use tracing::{info, warn};
 
 use crate::daemon::{answer, handle_signals};
+use crate::metrics;
 use crate::profiles::ProfileStore;
 use crate::tunnel::{Origin, Resolved, Tunnel};
 
@@ -37,6 +39,9 @@ pub struct ServiceOptions {
     /// The group given access to the socket (mode 0660) when it exists; else the socket is
     /// root's alone (0600).
     pub group: String,
+    /// Where to serve Prometheus metrics (`GET /metrics`) of the tunnel the service runs,
+    /// if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServiceOptions {
@@ -45,6 +50,7 @@ impl Default for ServiceOptions {
             socket: slopn_control::SPOKE_SOCKET.into(),
             profiles: PROFILES.into(),
             group: GROUP.into(),
+            metrics_listen: None,
         }
     }
 }
@@ -81,6 +87,10 @@ pub fn run_service(options: &ServiceOptions, logs: Arc<Topic>) -> Result<(), Str
         profiles = %options.profiles.display(),
         "spoke service ready"
     );
+    let source = service.clone();
+    let _metrics = metrics::serve(options.metrics_listen, move |registry| {
+        Some(metrics::spoke(registry, &source.status()))
+    })?;
     let (stop, stopped) = std::sync::mpsc::channel();
     handle_signals(
         move || {

@@ -225,9 +225,14 @@ impl Lab {
     /// Starts `spoke service` in spoke `i`'s namespace, its socket given to `group`, and
     /// waits until it answers.
     pub fn start_service(&mut self, i: usize, group: &str) {
+        self.start_service_with(i, group, &[]);
+    }
+
+    /// [`start_service`](Self::start_service) with more arguments.
+    pub fn start_service_with(&mut self, i: usize, group: &str, extra: &[&str]) {
         assert!(self.spokes[i].is_none());
         let (socket, profiles) = (self.service_socket(i), self.service_profiles(i));
-        let args: [&OsStr; 7] = [
+        let mut args: Vec<&OsStr> = vec![
             "service".as_ref(),
             "--socket".as_ref(),
             socket.as_os_str(),
@@ -236,6 +241,7 @@ impl Lab {
             "--group".as_ref(),
             group.as_ref(),
         ];
+        args.extend(extra.iter().map(OsStr::new));
         let child = self.spawn_args(
             &self.spoke_ns[i],
             "spoke",

@@ -36,14 +36,14 @@ fn get(ns: &Namespace, addr: &str, path: &str) -> (u16, String) {
     })
 }
 
-fn scrape(ns: &Namespace, addr: &str) -> String {
+pub(crate) fn scrape(ns: &Namespace, addr: &str) -> String {
     let (code, body) = get(ns, addr, "/metrics");
     assert_eq!(code, 200, "{body}");
     body
 }
 
 /// The value of the series written exactly as `series` (name and labels), if present.
-fn value(metrics: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
         let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
         rest.split(' ').next()?.parse().ok()

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use slopn::control::{self, Client, ClientError, LogLine, ProfileSummary, Request, SpokeStatus};
 
 use crate::lab::Lab;
+use crate::metrics::{scrape, value};
 
 fn ask(socket: &Path, request: Request) -> Result<Map<String, Value>, String> {
     control::request(socket, &request).map_err(|e| match e {
@@ -80,8 +81,13 @@ fn the_service_imports_connects_disconnects_and_reconnects_without_restarting() 
         return;
     };
     lab.start_hub();
-    lab.start_service(0, "root");
+    const METRICS: &str = "127.0.0.1:9466";
+    lab.start_service_with(0, "root", &["--metrics-listen", METRICS]);
     let socket = lab.service_socket(0);
+    let state = |lab: &Lab, name: &str| {
+        let series = format!("slopn_spoke_state{{state=\"{name}\"}}");
+        value(&scrape(&lab.spoke_ns[0], METRICS), &series)
+    };
 
     // The socket belongs to the group given (root's here, which always exists), mode 0660.
     let meta = std::fs::metadata(&socket).unwrap();
@@ -92,6 +98,11 @@ fn the_service_imports_connects_disconnects_and_reconnects_without_restarting() 
 
     // It starts with nothing: no profile, no tunnel.
     assert_eq!(status(&socket).state.name(), "disconnected");
+    assert_eq!(
+        state(&lab, "disconnected"),
+        Some(1.0),
+        "the service's metrics"
+    );
     assert!(profiles(&socket).is_empty());
     assert!(!tun_exists(&lab), "no TUN device before a connect");
 
@@ -124,6 +135,8 @@ fn the_service_imports_connects_disconnects_and_reconnects_without_restarting() 
     connect(&socket, Some("work")).unwrap();
     wait_state(&lab, &socket, "established", Duration::from_secs(10));
     println!("connect to established: {:?}", start.elapsed());
+    assert_eq!(state(&lab, "established"), Some(1.0));
+    assert_eq!(state(&lab, "disconnected"), Some(0.0));
     let address = status(&socket).addresses[0].to_string();
     lab.ping(&lab.spoke_ns[0], "10.100.0.1", 3)
         .expect("ping through the tunnel");
