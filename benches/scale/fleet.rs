@@ -153,6 +153,9 @@ impl Fleet {
     ) -> io::Result<()> {
         let now = Instant::now();
         let n = self.members.len();
+        if n == 0 {
+            return Ok(());
+        }
         for _ in 0..leave {
             let idx = pick(n);
             let m = &mut self.members[idx];
