@@ -769,6 +769,8 @@ mod tests {
             !same.join("hub.toml").exists(),
             "nothing written after a refusal"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&same);
     }
 
     #[test]
