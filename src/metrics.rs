@@ -166,6 +166,17 @@ fn gauges(
     registry.register(Box::new(family))
 }
 
+/// A series for every drop reason, zero where nothing was dropped, so that the family is
+/// there from the first scrape and `rate()` has a start.
+fn every_reason(
+    counts: &std::collections::BTreeMap<String, u64>,
+) -> impl Iterator<Item = (Vec<String>, u64)> + '_ {
+    status::drop_reasons().map(|reason| {
+        let n = counts.get(reason).copied().unwrap_or(0);
+        (vec![reason.to_owned()], n)
+    })
+}
+
 /// Traffic counters each way, under `prefix` (`slopn_hub`, `slopn_spoke`).
 fn traffic(registry: &Registry, prefix: &str, what: &str, t: [u64; 4]) -> Scrape {
     let [rx_packets, rx_bytes, tx_packets, tx_bytes] = t;
@@ -283,9 +294,7 @@ pub fn hub(registry: &Registry, s: &HubSnapshot) -> Scrape {
         "slopn_hub_dropped_packets_total",
         "Packets dropped, by reason (the event loop's own losses included)",
         &["reason"],
-        status::all_drops(&h.drops, &s.io)
-            .into_iter()
-            .map(|(reason, n)| (vec![reason], n)),
+        every_reason(&status::all_drops(&h.drops, &s.io)),
     )?;
 
     let id = |x: &slopn_proto::SpokeStats| x.identity.clone().unwrap_or_default();
@@ -405,7 +414,7 @@ pub fn spoke(registry: &Registry, s: &SpokeStatus) -> Scrape {
         "slopn_spoke_dropped_packets_total",
         "Packets dropped, by reason (the event loop's own losses included)",
         &["reason"],
-        s.drops.iter().map(|(reason, n)| (vec![reason.clone()], *n)),
+        every_reason(&s.drops),
     )?;
     if let Some(rtt) = s.rtt_ms {
         gauge(

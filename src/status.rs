@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use slopn_control::{SpokeStatus as StatusDocument, TunnelState};
 use slopn_driver::{HubSnapshot, IoCounters, SpokeStatus};
-use slopn_proto::{DisconnectReason, DropCounters, HubEvent, SpokeEvent, SpokeState};
+use slopn_proto::{DisconnectReason, DropCounters, DropReason, HubEvent, SpokeEvent, SpokeState};
 
 /// Receive and send rates from the last two samples of a byte counter pair.
 #[derive(Debug, Default)]
@@ -50,16 +50,28 @@ fn drops(d: &DropCounters) -> BTreeMap<String, u64> {
 /// The machine's drops and the loop's own I/O losses (those only when there are any).
 pub(crate) fn all_drops(d: &DropCounters, io: &IoCounters) -> BTreeMap<String, u64> {
     let mut all = drops(d);
+    let [tun_write, tun_read, udp_send] = IO_DROP_REASONS;
     for (name, n) in [
-        ("tun_write_refused", io.tun_write_drops),
-        ("tun_read_unsplit", io.tun_read_drops),
-        ("udp_send_failed", io.udp_send_errors),
+        (tun_write, io.tun_write_drops),
+        (tun_read, io.tun_read_drops),
+        (udp_send, io.udp_send_errors),
     ] {
         if n > 0 {
             all.insert(name.to_owned(), n);
         }
     }
     all
+}
+
+/// The names of the event loop's own losses, as in [`all_drops`].
+const IO_DROP_REASONS: [&str; 3] = ["tun_write_refused", "tun_read_unsplit", "udp_send_failed"];
+
+/// Every drop reason a total can name, the core's and the event loop's.
+pub(crate) fn drop_reasons() -> impl Iterator<Item = &'static str> {
+    DropReason::ALL
+        .iter()
+        .map(|r| r.name())
+        .chain(IO_DROP_REASONS)
 }
 
 /// The control protocol's name for a spoke state.
