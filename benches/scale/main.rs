@@ -249,8 +249,8 @@ struct Report {
     start: Instant,
     assigned_at: Option<Duration>,
     peak_rate: u64,
-    /// When the first session of the current loss was lost, and the spokes lost since.
-    loss_since: Option<Instant>,
+    /// Sessions were lost and not every spoke is back yet.
+    in_storm: bool,
     lost_total: u64,
     lost_reset: u64,
     lost_timeout: u64,
@@ -269,7 +269,7 @@ impl Report {
             start,
             assigned_at: None,
             peak_rate: 0,
-            loss_since: None,
+            in_storm: false,
             lost_total: 0,
             lost_reset: 0,
             lost_timeout: 0,
@@ -294,8 +294,8 @@ impl Report {
         self.lost_total += tally.lost;
         self.lost_reset += tally.lost_reset;
         self.lost_timeout += tally.lost_timeout;
-        if tally.lost > 0 && self.loss_since.is_none() {
-            self.loss_since = Some(now);
+        if tally.lost > 0 && !self.in_storm {
+            self.in_storm = true;
             println!("loss t={t:.1} wall_ms={}", wall_ms());
         }
         let (connecting, reconnecting, stopped) = fleet.states();
@@ -329,7 +329,7 @@ impl Report {
                 wall_ms()
             );
         }
-        if self.loss_since.is_some()
+        if self.in_storm
             && renewed == self.n
             && fleet.up() == self.n
             && let Some(at) = renewed_at
@@ -340,7 +340,7 @@ impl Report {
                 "back n={} lost={} by_reset={} by_timeout={} same_address={} other_address={} wall_ms={back_ms}",
                 self.n, self.lost_total, self.lost_reset, self.lost_timeout, self.same, self.other,
             );
-            self.loss_since = None;
+            self.in_storm = false;
             return true;
         }
         false

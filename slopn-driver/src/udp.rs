@@ -185,9 +185,6 @@ impl Udp {
     }
 }
 
-/// Turns off the receive timestamp quinn-udp asks for: nothing reads it, and it costs a
-/// control message (and a clock read in the kernel) per datagram, which is most of the
-/// datagrams received when the path has no GRO.
 /// Asks for a buffer of `bytes` past the `net.core.{r,w}mem_max` cap, which a process with
 /// CAP_NET_ADMIN (the hub and the spoke service run with it for the TUN device) may do,
 /// as quic-go and wireguard-go do. The default cap (4 MiB here, 208 KiB on many systems)
@@ -203,6 +200,9 @@ fn force_buffer(socket: &std::net::UdpSocket, receive: bool, bytes: usize) -> bo
     result.is_ok()
 }
 
+/// Turns off the receive timestamp quinn-udp asks for: nothing reads it, and it costs a
+/// control message (and a clock read in the kernel) per datagram, which is most of the
+/// datagrams received when the path has no GRO.
 fn no_receive_timestamps(socket: &std::net::UdpSocket) {
     use nix::sys::socket::{setsockopt, sockopt::ReceiveTimestampns};
     if let Err(e) = setsockopt(socket, ReceiveTimestampns, &false) {

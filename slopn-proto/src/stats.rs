@@ -265,13 +265,13 @@ impl HandshakeCounters {
 /// How often the spoke scheduled a new attempt, by why the previous one ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReconnectCounters {
-    /// Nothing heard from the hub for the idle timeout (or the attempt timed out).
+    /// Nothing heard from the hub for the idle timeout.
     pub timed_out: u64,
     /// The hub answered with a stateless reset: it restarted.
     pub reset: u64,
     /// The hub closed the session (shutting down, pool exhausted, an error it reported).
     pub closed_by_hub: u64,
-    /// This side closed it (a protocol error it detected).
+    /// This side ended it: an attempt the hub never answered, or a protocol error.
     pub closed_locally: u64,
     /// A QUIC or network error.
     pub transport: u64,
