@@ -2,7 +2,6 @@
 //! "not allowed" so that each program can say what to do about it.
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::protocol::{Request, VersionInfo};
+use crate::transport::Stream;
 
 /// Why a request did not get an answer, or got a refusal.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +48,14 @@ pub enum ClientError {
 /// A connection to a control socket.
 pub struct Client {
     path: PathBuf,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    reader: BufReader<Stream>,
+    writer: Stream,
 }
 
 impl Client {
     /// Connects to the server at `path`.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+        let stream = Stream::connect(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
                 ClientError::NotRunning(path.to_owned())
             }
@@ -181,7 +181,7 @@ pub struct Subscription {
 
 /// Ends a [`Subscription`] from another thread: whoever waits in
 /// [`next_line`](Subscription::next_line) gets `None`.
-pub struct Closer(UnixStream);
+pub struct Closer(Stream);
 
 impl Closer {
     /// Closes the connection (both directions).

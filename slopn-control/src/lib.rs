@@ -1,7 +1,7 @@
 //! SloPN's local control socket: how a running hub or spoke talks to the programs that
 //! watch and steer it (`hub status`, `spoke status`, the desktop client).
 //!
-//! The socket is a Unix stream socket. Each request and each answer is one JSON object on
+//! The socket is a Unix stream socket (on Windows a named pipe, `\\.\pipe\…`, with an ACL). Each request and each answer is one JSON object on
 //! one line ([`Request`]; answers carry `"ok": true` and their fields, or `"ok": false` and
 //! an `"error"` sentence). Two requests turn the connection into a stream: `events` (what
 //! the hub or spoke reports as it happens) and `logs` (the server's recent log lines, then
@@ -34,6 +34,7 @@ mod client;
 mod protocol;
 mod server;
 mod topic;
+mod transport;
 
 pub use client::{Client, ClientError, Closer, Subscription, request};
 pub use protocol::{
@@ -41,5 +42,6 @@ pub use protocol::{
     MAX_TOKEN_BYTES, PROTOCOL_VERSION, ProfileSummary, Request, Role, SPOKE_SOCKET, SpokeStatus,
     TunnelState, VersionInfo, hub_port, is_profile_name,
 };
-pub use server::{Access, Answer, Handler, IDLE_TIMEOUT, MAX_CLIENTS, Server, ServerError};
+pub use server::{Answer, Handler, IDLE_TIMEOUT, MAX_CLIENTS, Server, ServerError};
 pub use topic::{SUBSCRIBER_QUEUE, Topic};
+pub use transport::Access;

@@ -29,7 +29,12 @@ pub const MAX_PROFILE_NAME: usize = 64;
 pub const MAX_TOKEN_BYTES: usize = 4096;
 
 /// The spoke's control socket, for `spoke run` and the spoke service.
+#[cfg(not(windows))]
 pub const SPOKE_SOCKET: &str = "/run/slopn/spoke.sock";
+
+/// The spoke's control pipe, for `spoke run` and the spoke service.
+#[cfg(windows)]
+pub const SPOKE_SOCKET: &str = r"\\.\pipe\slopn-spoke";
 
 /// Whether `name` may name a profile: 1 to [`MAX_PROFILE_NAME`] of `A-Za-z0-9._-`, not
 /// starting with `.` (so no `/`, no `..`, no hidden file).

@@ -1,4 +1,4 @@
-//! The server side: a Unix stream socket, one thread per client, requests answered by a
+//! The server side: a Unix stream socket or a Windows named pipe, one thread per client, requests answered by a
 //! [`Handler`], `events` and `logs` streamed from [`Topic`]s.
 //!
 //! Nothing a client sends can stop the server or stall the others: lines longer than
@@ -7,8 +7,6 @@
 //! rather than waited for. Every refusal is counted ([`ControlStats`]).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -19,6 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::protocol::{ControlStats, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Role};
 use crate::topic::Topic;
+use crate::transport::{Access, Listener, Stream};
 
 /// Clients served at once; further ones are told so and turned away.
 pub const MAX_CLIENTS: usize = 64;
@@ -43,31 +42,6 @@ pub trait Handler: Send + Sync + 'static {
     fn role(&self) -> Role;
     /// Answers one request. `Err` is a sentence saying what is wrong and what to do.
     fn handle(&self, request: &Request) -> Answer;
-}
-
-/// Who may use the socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Access {
-    /// The socket file's permission bits (0600: the owner only; 0660: the owner and a group).
-    pub mode: u32,
-    /// The group to give the socket to (with mode 0660).
-    pub group: Option<u32>,
-}
-
-impl Access {
-    /// The owner (and root) only: mode 0600.
-    pub const OWNER: Access = Access {
-        mode: 0o600,
-        group: None,
-    };
-
-    /// The owner and the members of group `gid`: mode 0660.
-    pub fn group(gid: u32) -> Self {
-        Self {
-            mode: 0o660,
-            group: Some(gid),
-        }
-    }
 }
 
 /// Why a server could not start.
@@ -139,7 +113,7 @@ impl Server {
         events: Arc<Topic>,
         logs: Arc<Topic>,
     ) -> Result<Self, ServerError> {
-        let listener = bind(path, access)?;
+        let listener = Listener::bind(path, &access)?;
         let shared = Arc::new(Shared {
             handler,
             events,
@@ -178,49 +152,13 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::Relaxed);
         // Wake the accepting thread so that it sees the flag and ends.
-        let _ = UnixStream::connect(&self.path);
-        let _ = std::fs::remove_file(&self.path);
+        Listener::close(&self.path);
     }
 }
 
-/// Binds under a temporary name, sets mode and group, then renames into place, so the
-/// socket is never reachable with looser permissions.
-fn bind(path: &Path, access: Access) -> Result<UnixListener, ServerError> {
-    let fail = |what| {
-        move |source| ServerError::Io {
-            path: path.to_owned(),
-            what,
-            source,
-        }
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(fail("creating its directory"))?;
-    }
-    if UnixStream::connect(path).is_ok() {
-        return Err(ServerError::InUse(path.to_owned()));
-    }
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&temporary);
-    let listener = UnixListener::bind(&temporary).map_err(fail("binding"))?;
-    let secured =
-        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(access.mode))
-            .map_err(fail("setting its permissions"))
-            .and_then(|()| match access.group {
-                Some(gid) => std::os::unix::fs::chown(&temporary, None, Some(gid))
-                    .map_err(fail("giving it to its group")),
-                None => Ok(()),
-            })
-            .and_then(|()| std::fs::rename(&temporary, path).map_err(fail("moving it into place")));
-    if let Err(e) = secured {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(e);
-    }
-    Ok(listener)
-}
-
-fn accept(listener: UnixListener, shared: Weak<Shared>) {
-    for stream in listener.incoming() {
+fn accept(listener: Listener, shared: Weak<Shared>) {
+    loop {
+        let stream = listener.accept();
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -260,7 +198,7 @@ fn refusal(sentence: &str) -> String {
     json!({ "ok": false, "error": sentence }).to_string()
 }
 
-fn write_line(stream: &mut UnixStream, line: &str) -> io::Result<()> {
+fn write_line(stream: &mut Stream, line: &str) -> io::Result<()> {
     let mut buf = Vec::with_capacity(line.len() + 1);
     buf.extend_from_slice(line.as_bytes());
     buf.push(b'\n');
@@ -315,7 +253,7 @@ fn parse(line: &[u8]) -> Result<Request, String> {
     })
 }
 
-fn serve(shared: &Shared, stream: UnixStream) {
+fn serve(shared: &Shared, stream: Stream) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let Ok(mut writer) = stream.try_clone() else {
@@ -388,7 +326,7 @@ fn add_control_stats(fields: &mut Map<String, Value>, stats: ControlStats) {
 }
 
 /// Streams `topic` to the client until it hangs up, stops reading, or is cut off.
-fn subscribe(topic: &Topic, mut writer: UnixStream, mut reader: BufReader<UnixStream>) {
+fn subscribe(topic: &Topic, mut writer: Stream, mut reader: BufReader<Stream>) {
     let subscription = topic.subscribe();
     if write_line(&mut writer, r#"{"ok":true}"#).is_err() {
         return;
@@ -416,7 +354,7 @@ fn subscribe(topic: &Topic, mut writer: UnixStream, mut reader: BufReader<UnixSt
 }
 
 /// Whether a subscribed client closed its side (anything it sends is ignored).
-fn hung_up(reader: &mut BufReader<UnixStream>) -> bool {
+fn hung_up(reader: &mut BufReader<Stream>) -> bool {
     let mut scratch = [0; 512];
     match reader.get_mut().read(&mut scratch) {
         Ok(0) => true,

@@ -1,8 +1,7 @@
-//! The control socket against well-behaved and hostile clients, over a real Unix socket.
+//! The control socket against well-behaved and hostile clients, over a real Unix socket
+//! (on Windows, a real named pipe: these tests run under Wine in `scripts/test`).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +12,68 @@ use slopn_control::{
     Access, Answer, Client, ClientError, Handler, MAX_CLIENTS, Request, Role, SUBSCRIBER_QUEUE,
     Server, SpokeStatus, Topic, TunnelState,
 };
+
+/// A client's raw connection, for writing what a well-behaved client never would.
+#[cfg(unix)]
+type Raw = std::os::unix::net::UnixStream;
+
+#[cfg(unix)]
+fn connect_raw(path: &std::path::Path) -> (Raw, Raw) {
+    let stream = Raw::connect(path).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let reader = stream.try_clone().unwrap();
+    (stream, reader)
+}
+
+/// A blocking pipe connection; reads and writes may run on two threads at once (the pipe
+/// is opened for overlapped I/O).
+#[cfg(windows)]
+struct Raw(
+    Arc<
+        interprocess::os::windows::named_pipe::DuplexPipeStream<
+            interprocess::os::windows::named_pipe::pipe_mode::Bytes,
+        >,
+    >,
+);
+
+#[cfg(windows)]
+impl Read for Raw {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+#[cfg(windows)]
+impl Write for Raw {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(windows)]
+fn connect_raw(path: &std::path::Path) -> (Raw, Raw) {
+    let pipe = Arc::new(
+        interprocess::os::windows::named_pipe::DuplexPipeStream::connect_by_path(path).unwrap(),
+    );
+    (Raw(pipe.clone()), Raw(pipe))
+}
+
+/// Where a test's server listens.
+fn socket_path(dir: &std::path::Path, name: &str) -> PathBuf {
+    if cfg!(windows) {
+        PathBuf::from(format!(
+            r"\\.\pipe\slopn-control-{}-{name}",
+            std::process::id()
+        ))
+    } else {
+        dir.join(format!("run/{name}.sock"))
+    }
+}
 
 struct Fake;
 
@@ -46,7 +107,7 @@ impl Setup {
         let _ = std::fs::remove_dir_all(&dir);
         let (events, logs) = (Arc::new(Topic::new(0)), Arc::new(Topic::new(100)));
         let server = Server::start(
-            &dir.join("run/x.sock"),
+            &socket_path(&dir, name),
             Access::OWNER,
             Arc::new(Fake),
             events.clone(),
@@ -67,13 +128,9 @@ impl Setup {
         client
     }
 
-    fn raw(&self) -> (UnixStream, BufReader<UnixStream>) {
-        let stream = UnixStream::connect(self.server.path()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        (stream, reader)
+    fn raw(&self) -> (Raw, BufReader<Raw>) {
+        let (writer, reader) = connect_raw(self.server.path());
+        (writer, BufReader::new(reader))
     }
 
     fn status(&self) -> SpokeStatus {
@@ -97,7 +154,7 @@ impl Drop for Setup {
     }
 }
 
-fn answer(reader: &mut BufReader<UnixStream>) -> Value {
+fn answer(reader: &mut BufReader<Raw>) -> Value {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     serde_json::from_str(&line).unwrap_or(Value::Null)
@@ -106,11 +163,15 @@ fn answer(reader: &mut BufReader<UnixStream>) -> Value {
 #[test]
 fn requests_version_and_status_with_the_sockets_own_counters() {
     let setup = Setup::new("basic");
-    let mode = std::fs::metadata(setup.server.path())
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(setup.server.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let mut client = setup.client();
     let version = client.version().unwrap();
     assert_eq!(version.protocol, slopn_control::PROTOCOL_VERSION);
@@ -288,6 +349,13 @@ fn a_second_server_on_the_same_socket_is_refused_and_a_stale_one_replaced() {
         setup.logs.clone(),
     );
     assert!(matches!(again, Err(slopn_control::ServerError::InUse(_))));
+    // A pipe ends with its server; only a socket file can be left behind.
+    #[cfg(unix)]
+    stale_socket_files_are_replaced(&setup);
+}
+
+#[cfg(unix)]
+fn stale_socket_files_are_replaced(setup: &Setup) {
     let path = setup.dir.join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     let server = Server::start(
