@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::IpAddr;
+#[cfg(unix)]
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
@@ -41,6 +42,9 @@ pub struct Tun {
     sender: Sender,
     dropped_reads: u64,
     dropped_writes: u64,
+    /// Windows: the thread reading the adapter, once [`Tun::start_reader`] ran.
+    #[cfg(windows)]
+    reader: Option<crate::wintun_reader::Reader>,
 }
 
 impl std::fmt::Debug for Tun {
@@ -88,6 +92,7 @@ impl Tun {
             }
             Err(e) => return Err(open_error(e, config)),
         };
+        #[cfg(unix)]
         device
             .set_nonblocking(true)
             .map_err(|e| TunError::io("making the TUN device non-blocking", e))?;
@@ -107,6 +112,8 @@ impl Tun {
             sender: Sender::new(),
             dropped_reads: 0,
             dropped_writes: 0,
+            #[cfg(windows)]
+            reader: None,
         };
         let mut control = tun.control();
         control.set_addresses(&config.addresses)?;
@@ -148,7 +155,13 @@ impl Tun {
     /// MTU-sized packets) and calls `each` for every packet. Returns how many there were;
     /// `WouldBlock` when nothing was waiting. A super-packet that cannot be split is
     /// dropped and counted ([`Self::dropped_reads`]).
+    ///
+    /// On Windows the packets come from the reading thread ([`Self::start_reader`]).
     pub fn recv_packets(&mut self, each: impl FnMut(&[u8])) -> io::Result<usize> {
+        #[cfg(windows)]
+        if let Some(reader) = &mut self.reader {
+            return reader.recv(each);
+        }
         let n = self.receiver.recv(&self.device, self.vnet_hdr, each)?;
         if n == 0 {
             self.dropped_reads += 1;
@@ -172,6 +185,16 @@ impl Tun {
     /// a device that is gone is an error.
     pub fn flush(&mut self) -> io::Result<()> {
         self.dropped_writes += self.sender.flush(&self.device, self.vnet_hdr)?;
+        Ok(())
+    }
+
+    /// Windows: starts the thread that reads the adapter (Wintun offers nothing to wait
+    /// on); `wake` is called when packets wait for [`Self::recv_packets`] after none did.
+    #[cfg(windows)]
+    pub fn start_reader(&mut self, wake: crate::WakeFn) -> Result<(), TunError> {
+        let reader = crate::wintun_reader::Reader::spawn(self.device.clone(), wake)
+            .map_err(|e| TunError::io("starting the Wintun reading thread", e))?;
+        self.reader = Some(reader);
         Ok(())
     }
 
@@ -267,18 +290,33 @@ impl TunControl {
     }
 }
 
+#[cfg(unix)]
 impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         self.device.as_raw_fd()
     }
 }
 
+#[cfg(unix)]
 impl AsFd for Tun {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.device.as_fd()
     }
 }
 
+#[cfg(windows)]
+fn open_error(e: io::Error, _config: &TunConfig) -> TunError {
+    // ERROR_ACCESS_DENIED; loading a missing DLL fails with ERROR_MOD_NOT_FOUND, or as a
+    // libloading error that names the file.
+    match e.raw_os_error() {
+        Some(5) => TunError::PermissionDenied,
+        Some(126) => TunError::NoTunDevice,
+        _ if e.to_string().to_ascii_lowercase().contains("wintun") => TunError::NoTunDevice,
+        _ => TunError::io("creating the Wintun adapter", e),
+    }
+}
+
+#[cfg(unix)]
 fn open_error(e: io::Error, config: &TunConfig) -> TunError {
     match e.raw_os_error() {
         Some(libc::EPERM | libc::EACCES) => TunError::PermissionDenied,

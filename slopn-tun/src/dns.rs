@@ -1,5 +1,6 @@
-//! DNS servers for the tunnel device, through systemd-resolved.
+//! DNS servers for the tunnel device: through systemd-resolved, or on Windows `netsh`.
 
+#[cfg(not(windows))]
 use std::io;
 use std::net::IpAddr;
 
@@ -7,9 +8,26 @@ use tracing::info;
 
 use crate::{TunError, run};
 
+/// Points Windows' resolver at `servers` for the adapter `device` (`netsh interface ipv4|ipv6
+/// set|add dnsservers`, not registered in DNS, not validated by a probe).
+#[cfg(windows)]
+pub fn set_dns(device: &str, servers: &[IpAddr]) -> Result<(), TunError> {
+    for args in windows_commands(device, servers) {
+        run(
+            "netsh",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )?;
+    }
+    if !servers.is_empty() {
+        info!(?servers, "DNS servers set");
+    }
+    Ok(())
+}
+
 /// Points the system resolver at `servers` for `device` (`resolvectl dns`). Nothing to do
 /// for an empty list. Like every command here, it is killed after
 /// [`COMMAND_TIMEOUT`](crate::COMMAND_TIMEOUT) (a stuck D-Bus).
+#[cfg(not(windows))]
 pub fn set_dns(device: &str, servers: &[IpAddr]) -> Result<(), TunError> {
     if servers.is_empty() {
         return Ok(());
@@ -31,5 +49,71 @@ pub fn set_dns(device: &str, servers: &[IpAddr]) -> Result<(), TunError> {
             })
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The `netsh` argument lists that set `servers` on `device`, per family: the first with
+/// `set` (replacing what was there), the next with `add`.
+#[cfg_attr(not(windows), allow(dead_code))]
+fn windows_commands(device: &str, servers: &[IpAddr]) -> Vec<Vec<String>> {
+    let mut commands = Vec::new();
+    for v4 in [true, false] {
+        let family = if v4 { "ipv4" } else { "ipv6" };
+        let of_family = servers.iter().filter(|s| s.is_ipv4() == v4);
+        for (i, server) in of_family.enumerate() {
+            let mut args: Vec<String> = ["interface", family]
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            if i == 0 {
+                args.extend([
+                    "set".into(),
+                    "dnsservers".into(),
+                    format!("name={device}"),
+                    "source=static".into(),
+                    format!("address={server}"),
+                    "register=none".into(),
+                ]);
+            } else {
+                args.extend([
+                    "add".into(),
+                    "dnsservers".into(),
+                    format!("name={device}"),
+                    format!("address={server}"),
+                    format!("index={}", i + 1),
+                ]);
+            }
+            args.push("validate=no".into());
+            commands.push(args);
+        }
+    }
+    commands
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_dns_commands() {
+        let servers: Vec<IpAddr> = ["10.0.0.53", "fd00::53", "10.0.0.54"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let lines: Vec<String> = windows_commands("slopn0", &servers)
+            .iter()
+            .map(|a| a.join(" "))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "interface ipv4 set dnsservers name=slopn0 source=static address=10.0.0.53 \
+                 register=none validate=no",
+                "interface ipv4 add dnsservers name=slopn0 address=10.0.0.54 index=2 validate=no",
+                "interface ipv6 set dnsservers name=slopn0 source=static address=fd00::53 \
+                 register=none validate=no",
+            ]
+        );
+        assert!(windows_commands("slopn0", &[]).is_empty());
     }
 }

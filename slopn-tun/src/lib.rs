@@ -20,15 +20,22 @@
 
 mod device;
 mod dns;
+#[cfg(unix)]
 mod gateway;
+#[cfg(unix)]
 pub mod netns;
 mod offload;
 mod routes;
+#[cfg(windows)]
+mod wintun_reader;
 
 pub use device::{Tun, TunConfig, TunControl};
 pub use dns::set_dns;
+#[cfg(unix)]
 pub use gateway::{Gateway, default_uplink};
 pub use routes::Routes;
+#[cfg(windows)]
+pub use wintun_reader::WakeFn;
 
 use std::io;
 use std::sync::mpsc;
@@ -38,15 +45,36 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
     /// Creating TUN devices needs privileges.
-    #[error(
-        "permission denied: creating a TUN device needs root or the CAP_NET_ADMIN capability \
-         (run as root, or grant it: setcap cap_net_admin+ep <binary>)"
+    #[cfg_attr(
+        unix,
+        error(
+            "permission denied: creating a TUN device needs root or the CAP_NET_ADMIN \
+             capability (run as root, or grant it: setcap cap_net_admin+ep <binary>)"
+        )
+    )]
+    #[cfg_attr(
+        windows,
+        error(
+            "permission denied: creating a Wintun adapter needs an administrator (run the \
+             SloPN service, or an elevated prompt)"
+        )
     )]
     PermissionDenied,
-    /// The kernel offers no TUN driver here.
-    #[error(
-        "/dev/net/tun is missing: load the kernel module (modprobe tun) or, in a container, \
-         pass the device in (docker run --device /dev/net/tun --cap-add NET_ADMIN)"
+    /// The system offers no TUN driver here.
+    #[cfg_attr(
+        unix,
+        error(
+            "/dev/net/tun is missing: load the kernel module (modprobe tun) or, in a \
+             container, pass the device in (docker run --device /dev/net/tun --cap-add \
+             NET_ADMIN)"
+        )
+    )]
+    #[cfg_attr(
+        windows,
+        error(
+            "wintun.dll could not be loaded: put it beside spoke.exe (the installer does; \
+             download it from https://www.wintun.net and take the amd64 DLL)"
+        )
     )]
     NoTunDevice,
     /// Another interface has the name.

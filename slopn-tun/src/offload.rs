@@ -71,7 +71,10 @@ impl Receiver {
         vnet_hdr: bool,
         mut each: impl FnMut(&[u8]),
     ) -> io::Result<usize> {
+        #[cfg(not(target_os = "linux"))]
+        let _ = (vnet_hdr, &self.raw);
         let mut chunks = self.slots.chunks_mut(self.slot);
+        #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
         let mut bufs: [&mut [u8]; BATCH] =
             std::array::from_fn(|_| chunks.next().expect("one slot per packet"));
         let count = match () {
@@ -203,6 +206,8 @@ impl Sender {
     /// found a packet malformed. Packets come from the network, so no packet may end the
     /// loop; only a device that is gone ([`is_fatal`]) does.
     pub(crate) fn flush(&mut self, device: &SyncDevice, vnet_hdr: bool) -> io::Result<u64> {
+        #[cfg(not(target_os = "linux"))]
+        let _ = vnet_hdr;
         if self.queued == 0 {
             return Ok(0);
         }

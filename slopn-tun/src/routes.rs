@@ -13,8 +13,9 @@ use crate::{TunError, run};
 pub struct Routes {
     device: String,
     installed: Vec<IpNet>,
-    /// A host route keeping one destination (the hub) outside the tunnel.
-    bypass: Option<IpNet>,
+    /// A host route keeping one destination (the hub) outside the tunnel, and where it
+    /// goes (the words naming the gateway and interface, as the route was added).
+    bypass: Option<(IpNet, Vec<String>)>,
 }
 
 impl Routes {
@@ -33,11 +34,11 @@ impl Routes {
     /// A bypass that could not be removed is kept, to be removed by a later call or on drop.
     pub fn set_bypass(&mut self, dest: Option<std::net::IpAddr>) -> Result<(), TunError> {
         let wanted = dest.map(IpNet::from);
-        if wanted == self.bypass {
+        if wanted == self.bypass.as_ref().map(|(net, _)| *net) {
             return Ok(());
         }
-        if let Some(old) = self.bypass {
-            delete_host(old)?;
+        if let Some((old, via)) = &self.bypass {
+            delete_host(*old, via)?;
             self.bypass = None;
         }
         if let (Some(net), Some(dest)) = (wanted, dest) {
@@ -48,12 +49,9 @@ impl Routes {
                     stderr: format!("the hub {dest} is already routed into {}", self.device),
                 });
             }
-            let mut args = vec!["route".to_owned(), "replace".to_owned(), net.to_string()];
-            args.extend(via);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run("ip", &args)?;
+            add_host(net, &via)?;
             debug!(%net, "bypass route added");
-            self.bypass = Some(net);
+            self.bypass = Some((net, via));
         }
         Ok(())
     }
@@ -93,8 +91,8 @@ impl Routes {
 
 impl Drop for Routes {
     fn drop(&mut self) {
-        if let Some(net) = self.bypass.take()
-            && let Err(e) = delete_host(net)
+        if let Some((net, via)) = self.bypass.take()
+            && let Err(e) = delete_host(net, &via)
         {
             warn!(%net, error = %e, "could not remove the bypass route");
         }
@@ -116,6 +114,7 @@ fn delete(device: &str, net: IpNet) -> Result<(), TunError> {
 }
 
 /// `via GATEWAY dev DEVICE` (or `dev DEVICE` on-link) of the kernel's route to `dest` now.
+#[cfg(not(windows))]
 fn current_route(dest: std::net::IpAddr) -> Result<Vec<String>, TunError> {
     let out = run("ip", &["route", "get", &dest.to_string()])?;
     let words: Vec<&str> = out.split_whitespace().collect();
@@ -137,7 +136,17 @@ fn current_route(dest: std::net::IpAddr) -> Result<Vec<String>, TunError> {
     Ok(via)
 }
 
-fn delete_host(net: IpNet) -> Result<(), TunError> {
+#[cfg(not(windows))]
+fn add_host(net: IpNet, via: &[String]) -> Result<(), TunError> {
+    let mut args = vec!["route", "replace"];
+    let net = net.to_string();
+    args.push(&net);
+    args.extend(via.iter().map(String::as_str));
+    run("ip", &args).map(drop)
+}
+
+#[cfg(not(windows))]
+fn delete_host(net: IpNet, _via: &[String]) -> Result<(), TunError> {
     run("ip", &["route", "del", &net.to_string()]).map(drop)
 }
 
@@ -147,7 +156,7 @@ enum RouteAction {
     Delete,
 }
 
-#[cfg(not(target_os = "macos"))]
+#[cfg(not(any(target_os = "macos", windows)))]
 fn route(action: RouteAction, device: &str, net: IpNet) -> Result<(), TunError> {
     let family = if net.addr().is_ipv4() { "-4" } else { "-6" };
     let verb = match action {
@@ -178,4 +187,143 @@ fn route(action: RouteAction, device: &str, net: IpNet) -> Result<(), TunError> 
         &["-n", verb, family, &net.to_string(), "-interface", device],
     )
     .map(drop)
+}
+
+/// The interface index and next hop of Windows' route to `dest` now (`Find-NetRoute`).
+#[cfg(windows)]
+fn current_route(dest: std::net::IpAddr) -> Result<Vec<String>, TunError> {
+    let script = windows::find_route_script(dest);
+    let out = run(
+        "powershell",
+        &["-NoProfile", "-NonInteractive", "-Command", &script],
+    )?;
+    windows::parse_found_route(&out).ok_or_else(|| TunError::Command {
+        command: format!("Find-NetRoute -RemoteIPAddress {dest}"),
+        stderr: format!("no route to {dest}"),
+    })
+}
+
+#[cfg(windows)]
+fn add_host(net: IpNet, via: &[String]) -> Result<(), TunError> {
+    let args = windows::route_args("add", net, via);
+    run(
+        "netsh",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .map(drop)
+}
+
+#[cfg(windows)]
+fn delete_host(net: IpNet, via: &[String]) -> Result<(), TunError> {
+    let args = windows::route_args("delete", net, via);
+    run(
+        "netsh",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .map(drop)
+}
+
+#[cfg(windows)]
+fn route(action: RouteAction, device: &str, net: IpNet) -> Result<(), TunError> {
+    let verb = match action {
+        RouteAction::Add => "add",
+        RouteAction::Delete => "delete",
+    };
+    let args = windows::route_args(verb, net, &[format!("interface={device}")]);
+    match run(
+        "netsh",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ) {
+        // `add` of a route that exists: what `ip route replace` would leave.
+        Err(TunError::Command { stderr, .. })
+            if matches!(action, RouteAction::Add) && stderr.contains("already exists") =>
+        {
+            Ok(())
+        }
+        other => other.map(drop),
+    }
+}
+
+/// Windows' route commands, built apart from running them so that tests check them.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) mod windows {
+    use ipnet::IpNet;
+
+    /// `netsh interface ipv4|ipv6 VERB route prefix=NET` and the words after (the
+    /// interface, the next hop), only for this boot (`store=active`).
+    pub(crate) fn route_args(verb: &str, net: IpNet, via: &[String]) -> Vec<String> {
+        let family = if net.addr().is_ipv4() { "ipv4" } else { "ipv6" };
+        let mut args = vec![
+            "interface".to_owned(),
+            family.to_owned(),
+            verb.to_owned(),
+            "route".to_owned(),
+            format!("prefix={}", net.trunc()),
+        ];
+        args.extend(via.iter().cloned());
+        args.push("store=active".to_owned());
+        args
+    }
+
+    /// A PowerShell line printing `INTERFACE_INDEX NEXT_HOP` of the route to `dest`.
+    pub(crate) fn find_route_script(dest: std::net::IpAddr) -> String {
+        format!(
+            "$r = Find-NetRoute -RemoteIPAddress '{dest}' | Where-Object NextHop | \
+             Select-Object -First 1; if ($r) {{ \"$($r.InterfaceIndex) $($r.NextHop)\" }}"
+        )
+    }
+
+    /// `interface=INDEX nexthop=GATEWAY` from [`find_route_script`]'s output (an on-link
+    /// route, next hop `0.0.0.0` or `::`, has no `nexthop`).
+    pub(crate) fn parse_found_route(out: &str) -> Option<Vec<String>> {
+        let mut words = out.split_whitespace();
+        let index: u32 = words.next()?.parse().ok()?;
+        let hop: std::net::IpAddr = words.next()?.parse().ok()?;
+        let mut via = vec![format!("interface={index}")];
+        if !hop.is_unspecified() {
+            via.push(format!("nexthop={hop}"));
+        }
+        Some(via)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn route_commands() {
+            let net: IpNet = "10.1.2.3/8".parse().unwrap();
+            assert_eq!(
+                route_args("add", net, &["interface=slopn0".into()]).join(" "),
+                "interface ipv4 add route prefix=10.0.0.0/8 interface=slopn0 store=active"
+            );
+            let net: IpNet = "::/1".parse().unwrap();
+            assert_eq!(
+                route_args(
+                    "delete",
+                    net,
+                    &["interface=12".into(), "nexthop=fe80::1".into()]
+                )
+                .join(" "),
+                "interface ipv6 delete route prefix=::/1 interface=12 nexthop=fe80::1 \
+                 store=active"
+            );
+        }
+
+        #[test]
+        fn found_routes() {
+            assert_eq!(
+                parse_found_route("12 192.168.1.1\r\n").unwrap(),
+                ["interface=12", "nexthop=192.168.1.1"]
+            );
+            assert_eq!(parse_found_route("7 0.0.0.0").unwrap(), ["interface=7"]);
+            for bad in ["", "x 1.2.3.4", "12", "12 nowhere"] {
+                assert_eq!(parse_found_route(bad), None, "{bad}");
+            }
+            assert!(
+                find_route_script("203.0.113.9".parse().unwrap())
+                    .contains("Find-NetRoute -RemoteIPAddress '203.0.113.9'")
+            );
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! A real TUN device and real routes, inside a network namespace of the test's own.
 
+#![cfg(target_os = "linux")]
+
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 

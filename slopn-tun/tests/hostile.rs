@@ -5,6 +5,8 @@
 //! the kernel receives, read back from a capture, must be well-formed, must carry every
 //! untouched packet's bytes at their place, and must not hold more than was written.
 
+#![cfg(target_os = "linux")]
+
 use std::time::{Duration, Instant};
 
 mod support;
