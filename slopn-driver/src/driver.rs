@@ -3,6 +3,7 @@
 //! its two file descriptors, its wake-up and its deadline, and calls the steps.
 
 use std::io;
+#[cfg(unix)]
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,6 +67,21 @@ impl<M: Machine> Driver<M> {
     ) -> Result<(Self, Remote<M>), RunError> {
         let udp = Udp::new(socket, options.socket_buffer, options.max_udp_payload)
             .map_err(io_error("setting up the UDP socket"))?;
+        #[cfg(windows)]
+        let tun = {
+            let mut tun = tun;
+            let wake = wake.clone();
+            tun.start_reader(Arc::new(move || wake.wake()))
+                .map_err(|e| match e {
+                    slopn_tun::TunError::Io { source, .. } => {
+                        io_error("starting the Wintun reading thread")(source)
+                    }
+                    other => io_error("starting the Wintun reading thread")(io::Error::other(
+                        other.to_string(),
+                    )),
+                })?;
+            tun
+        };
         let worker = Worker::spawn(System::new(tun.control()), wake.clone())
             .map_err(io_error("starting the OS helper thread"))?;
         let (inbox, remote) = Inbox::new(wake);
@@ -90,13 +106,24 @@ impl<M: Machine> Driver<M> {
 
     /// The UDP socket's descriptor, to wait on (readable; writable while
     /// [`udp_blocked`](Self::udp_blocked)).
+    #[cfg(unix)]
     pub fn udp_fd(&self) -> BorrowedFd<'_> {
         self.udp.socket.as_fd()
     }
 
     /// The TUN device's descriptor, to wait on (readable).
+    #[cfg(unix)]
     pub fn tun_fd(&self) -> BorrowedFd<'_> {
         self.tun.as_fd()
+    }
+
+    /// Windows: the UDP socket, for the mio loop to register (readable; writable while
+    /// [`udp_blocked`](Self::udp_blocked)). The TUN device has nothing to wait on: its
+    /// reading thread wakes the loop through the [`Wake`] given to [`Driver::new`], after
+    /// which [`read_tun`](Self::read_tun) finds the packets.
+    #[cfg(windows)]
+    pub fn udp_source(&mut self) -> &mut mio::net::UdpSocket {
+        &mut self.udp.socket
     }
 
     /// When to call [`step`](Self::step) at the latest: the machine's next timer, or the

@@ -9,9 +9,31 @@ use tracing::{debug, warn};
 /// Room for one receive call's worth of coalesced datagrams per slot.
 const SLOT: usize = 64 * 1024;
 
+/// The socket type: std's on Unix, where any runtime waits on its descriptor; mio's on
+/// Windows, where mio's readiness is re-armed only by calls made through it
+/// ([`syscall`]), so the mio loop registers this very socket.
+#[cfg(unix)]
+pub(crate) type Socket = std::net::UdpSocket;
+/// The socket type (see the Unix definition).
+#[cfg(windows)]
+pub(crate) type Socket = mio::net::UdpSocket;
+
+/// Makes one socket call: directly on Unix; on Windows through mio's `try_io`, which
+/// re-arms the socket's readiness when the call would block.
+#[cfg(unix)]
+fn syscall<T>(_socket: &Socket, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    f()
+}
+
+/// Makes one socket call (see the Unix definition).
+#[cfg(windows)]
+fn syscall<T>(socket: &Socket, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    socket.try_io(f)
+}
+
 /// A non-blocking UDP socket with quinn-udp's offloads and one pending transmit.
 pub(crate) struct Udp {
-    pub(crate) socket: std::net::UdpSocket,
+    pub(crate) socket: Socket,
     state: UdpSocketState,
     recv_buf: Vec<u8>,
     metas: [RecvMeta; BATCH_SIZE],
@@ -32,6 +54,8 @@ impl Udp {
         max_payload: u16,
     ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
+        #[cfg(windows)]
+        let socket = mio::net::UdpSocket::from_std(socket);
         let state = UdpSocketState::new((&socket).into())?;
         no_receive_timestamps(&socket);
         for (what, set, get) in [
@@ -92,9 +116,10 @@ impl Udp {
         let mut chunks = self.recv_buf.chunks_mut(SLOT);
         let mut slices: [IoSliceMut<'_>; BATCH_SIZE] =
             std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("one slot per slice")));
-        let n = self
-            .state
-            .recv((&self.socket).into(), &mut slices, &mut self.metas)?;
+        let n = syscall(&self.socket, || {
+            self.state
+                .recv((&self.socket).into(), &mut slices, &mut self.metas)
+        })?;
         for (meta, slot) in self.metas[..n].iter().zip(self.recv_buf.chunks(SLOT)) {
             let ecn = meta.ecn.and_then(|e| EcnCodepoint::from_bits(e as u8));
             let stride = meta.stride.max(1);
@@ -107,7 +132,8 @@ impl Udp {
                 });
             }
         }
-        Ok(n == BATCH_SIZE)
+        // Windows: mio's readiness comes back only after a call saw `WouldBlock`.
+        Ok(n == BATCH_SIZE || cfg!(windows))
     }
 
     /// Whether a transmit waits for the socket to become writable.
@@ -170,12 +196,18 @@ impl Udp {
             segment_size: t.segment_size,
             src_ip: t.src_ip,
         };
-        self.state.try_send((&self.socket).into(), &transmit)
+        syscall(&self.socket, || {
+            self.state.try_send((&self.socket).into(), &transmit)
+        })
     }
 
     fn count_error(&mut self, e: &io::Error) {
         // EMSGSIZE: an MTU probe larger than the local interface allows. Expected.
-        if e.raw_os_error() == Some(libc::EMSGSIZE) {
+        #[cfg(unix)]
+        const EMSGSIZE: i32 = libc::EMSGSIZE;
+        #[cfg(windows)]
+        const EMSGSIZE: i32 = 10040; // WSAEMSGSIZE
+        if e.raw_os_error() == Some(EMSGSIZE) {
             return;
         }
         self.send_errors += 1;
@@ -190,7 +222,8 @@ impl Udp {
 /// as quic-go and wireguard-go do. The default cap (4 MiB here, 208 KiB on many systems)
 /// holds a few thousand handshake packets: a 10,000-spoke reconnect storm overflowed it.
 /// Returns whether the kernel took it.
-fn force_buffer(socket: &std::net::UdpSocket, receive: bool, bytes: usize) -> bool {
+#[cfg(unix)]
+fn force_buffer(socket: &Socket, receive: bool, bytes: usize) -> bool {
     use nix::sys::socket::{setsockopt, sockopt};
     let result = if receive {
         setsockopt(socket, sockopt::RcvBufForce, &bytes)
@@ -203,14 +236,25 @@ fn force_buffer(socket: &std::net::UdpSocket, receive: bool, bytes: usize) -> bo
 /// Turns off the receive timestamp quinn-udp asks for: nothing reads it, and it costs a
 /// control message (and a clock read in the kernel) per datagram, which is most of the
 /// datagrams received when the path has no GRO.
-fn no_receive_timestamps(socket: &std::net::UdpSocket) {
+#[cfg(unix)]
+fn no_receive_timestamps(socket: &Socket) {
     use nix::sys::socket::{setsockopt, sockopt::ReceiveTimestampns};
     if let Err(e) = setsockopt(socket, ReceiveTimestampns, &false) {
         debug!("could not turn off UDP receive timestamps: {e}");
     }
 }
 
-#[cfg(test)]
+/// Windows has no cap to pass: the size asked is the size granted.
+#[cfg(windows)]
+fn force_buffer(_socket: &Socket, _receive: bool, _bytes: usize) -> bool {
+    false
+}
+
+/// Windows' quinn-udp asks for no receive timestamps.
+#[cfg(windows)]
+fn no_receive_timestamps(_socket: &Socket) {}
+
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

@@ -1,14 +1,21 @@
 //! The loop thread: waits on one `mio::Poll` and calls the driver's steps.
+//!
+//! On Unix it waits on the UDP socket's and the TUN device's descriptors. On Windows it
+//! waits on the UDP socket (mio's own) and its waker: Wintun has nothing to wait on, so the
+//! device's reading thread wakes the loop, and every wake-up also looks at the device.
 
 use std::io;
+#[cfg(unix)]
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+#[cfg(unix)]
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slopn_driver::{Driver, Machine, RunError, io_error};
 
 const UDP: Token = Token(0);
+#[cfg(unix)]
 const TUN: Token = Token(1);
 pub(crate) const WAKER: Token = Token(2);
 
@@ -19,14 +26,45 @@ pub(crate) fn run<M: Machine>(mut driver: Driver<M>, poll: Poll) -> Result<(), R
     result
 }
 
-fn drive<M: Machine>(driver: &mut Driver<M>, mut poll: Poll) -> Result<(), RunError> {
+/// Registers the UDP socket (and on Unix the TUN device) with `poll`.
+#[cfg(unix)]
+fn register<M: Machine>(driver: &mut Driver<M>, poll: &Poll) -> Result<(), RunError> {
     let (udp_fd, tun_fd) = (driver.udp_fd().as_raw_fd(), driver.tun_fd().as_raw_fd());
     poll.registry()
         .register(&mut SourceFd(&udp_fd), UDP, Interest::READABLE)
         .map_err(io_error("registering the UDP socket"))?;
     poll.registry()
         .register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)
-        .map_err(io_error("registering the TUN device"))?;
+        .map_err(io_error("registering the TUN device"))
+}
+
+/// Registers the UDP socket with `poll` (the TUN device's thread wakes the loop instead).
+#[cfg(windows)]
+fn register<M: Machine>(driver: &mut Driver<M>, poll: &Poll) -> Result<(), RunError> {
+    poll.registry()
+        .register(driver.udp_source(), UDP, Interest::READABLE)
+        .map_err(io_error("registering the UDP socket"))
+}
+
+/// Watches the UDP socket for `interest`.
+fn reregister<M: Machine>(
+    driver: &mut Driver<M>,
+    poll: &Poll,
+    interest: Interest,
+) -> Result<(), RunError> {
+    #[cfg(unix)]
+    let result =
+        poll.registry()
+            .reregister(&mut SourceFd(&driver.udp_fd().as_raw_fd()), UDP, interest);
+    #[cfg(windows)]
+    let result = poll
+        .registry()
+        .reregister(driver.udp_source(), UDP, interest);
+    result.map_err(io_error("watching the UDP socket"))
+}
+
+fn drive<M: Machine>(driver: &mut Driver<M>, mut poll: Poll) -> Result<(), RunError> {
+    register(driver, &poll)?;
 
     let mut events = Events::with_capacity(64);
     // Edge-triggered: both sources start out possibly readable and stay so until a read
@@ -52,8 +90,13 @@ fn drive<M: Machine>(driver: &mut Driver<M>, mut poll: Poll) -> Result<(), RunEr
                     udp_readable |= event.is_readable();
                     udp_writable |= event.is_writable();
                 }
+                #[cfg(unix)]
                 TUN => tun_readable |= event.is_readable(),
-                _ => woken = true,
+                _ => {
+                    woken = true;
+                    // Windows: the device's reading thread wakes the loop this way.
+                    tun_readable |= cfg!(windows);
+                }
             }
         }
         let now = Instant::now();
@@ -79,9 +122,7 @@ fn drive<M: Machine>(driver: &mut Driver<M>, mut poll: Poll) -> Result<(), RunEr
             } else {
                 Interest::READABLE
             };
-            poll.registry()
-                .reregister(&mut SourceFd(&udp_fd), UDP, interest)
-                .map_err(io_error("watching the UDP socket"))?;
+            reregister(driver, &poll, interest)?;
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The runtime suite (`slopn-driver/tests/suite`) on mio's event loop.
 
+#![cfg(target_os = "linux")]
+
 #[path = "../../slopn-driver/tests/suite/mod.rs"]
 mod suite;
 
