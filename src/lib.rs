@@ -34,5 +34,6 @@ pub use slopn_control as control;
 pub use slopn_driver as driver;
 pub use slopn_mio as mio;
 pub use slopn_proto as proto;
+#[cfg(unix)]
 pub use slopn_tokio as tokio;
 pub use slopn_tun as tun;

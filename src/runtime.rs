@@ -32,7 +32,8 @@ impl Runtime {
 pub enum Loop<M: Machine> {
     /// On mio's thread.
     Mio(slopn_mio::Handle<M>),
-    /// On a tokio runtime of its own.
+    /// On a tokio runtime of its own (Unix: slopn-tokio waits on descriptors).
+    #[cfg(unix)]
     Tokio {
         /// The task's handle.
         handle: slopn_tokio::Handle<M>,
@@ -57,6 +58,11 @@ impl<M: Machine> Loop<M> {
             Runtime::Mio => slopn_mio::spawn(machine, tun, socket, options)
                 .map(Self::Mio)
                 .map_err(|e| e.to_string()),
+            #[cfg(windows)]
+            Runtime::Tokio => Err("runtime = \"tokio\" is not available on Windows: remove \
+                                   the line, or set runtime = \"mio\""
+                .to_owned()),
+            #[cfg(unix)]
             Runtime::Tokio => {
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(1)
@@ -77,6 +83,7 @@ impl<M: Machine> Loop<M> {
     pub fn stop(&self) {
         match self {
             Self::Mio(h) => h.stop(),
+            #[cfg(unix)]
             Self::Tokio { handle, .. } => handle.stop(),
         }
     }
@@ -85,6 +92,7 @@ impl<M: Machine> Loop<M> {
     pub fn command(&self, command: M::Command) {
         match self {
             Self::Mio(h) => h.command(command),
+            #[cfg(unix)]
             Self::Tokio { handle, .. } => handle.command(command),
         }
     }
@@ -94,6 +102,7 @@ impl<M: Machine> Loop<M> {
         match self {
             Self::Mio(h) => h.stats(),
             // Timers need the runtime's context: made inside the futures.
+            #[cfg(unix)]
             Self::Tokio { handle, runtime } => runtime
                 .block_on(async { tokio::time::timeout(STATS_TIMEOUT, handle.stats()).await })
                 .ok()
@@ -105,6 +114,7 @@ impl<M: Machine> Loop<M> {
     pub fn next_event(&self, timeout: Duration) -> Result<M::Event, RecvTimeoutError> {
         match self {
             Self::Mio(h) => h.next_event(timeout),
+            #[cfg(unix)]
             Self::Tokio { handle, runtime } => {
                 let next = async { tokio::time::timeout(timeout, handle.next_event()).await };
                 match runtime.block_on(next) {
@@ -120,6 +130,7 @@ impl<M: Machine> Loop<M> {
     pub fn events(&self) -> impl Iterator<Item = M::Event> + '_ {
         std::iter::from_fn(move || match self {
             Self::Mio(h) => h.events().next(),
+            #[cfg(unix)]
             Self::Tokio { handle, runtime } => runtime.block_on(handle.next_event()),
         })
     }
@@ -128,6 +139,7 @@ impl<M: Machine> Loop<M> {
     pub fn is_finished(&self) -> bool {
         match self {
             Self::Mio(h) => h.is_finished(),
+            #[cfg(unix)]
             Self::Tokio { handle, .. } => handle.is_finished(),
         }
     }
@@ -136,6 +148,7 @@ impl<M: Machine> Loop<M> {
     pub fn join(&self) -> Result<(), RunError> {
         match self {
             Self::Mio(h) => h.join(),
+            #[cfg(unix)]
             Self::Tokio { handle, runtime } => runtime.block_on(handle.join()),
         }
     }

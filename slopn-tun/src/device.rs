@@ -156,7 +156,7 @@ impl Tun {
     /// `WouldBlock` when nothing was waiting. A super-packet that cannot be split is
     /// dropped and counted ([`Self::dropped_reads`]).
     ///
-    /// On Windows the packets come from the reading thread ([`Self::start_reader`]).
+    /// On Windows the packets come from the reading thread (`Tun::start_reader`).
     pub fn recv_packets(&mut self, each: impl FnMut(&[u8])) -> io::Result<usize> {
         #[cfg(windows)]
         if let Some(reader) = &mut self.reader {

@@ -215,6 +215,7 @@ fn run_within(
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     #[test]
     fn a_command_that_hangs_is_killed_after_the_timeout() {
         let start = Instant::now();
@@ -230,6 +231,17 @@ mod tests {
         );
     }
 
+    #[cfg(windows)]
+    #[test]
+    fn a_windows_command_answers_with_its_output_or_its_error() {
+        assert_eq!(run("cmd", &["/c", "echo hello"]).unwrap().trim(), "hello");
+        let e = run("cmd", &["/c", "exit 1"]).unwrap_err();
+        assert!(matches!(e, TunError::Command { .. }), "{e}");
+        let e = run("no-such-program-slopn", &[]).unwrap_err();
+        assert!(matches!(e, TunError::Io { .. }), "{e}");
+    }
+
+    #[cfg(unix)]
     #[test]
     fn a_command_answers_with_its_output_or_its_error() {
         assert_eq!(run("echo", &["hello"]).unwrap(), "hello\n");
