@@ -165,7 +165,12 @@ fn accept(listener: Listener, shared: Weak<Shared>) {
         if shared.stopping.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(mut stream) = stream else { continue };
+        let Ok(mut stream) = stream else {
+            // Out of descriptors, or (Windows) no new pipe instance: let it pass rather
+            // than spin.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
         if shared.clients.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
             shared.clients.fetch_sub(1, Ordering::Relaxed);
             shared.counters.busy.fetch_add(1, Ordering::Relaxed);
