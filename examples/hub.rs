@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             )
         })
         .map_err(|e| e.to_string()),
-        Command::Run { config } => slopn::daemon::run_hub(&config, slopn::logs::init()),
+        Command::Run { config } => slopn::hub::run_hub(&config, slopn::logs::init()),
         Command::Status { socket, json } => control::request(&socket, &Request::Status)
             .map(|v| print_status(&v["status"], json))
             .map_err(|e| explain(&e)),

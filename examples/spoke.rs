@@ -36,20 +36,36 @@ enum Command {
     },
     /// Run the spoke service: no tunnel until a client (the desktop app, `spoke connect`)
     /// asks for one; profiles are imported over the control socket. Runs as root (or with
-    /// CAP_NET_ADMIN), normally from systemd (slopn-spoke.service).
+    /// CAP_NET_ADMIN), normally from systemd (slopn-spoke.service); on Windows as a
+    /// service (`spoke service install`).
     Service {
-        /// The control socket (mode 0660 and group --group if that group exists, else 0600).
-        #[arg(long, default_value = slopn::control::SPOKE_SOCKET)]
+        /// Install or remove the Windows service (on Linux the package's systemd unit does
+        /// this).
+        #[command(subcommand)]
+        action: Option<ServiceAction>,
+        /// The control socket (mode 0660 and group --group if that group exists, else 0600;
+        /// on Windows a named pipe).
+        #[arg(long, global = true, default_value = slopn::control::SPOKE_SOCKET)]
         socket: PathBuf,
-        /// Where profiles are kept (created mode 0700).
-        #[arg(long, default_value = service::PROFILES)]
+        /// Where profiles are kept (created for the owner only).
+        #[arg(long, global = true, default_value = service::PROFILES)]
         profiles: PathBuf,
         /// The group whose members may use the socket.
-        #[arg(long, default_value = service::GROUP)]
+        #[cfg(unix)]
+        #[arg(long, global = true, default_value = service::GROUP)]
         group: String,
+        /// An account allowed to use the pipe besides SYSTEM and the Administrators, by
+        /// security identifier (`S-1-5-21-…`); `install` adds the user running it.
+        #[cfg(windows)]
+        #[arg(long = "allow-user", global = true, value_name = "SID")]
+        users: Vec<String>,
+        /// Run under the service control manager (what `install` registers).
+        #[cfg(windows)]
+        #[arg(long, hide = true)]
+        windows_service: bool,
         /// Serve Prometheus metrics of the tunnel at this address (`GET /metrics`), e.g.
         /// 127.0.0.1:9465; off by default.
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, global = true, value_name = "ADDR")]
         metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Show the tunnel: state, addresses, RTT, bytes and rates each way, drops.
@@ -108,6 +124,15 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ServiceAction {
+    /// Register the service (automatic start) and start it; the user running this may use
+    /// its pipe. Needs an elevated prompt.
+    Install,
+    /// Stop the service and remove it. Needs an elevated prompt.
+    Uninstall,
+}
+
 #[derive(clap::Args)]
 struct Socket {
     /// The control socket of the spoke or the spoke service.
@@ -119,19 +144,42 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run { config } => slopn::daemon::run_spoke(&config, slopn::logs::init()),
         Command::Service {
+            action,
             socket,
             profiles,
+            #[cfg(unix)]
             group,
+            #[cfg(windows)]
+            users,
+            #[cfg(windows)]
+            windows_service,
             metrics_listen,
-        } => service::run_service(
-            &ServiceOptions {
+        } => {
+            let options = ServiceOptions {
                 socket,
                 profiles,
+                #[cfg(unix)]
                 group,
+                #[cfg(windows)]
+                users,
                 metrics_listen,
-            },
-            slopn::logs::init(),
-        ),
+            };
+            match action {
+                #[cfg(windows)]
+                Some(ServiceAction::Install) => slopn::win_service::install(&options),
+                #[cfg(windows)]
+                Some(ServiceAction::Uninstall) => slopn::win_service::uninstall(),
+                #[cfg(unix)]
+                Some(_) => Err("on Linux the package installs the service as systemd's \
+                                slopn-spoke.service: sudo systemctl enable --now slopn-spoke"
+                    .into()),
+                #[cfg(windows)]
+                None if windows_service => {
+                    slopn::win_service::run_dispatcher(options, slopn::logs::init())
+                }
+                None => service::run_service(&options, slopn::logs::init()),
+            }
+        }
         command => client(command),
     };
     match result {

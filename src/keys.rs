@@ -3,7 +3,6 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -33,15 +32,21 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
 }
 
 fn write_mode(path: &Path, contents: &[u8], mode: u32) -> Result<(), ConfigError> {
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
     let fail = |e: std::io::Error| ConfigError(format!("cannot write {}: {e}", path.display()));
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(fail)?;
     }
     let _ = std::fs::remove_file(path);
-    let mut file = OpenOptions::new()
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    options.mode(mode);
+    #[cfg(not(unix))]
+    let _ = mode; // `hub init` and `add-spoke` are for the hub, on Linux.
+    let mut file = options
         .write(true)
         .create_new(true)
-        .mode(mode)
         .open(path)
         .map_err(fail)?;
     file.write_all(contents).map_err(fail)

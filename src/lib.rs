@@ -14,21 +14,29 @@
 //!   errors as sentences for the command-line tools.
 //! - [`config`]: the TOML configuration files; [`keys`]: `hub init` and `hub add-spoke`;
 //!   [`status`]: the control socket's documents; [`logs`]: logging, also to the socket;
-//!   [`metrics`]: Prometheus metrics over HTTP.
-//! - [`daemon`]: running a hub, or a spoke from one file ([`tunnel`]); [`service`]: the
-//!   spoke service behind the desktop client, with its [`profiles`].
+//!   [`metrics`]: Prometheus metrics over HTTP; [`private`]: files for their owner only.
+//! - [`hub`]: running a hub (Linux); [`daemon`]: a spoke from one file ([`tunnel`]); [`service`]: the
+//!   spoke service behind the desktop client, with its [`profiles`]; on Windows
+//!   `win_service` (Windows) runs it under the service control manager
+//!   ([`win_service_args`]: its command line).
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[cfg(unix)]
+pub mod hub;
 pub mod keys;
 pub mod logs;
 pub mod metrics;
+pub mod private;
 pub mod profiles;
 pub mod runtime;
 pub mod service;
 pub mod status;
 pub mod tunnel;
+#[cfg(windows)]
+pub mod win_service;
+pub mod win_service_args;
 
 pub use slopn_control as control;
 pub use slopn_driver as driver;

@@ -2,9 +2,8 @@
 //! in a directory only root can read, each checked before it is saved and saved whole or
 //! not at all.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -72,12 +71,7 @@ impl ProfileStore {
     /// Opens the store at `dir`, creating it readable by its owner only.
     pub fn open(dir: &Path) -> Result<Self, String> {
         let fail = |e: std::io::Error| format!("profile directory {}: {e}", dir.display());
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(fail)?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
+        crate::private::create_dir(dir).map_err(fail)?;
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -161,10 +155,9 @@ impl ProfileStore {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let created = (|| {
-            let mut file = OpenOptions::new()
+            let mut file = crate::private::open_options()
                 .write(true)
                 .create_new(true)
-                .mode(0o600)
                 .open(&temporary)?;
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
@@ -172,7 +165,7 @@ impl ProfileStore {
         })();
         let _ = fs::remove_file(&temporary);
         created?;
-        File::open(&self.dir)?.sync_all()
+        crate::private::sync_dir(&self.dir)
     }
 
     /// Deletes profile `name`.

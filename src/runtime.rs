@@ -43,6 +43,7 @@ pub enum Loop<M: Machine> {
 }
 
 /// How long a statistics request may take before the loop is taken as stuck.
+#[cfg(unix)]
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl<M: Machine> Loop<M> {

@@ -25,8 +25,13 @@ use crate::profiles::ProfileStore;
 use crate::tunnel::{Origin, Resolved, Tunnel};
 
 /// Where the service keeps profiles.
+#[cfg(unix)]
 pub const PROFILES: &str = "/var/lib/slopn/profiles";
+/// Where the service keeps profiles (SYSTEM's and the Administrators' alone).
+#[cfg(windows)]
+pub const PROFILES: &str = r"C:\ProgramData\SloPN\profiles";
 /// The group whose members may use the service's socket (if the group exists).
+#[cfg(unix)]
 pub const GROUP: &str = "slopn";
 
 /// Where the service keeps things and who may talk to it.
@@ -38,7 +43,12 @@ pub struct ServiceOptions {
     pub profiles: PathBuf,
     /// The group given access to the socket (mode 0660) when it exists; else the socket is
     /// root's alone (0600).
+    #[cfg(unix)]
     pub group: String,
+    /// Windows: the accounts (security identifiers, `S-1-5-21-…`) allowed to use the pipe
+    /// besides SYSTEM and the Administrators: the user who installed the service.
+    #[cfg(windows)]
+    pub users: Vec<String>,
     /// Where to serve Prometheus metrics (`GET /metrics`) of the tunnel the service runs,
     /// if anywhere.
     pub metrics_listen: Option<SocketAddr>,
@@ -49,17 +59,19 @@ impl Default for ServiceOptions {
         Self {
             socket: slopn_control::SPOKE_SOCKET.into(),
             profiles: PROFILES.into(),
+            #[cfg(unix)]
             group: GROUP.into(),
+            #[cfg(windows)]
+            users: Vec::new(),
             metrics_listen: None,
         }
     }
 }
 
-/// Runs the service until SIGINT or SIGTERM, then disconnects in an orderly way; `logs` is
-/// the log topic from [`crate::logs::init`].
-pub fn run_service(options: &ServiceOptions, logs: Arc<Topic>) -> Result<(), String> {
-    let store = ProfileStore::open(&options.profiles)?;
-    let access = match nix::unistd::Group::from_name(&options.group) {
+/// Who may use the socket: root and the group, if it exists.
+#[cfg(unix)]
+fn access(options: &ServiceOptions) -> Access {
+    match nix::unistd::Group::from_name(&options.group) {
         Ok(Some(group)) => Access::group(group.gid.as_raw()),
         _ => {
             warn!(
@@ -70,7 +82,43 @@ pub fn run_service(options: &ServiceOptions, logs: Arc<Topic>) -> Result<(), Str
             );
             Access::OWNER
         }
-    };
+    }
+}
+
+/// Who may use the pipe: SYSTEM, the Administrators and the listed accounts.
+#[cfg(windows)]
+fn access(options: &ServiceOptions) -> Access {
+    if options.users.is_empty() {
+        warn!(
+            "no user allowed: the control pipe is for SYSTEM and the Administrators only; \
+             reinstall from the user's elevated prompt (spoke service install) to let them use it"
+        );
+    }
+    Access::users(options.users.clone())
+}
+
+/// Runs the service until SIGINT or SIGTERM (Ctrl-C on Windows), then disconnects in an
+/// orderly way; `logs` is the log topic from [`crate::logs::init`].
+pub fn run_service(options: &ServiceOptions, logs: Arc<Topic>) -> Result<(), String> {
+    let (stop, stopped) = std::sync::mpsc::channel();
+    handle_signals(
+        move || {
+            let _ = stop.send(());
+        },
+        || info!("SIGHUP ignored by the spoke service"),
+    )?;
+    serve_until(options, logs, &stopped)
+}
+
+/// Runs the service until `stop` receives (or its sender is dropped), then disconnects in
+/// an orderly way. The Windows service's control handler stops it this way.
+pub fn serve_until(
+    options: &ServiceOptions,
+    logs: Arc<Topic>,
+    stop: &std::sync::mpsc::Receiver<()>,
+) -> Result<(), String> {
+    let store = ProfileStore::open(&options.profiles)?;
+    let access = access(options);
     let events = Arc::new(Topic::new(0));
     let service = Arc::new(SpokeService {
         store,
@@ -79,11 +127,12 @@ pub fn run_service(options: &ServiceOptions, logs: Arc<Topic>) -> Result<(), Str
         current: Mutex::new(Current::default()),
         stopping: AtomicBool::new(false),
     });
+    let allowed = format!("{access:?}");
     let server = Server::start(&options.socket, access, service.clone(), events, logs)
         .map_err(|e| e.to_string())?;
     info!(
         socket = %options.socket.display(),
-        mode = format!("{:o}", access.mode),
+        access = allowed,
         profiles = %options.profiles.display(),
         "spoke service ready"
     );
@@ -91,14 +140,7 @@ pub fn run_service(options: &ServiceOptions, logs: Arc<Topic>) -> Result<(), Str
     let _metrics = metrics::serve(options.metrics_listen, move |registry| {
         Some(metrics::spoke(registry, &source.status()))
     })?;
-    let (stop, stopped) = std::sync::mpsc::channel();
-    handle_signals(
-        move || {
-            let _ = stop.send(());
-        },
-        || info!("SIGHUP ignored by the spoke service"),
-    )?;
-    let _ = stopped.recv();
+    let _ = stop.recv();
     // No new tunnel from here on, then the one there is, in order.
     service.stopping.store(true, Ordering::Relaxed);
     drop(server);

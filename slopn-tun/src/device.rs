@@ -307,13 +307,21 @@ impl AsFd for Tun {
 #[cfg(windows)]
 fn open_error(e: io::Error, _config: &TunConfig) -> TunError {
     // ERROR_ACCESS_DENIED; loading a missing DLL fails with ERROR_MOD_NOT_FOUND, or as a
-    // libloading error that names the file.
+    // libloading error without a code.
     match e.raw_os_error() {
         Some(5) => TunError::PermissionDenied,
         Some(126) => TunError::NoTunDevice,
-        _ if e.to_string().to_ascii_lowercase().contains("wintun") => TunError::NoTunDevice,
+        _ if is_missing_dll(&e.to_string()) => TunError::NoTunDevice,
         _ => TunError::io("creating the Wintun adapter", e),
     }
+}
+
+/// Whether tun-rs's error says `wintun.dll` could not be loaded (libloading reports
+/// "LoadLibraryExW failed" without an OS code).
+#[cfg_attr(unix, allow(dead_code))]
+fn is_missing_dll(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("wintun.dll") || message.contains("loadlibrary")
 }
 
 #[cfg(unix)]
@@ -323,5 +331,15 @@ fn open_error(e: io::Error, config: &TunConfig) -> TunError {
         Some(libc::ENOENT | libc::ENODEV) => TunError::NoTunDevice,
         Some(libc::EBUSY) => TunError::NameInUse(config.name.clone().unwrap_or_default()),
         _ => TunError::io("creating the TUN device", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_wintun_dll_is_recognised() {
+        assert!(super::is_missing_dll("LoadLibraryExW failed"));
+        assert!(super::is_missing_dll("could not load wintun.dll"));
+        assert!(!super::is_missing_dll("the adapter name is in use"));
     }
 }

@@ -35,7 +35,7 @@ pub struct Lab {
 }
 
 /// The directory holding the example binaries next to this test binary.
-fn examples_dir() -> PathBuf {
+pub(crate) fn examples_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().join("examples")
 }

@@ -9,6 +9,7 @@ mod metrics;
 mod pmtu;
 mod service;
 mod traffic;
+mod windows;
 
 use std::time::Duration;
 
