@@ -20,24 +20,55 @@ pub enum ServiceAccess {
     Problem(String),
 }
 
+/// What to run about the service, in this system's words.
+#[cfg(not(windows))]
+mod fix {
+    /// Starts the service.
+    pub const START: &str = "sudo systemctl start slopn-spoke";
+    /// Restarts the service.
+    pub const RESTART: &str = "sudo systemctl restart slopn-spoke";
+    /// Why this user may not use the service, and how they may.
+    pub const FORBIDDEN: &str = "belongs to the group slopn). Add yourself to that group \
+                                 with: sudo usermod -aG slopn $USER, then log out and back in.";
+    /// Where an old service is updated.
+    pub const UPDATE: &str = "Update the slopn package";
+}
+
+/// What to run about the service, in this system's words.
+#[cfg(windows)]
+mod fix {
+    /// Starts the service.
+    pub const START: &str = "sc start SloPN (in a prompt run as administrator), or install \
+                             it there: spoke service install";
+    /// Restarts the service.
+    pub const RESTART: &str = "sc stop SloPN, then sc start SloPN (in a prompt run as \
+                               administrator)";
+    /// Why this user may not use the service, and how they may.
+    pub const FORBIDDEN: &str = "allows SYSTEM, the Administrators and the user who \
+                                 installed the service). Reinstall it from your own \
+                                 prompt run as administrator: spoke service uninstall, then \
+                                 spoke service install.";
+    /// Where an old service is updated.
+    pub const UPDATE: &str = "Install the new SloPN";
+}
+
 impl ServiceAccess {
     /// The sentence for a failure to talk to the service at `socket`.
     pub fn from_error(error: &ClientError) -> Self {
         Self::Problem(match error {
             ClientError::NotRunning(path) => format!(
-                "The SloPN service is not running (nothing answers on {}). Start it with: sudo \
-                 systemctl start slopn-spoke",
-                path.display()
+                "The SloPN service is not running (nothing answers on {}). Start it with: {}",
+                path.display(),
+                fix::START
             ),
             ClientError::Forbidden(path) => format!(
-                "You may not use the SloPN service ({} belongs to the group slopn). Add \
-                 yourself to that group with: sudo usermod -aG slopn $USER, then log out and \
-                 back in.",
-                path.display()
+                "You may not use the SloPN service ({} {}",
+                path.display(),
+                fix::FORBIDDEN
             ),
             other => format!(
-                "Cannot talk to the SloPN service: {other}. Restart it with: sudo systemctl \
-                 restart slopn-spoke"
+                "Cannot talk to the SloPN service: {other}. Restart it with: {}",
+                fix::RESTART
             ),
         })
     }
@@ -46,25 +77,25 @@ impl ServiceAccess {
     pub fn from_version(version: &VersionInfo) -> Self {
         use slopn_control::Role;
         if version.protocol < 2 {
-            return Self::Problem(
-                "The SloPN service is older than this app and cannot manage profiles. Update \
-                 the slopn package, then restart the service: sudo systemctl restart \
-                 slopn-spoke"
-                    .into(),
-            );
+            return Self::Problem(format!(
+                "The SloPN service is older than this app and cannot manage profiles. {}, \
+                 then restart the service: {}",
+                fix::UPDATE,
+                fix::RESTART
+            ));
         }
         match version.role {
             Role::SpokeService => Self::Ok,
-            Role::Spoke => Self::Problem(
+            Role::Spoke => Self::Problem(format!(
                 "A spoke started with `spoke run` holds the control socket; the app needs the \
-                 SloPN service instead. Stop that spoke, then: sudo systemctl start slopn-spoke"
-                    .into(),
-            ),
-            _ => Self::Problem(
+                 SloPN service instead. Stop that spoke, then: {}",
+                fix::START
+            )),
+            _ => Self::Problem(format!(
                 "Something other than the SloPN spoke service answers on the control socket. \
-                 Check the socket path, then: sudo systemctl restart slopn-spoke"
-                    .into(),
-            ),
+                 Check the socket path, then: {}",
+                fix::RESTART
+            )),
         }
     }
 }
@@ -318,6 +349,8 @@ mod tests {
         let ServiceAccess::Problem(sentence) = down else {
             panic!()
         };
+        assert!(sentence.contains(fix::START), "{sentence}");
+        #[cfg(not(windows))]
         assert!(
             sentence.contains("sudo systemctl start slopn-spoke"),
             "{sentence}"
@@ -326,6 +359,8 @@ mod tests {
         let ServiceAccess::Problem(sentence) = forbidden else {
             panic!()
         };
+        assert!(sentence.contains(fix::FORBIDDEN), "{sentence}");
+        #[cfg(not(windows))]
         assert!(sentence.contains("usermod -aG slopn $USER"), "{sentence}");
         let old = ServiceAccess::from_version(&VersionInfo {
             protocol: 1,

@@ -72,8 +72,8 @@ pub enum TunError {
     #[cfg_attr(
         windows,
         error(
-            "wintun.dll could not be loaded: put it beside spoke.exe (the installer does; \
-             download it from https://www.wintun.net and take the amd64 DLL)"
+            "wintun.dll could not be loaded: put it beside spoke.exe (download it from \
+             https://www.wintun.net and take the amd64 DLL)"
         )
     )]
     NoTunDevice,
