@@ -165,7 +165,7 @@ fn service_main(_arguments: Vec<OsString>) {
     }
 }
 
-fn status(state: ServiceState, exit: u32) -> ServiceStatus {
+fn status(state: ServiceState, exit: ServiceExitCode) -> ServiceStatus {
     ServiceStatus {
         service_type: ServiceType::OWN_PROCESS,
         current_state: state,
@@ -174,7 +174,7 @@ fn status(state: ServiceState, exit: u32) -> ServiceStatus {
         } else {
             ServiceControlAccept::empty()
         },
-        exit_code: ServiceExitCode::Win32(exit),
+        exit_code: exit,
         checkpoint: 0,
         wait_hint: Duration::from_secs(if state == ServiceState::StopPending {
             30
@@ -205,10 +205,14 @@ fn run_under_manager() -> Result<(), String> {
             .set_service_status(status(state, exit))
             .map_err(|e| explain("reporting the service's state", e))
     };
-    report(ServiceState::Running, 0)?;
+    report(ServiceState::Running, ServiceExitCode::Win32(0))?;
     let result = serve_until(options, logs.clone(), &stopped);
-    report(ServiceState::StopPending, 0)?;
-    // ERROR_SERVICE_SPECIFIC_ERROR: the log says why.
-    report(ServiceState::Stopped, if result.is_ok() { 0 } else { 1066 })?;
+    report(ServiceState::StopPending, ServiceExitCode::Win32(0))?;
+    // A failure shows in `sc query SloPN` as a service-specific error; the log says why.
+    let exit = match result {
+        Ok(()) => ServiceExitCode::Win32(0),
+        Err(_) => ServiceExitCode::ServiceSpecific(1),
+    };
+    report(ServiceState::Stopped, exit)?;
     result
 }
