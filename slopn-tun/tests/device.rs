@@ -109,6 +109,89 @@ fn tun_device_addresses_mtu_routes_and_packets() {
 }
 
 #[test]
+fn a_full_tunnels_routes_and_bypass_go_in_and_come_out_whole() {
+    in_namespace("a_full_tunnels_routes_go_in_whole", "full", |ns| {
+        // An underlay with a default route, as a host has.
+        ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"])
+            .unwrap();
+        ns.ip(&["link", "set", "up0", "up"]).unwrap();
+        ns.ip(&["link", "set", "up1", "up"]).unwrap();
+        ns.ip(&["addr", "add", "192.0.2.1/24", "dev", "up0"])
+            .unwrap();
+        ns.ip(&["-6", "addr", "add", "2001:db8::1/64", "dev", "up0", "nodad"])
+            .unwrap();
+        ns.ip(&["route", "add", "default", "via", "192.0.2.254"])
+            .unwrap();
+        ns.ip(&["-6", "route", "add", "default", "via", "2001:db8::fe"])
+            .unwrap();
+        let before = format!(
+            "{}{}",
+            ns.ip(&["-4", "route", "show"]).unwrap(),
+            ns.ip(&["-6", "route", "show"]).unwrap()
+        );
+        let tun = Tun::open(&TunConfig {
+            name: Some("slopn-f0".into()),
+            mtu: 1380,
+            addresses: vec![(ip("10.9.0.2"), 24), (ip("fd00:9::2"), 64)],
+            offload: false,
+        })
+        .unwrap();
+        let full: Vec<ipnet::IpNet> = [
+            "10.9.0.0/24",
+            "fd00:9::/64",
+            "0.0.0.0/1",
+            "128.0.0.0/1",
+            "::/1",
+            "8000::/1",
+        ]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+        let mut routes = Routes::new("slopn-f0");
+        let start = Instant::now();
+        routes.set_bypass(Some(ip("198.51.100.7"))).unwrap();
+        let failed = routes.set(&full);
+        let took = start.elapsed();
+        assert!(failed.is_empty(), "{failed:?}");
+        println!(
+            "a full tunnel's bypass and {} routes installed in {:.2} ms",
+            full.len(),
+            took.as_secs_f64() * 1e3
+        );
+        let v4 = ns.ip(&["-4", "route", "show"]).unwrap();
+        let v6 = ns.ip(&["-6", "route", "show"]).unwrap();
+        for want in [
+            "0.0.0.0/1 dev slopn-f0",
+            "128.0.0.0/1 dev slopn-f0",
+            "198.51.100.7 via 192.0.2.254 dev up0",
+        ] {
+            assert!(v4.contains(want), "{want}: {v4}");
+        }
+        for want in ["::/1 dev slopn-f0", "8000::/1 dev slopn-f0"] {
+            assert!(v6.contains(want), "{want}: {v6}");
+        }
+        let got = ns.ip(&["route", "get", "203.0.113.9"]).unwrap();
+        assert!(got.contains("dev slopn-f0"), "{got}");
+        let got = ns.ip(&["route", "get", "198.51.100.7"]).unwrap();
+        assert!(got.contains("dev up0"), "the hub stays outside: {got}");
+
+        let start = Instant::now();
+        drop(routes);
+        println!(
+            "and removed in {:.2} ms",
+            start.elapsed().as_secs_f64() * 1e3
+        );
+        drop(tun);
+        let after = format!(
+            "{}{}",
+            ns.ip(&["-4", "route", "show"]).unwrap(),
+            ns.ip(&["-6", "route", "show"]).unwrap()
+        );
+        assert_eq!(after, before, "the routes are as they were");
+    });
+}
+
+#[test]
 fn bad_names_are_refused_clearly() {
     let config = TunConfig {
         name: Some("a/very/long/and/bad/name".into()),
