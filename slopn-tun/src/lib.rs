@@ -8,8 +8,9 @@
 //!   reason, and the kernel removes every route through it. A [`TunControl`] changes its
 //!   MTU and addresses from another thread, so that the thread moving packets never waits
 //!   on netlink.
-//! - [`Routes`]: routes through the device, installed with `ip route` and removed on drop,
-//!   and the host route that keeps the hub reachable outside a full tunnel.
+//! - [`Routes`]: routes through the device, installed through netlink in one batch per
+//!   change and removed on drop, and the host route that keeps the hub reachable outside a
+//!   full tunnel.
 //! - [`set_dns`]: the resolver servers for the device, through systemd-resolved.
 //! - [`Gateway`]: the hub's gateway mode — forwarding and NAT in an nftables table of its own.
 //! - [`netns`]: network namespaces and veth pairs, for SloPN's tests, demo and benchmarks.
@@ -22,6 +23,8 @@ mod device;
 mod dns;
 #[cfg(unix)]
 mod gateway;
+#[cfg(target_os = "linux")]
+mod netlink;
 #[cfg(unix)]
 pub mod netns;
 mod offload;

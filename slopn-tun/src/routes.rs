@@ -3,7 +3,9 @@
 use ipnet::IpNet;
 use tracing::{debug, warn};
 
-use crate::{TunError, run};
+use crate::TunError;
+#[cfg(not(target_os = "linux"))]
+use crate::run;
 
 /// The set of routes SloPN installed through one device.
 ///
@@ -60,17 +62,10 @@ impl Routes {
     /// listed. One route the kernel refuses does not stop the others: returns those that
     /// could not be added or removed, with why (empty when all went well).
     pub fn set(&mut self, nets: &[IpNet]) -> Vec<(IpNet, TunError)> {
-        let mut failed = Vec::new();
+        let mut add: Vec<IpNet> = Vec::new();
         for net in nets.iter().map(IpNet::trunc) {
-            if self.installed.contains(&net) {
-                continue;
-            }
-            match add(&self.device, net) {
-                Ok(()) => {
-                    debug!(%net, device = %self.device, "route added");
-                    self.installed.push(net);
-                }
-                Err(e) => failed.push((net, e)),
+            if !self.installed.contains(&net) && !add.contains(&net) {
+                add.push(net);
             }
         }
         let stale: Vec<IpNet> = self
@@ -79,10 +74,15 @@ impl Routes {
             .copied()
             .filter(|n| !nets.iter().any(|m| m.trunc() == *n))
             .collect();
-        for net in stale {
-            match delete(&self.device, net) {
-                Ok(()) => self.installed.retain(|n| *n != net),
-                Err(e) => failed.push((net, e)),
+        let mut failed = Vec::new();
+        for (net, added, result) in change(&self.device, &add, &stale) {
+            match (added, result) {
+                (true, Ok(())) => {
+                    debug!(%net, device = %self.device, "route added");
+                    self.installed.push(net);
+                }
+                (false, Ok(())) => self.installed.retain(|n| *n != net),
+                (_, Err(e)) => failed.push((net, e)),
             }
         }
         failed
@@ -96,8 +96,9 @@ impl Drop for Routes {
         {
             warn!(%net, error = %e, "could not remove the bypass route");
         }
-        for net in self.installed.drain(..) {
-            if let Err(e) = delete(&self.device, net) {
+        let installed: Vec<IpNet> = self.installed.drain(..).collect();
+        for (net, _, result) in change(&self.device, &[], &installed) {
+            if let Err(e) = result {
                 // The device may be gone already, taking its routes with it.
                 warn!(%net, error = %e, "could not remove route");
             }
@@ -105,16 +106,136 @@ impl Drop for Routes {
     }
 }
 
-fn add(device: &str, net: IpNet) -> Result<(), TunError> {
-    route(RouteAction::Add, device, net)
+/// Adds `add` and removes `delete` through `device`: (network, whether it was an addition,
+/// the outcome) for each. One route the kernel refuses does not stop the others.
+#[cfg(not(target_os = "linux"))]
+fn change(
+    device: &str,
+    add: &[IpNet],
+    delete: &[IpNet],
+) -> Vec<(IpNet, bool, Result<(), TunError>)> {
+    let adds = add
+        .iter()
+        .map(|&net| (net, true, route(RouteAction::Add, device, net)));
+    let deletes = delete
+        .iter()
+        .map(|&net| (net, false, route(RouteAction::Delete, device, net)));
+    adds.chain(deletes).collect()
 }
 
-fn delete(device: &str, net: IpNet) -> Result<(), TunError> {
-    route(RouteAction::Delete, device, net)
+/// Adds `add` and removes `delete` through `device` in one netlink batch: (network, whether
+/// it was an addition, the outcome) for each. One route the kernel refuses does not stop
+/// the others.
+#[cfg(target_os = "linux")]
+fn change(
+    device: &str,
+    add: &[IpNet],
+    delete: &[IpNet],
+) -> Vec<(IpNet, bool, Result<(), TunError>)> {
+    use crate::netlink::{Change, Netlink, Via, interface_index};
+    let fail_all = |what: &str, e: std::io::Error| {
+        add.iter()
+            .map(|&n| (n, true))
+            .chain(delete.iter().map(|&n| (n, false)))
+            .map(|(net, added)| {
+                let e = std::io::Error::new(e.kind(), e.to_string());
+                (net, added, Err(TunError::io(format!("{what} {device}"), e)))
+            })
+            .collect()
+    };
+    if add.is_empty() && delete.is_empty() {
+        return Vec::new();
+    }
+    let interface = match interface_index(device) {
+        Ok(index) => index,
+        Err(e) => return fail_all("finding the interface", e),
+    };
+    let mut netlink = match Netlink::open() {
+        Ok(netlink) => netlink,
+        Err(e) => return fail_all("opening netlink to route through", e),
+    };
+    let via = Via {
+        interface,
+        gateway: None,
+    };
+    let changes: Vec<Change> = add
+        .iter()
+        .map(|&net| Change::Replace(net, via.clone()))
+        .chain(delete.iter().map(|&net| Change::Delete(net, via.clone())))
+        .collect();
+    let results = netlink.apply(&changes);
+    add.iter()
+        .map(|&n| (n, true))
+        .chain(delete.iter().map(|&n| (n, false)))
+        .zip(results)
+        .map(|((net, added), result)| {
+            let verb = if added { "adding" } else { "removing" };
+            let result = result
+                .map_err(|e| TunError::io(format!("{verb} the route {net} through {device}"), e));
+            (net, added, result)
+        })
+        .collect()
 }
 
 /// `via GATEWAY dev DEVICE` (or `dev DEVICE` on-link) of the kernel's route to `dest` now.
-#[cfg(not(windows))]
+#[cfg(target_os = "linux")]
+fn current_route(dest: std::net::IpAddr) -> Result<Vec<String>, TunError> {
+    let fail = |e| TunError::io(format!("finding the route to {dest}"), e);
+    let via = crate::netlink::Netlink::open()
+        .and_then(|mut netlink| netlink.route_to(dest))
+        .map_err(fail)?;
+    let name = nix::net::if_::if_indextoname(via.interface)
+        .map_err(|e| fail(e.into()))?
+        .to_string_lossy()
+        .into_owned();
+    let mut words = Vec::new();
+    if let Some(gateway) = via.gateway {
+        words.extend(["via".to_owned(), gateway.to_string()]);
+    }
+    words.extend(["dev".to_owned(), name]);
+    Ok(words)
+}
+
+/// The host route `net` through what [`current_route`] found.
+#[cfg(target_os = "linux")]
+fn host_change(net: IpNet, via: &[String], add: bool) -> Result<(), TunError> {
+    use crate::netlink::{Change, Netlink, Via, interface_index};
+    let word = |key: &str| {
+        via.iter()
+            .position(|w| w == key)
+            .and_then(|i| via.get(i + 1))
+    };
+    let fail = |e| TunError::io(format!("routing {net} outside the tunnel"), e);
+    let device = word("dev").ok_or_else(|| fail(std::io::ErrorKind::NotFound.into()))?;
+    let via = Via {
+        interface: interface_index(device).map_err(fail)?,
+        gateway: word("via").and_then(|g| g.parse().ok()),
+    };
+    let change = if add {
+        Change::Replace(net, via)
+    } else {
+        Change::Delete(net, via)
+    };
+    let mut netlink = Netlink::open().map_err(fail)?;
+    netlink
+        .apply(&[change])
+        .pop()
+        .unwrap_or(Ok(()))
+        .map_err(fail)
+}
+
+#[cfg(target_os = "linux")]
+fn add_host(net: IpNet, via: &[String]) -> Result<(), TunError> {
+    host_change(net, via, true)
+}
+
+#[cfg(target_os = "linux")]
+fn delete_host(net: IpNet, via: &[String]) -> Result<(), TunError> {
+    host_change(net, via, false)
+}
+
+/// `via GATEWAY dev DEVICE` (or `dev DEVICE` on-link) of the kernel's route to `dest` now.
+#[cfg(not(any(windows, target_os = "linux")))]
 fn current_route(dest: std::net::IpAddr) -> Result<Vec<String>, TunError> {
     let out = run("ip", &["route", "get", &dest.to_string()])?;
     let words: Vec<&str> = out.split_whitespace().collect();
@@ -136,7 +257,7 @@ fn current_route(dest: std::net::IpAddr) -> Result<Vec<String>, TunError> {
     Ok(via)
 }
 
-#[cfg(not(windows))]
+#[cfg(not(any(windows, target_os = "linux")))]
 fn add_host(net: IpNet, via: &[String]) -> Result<(), TunError> {
     let mut args = vec!["route", "replace"];
     let net = net.to_string();
@@ -145,33 +266,20 @@ fn add_host(net: IpNet, via: &[String]) -> Result<(), TunError> {
     run("ip", &args).map(drop)
 }
 
-#[cfg(not(windows))]
+#[cfg(not(any(windows, target_os = "linux")))]
 fn delete_host(net: IpNet, _via: &[String]) -> Result<(), TunError> {
     run("ip", &["route", "del", &net.to_string()]).map(drop)
 }
 
+#[cfg(not(target_os = "linux"))]
 #[derive(Clone, Copy)]
 enum RouteAction {
     Add,
     Delete,
 }
 
-#[cfg(not(any(target_os = "macos", windows)))]
-fn route(action: RouteAction, device: &str, net: IpNet) -> Result<(), TunError> {
-    let family = if net.addr().is_ipv4() { "-4" } else { "-6" };
-    let verb = match action {
-        RouteAction::Add => "replace",
-        RouteAction::Delete => "del",
-    };
-    run(
-        "ip",
-        &[family, "route", verb, &net.to_string(), "dev", device],
-    )
-    .map(drop)
-}
-
 // Untested: macOS routes through utun devices.
-#[cfg(target_os = "macos")]
+#[cfg(not(any(windows, target_os = "linux")))]
 fn route(action: RouteAction, device: &str, net: IpNet) -> Result<(), TunError> {
     let family = if net.addr().is_ipv4() {
         "-inet"
