@@ -142,7 +142,12 @@ impl<M: Machine> Driver<M> {
     /// with it.
     pub fn woken(&mut self, now: Instant) {
         while let Some(report) = self.worker.try_report() {
-            self.progress.reported(&report);
+            if let Some(took) = self.progress.reported(&report, now) {
+                info!(
+                    "routes in place {:.2} ms after the address assignment",
+                    took.as_secs_f64() * 1e3
+                );
+            }
             let Err(failure) = report.result else {
                 continue;
             };
@@ -342,7 +347,7 @@ impl<M: Machine> Driver<M> {
                 helper_gone = true;
                 break;
             };
-            self.progress.queued(id, routes_assignment);
+            self.progress.queued(id, routes_assignment, now);
             debug!(id, "OS action queued");
         }
         if helper_gone {

@@ -89,6 +89,11 @@ fn full_and_split_tunnels_through_the_gateway() {
     lab.start_spoke(0);
     lab.start_spoke(1);
     lab.wait_established(&[0, 1], Duration::from_secs(10));
+    for line in lab.log("spoke-0.log").lines() {
+        if let Some(at) = line.find("routes in place") {
+            println!("full-tunnel spoke: {}", &line[at..]);
+        }
+    }
     let table = lab
         .hub_ns
         .run("nft", &["list", "table", "inet", "slopn_slopn0"])
