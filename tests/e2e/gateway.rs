@@ -12,7 +12,7 @@ use slopn_tun::netns::Namespace;
 use crate::lab::Lab;
 
 /// An HTTP server in `ns` answering every request with the client's address.
-fn web_server(ns: &Namespace) -> std::thread::JoinHandle<()> {
+pub(crate) fn web_server(ns: &Namespace) -> std::thread::JoinHandle<()> {
     let name = ns.name().to_owned();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
@@ -40,7 +40,7 @@ fn web_server(ns: &Namespace) -> std::thread::JoinHandle<()> {
     server
 }
 
-fn stop_web_server(ns: &Namespace, server: std::thread::JoinHandle<()>) {
+pub(crate) fn stop_web_server(ns: &Namespace, server: std::thread::JoinHandle<()>) {
     let _ = ns.run(
         "curl",
         &["-s", "--max-time", "2", "http://203.0.113.2:8080/quit"],

@@ -5,6 +5,7 @@
 mod dual_stack;
 mod gateway;
 mod lab;
+mod leaks;
 mod metrics;
 mod pmtu;
 mod service;
