@@ -30,11 +30,13 @@ impl RoutePolicy {
     }
 
     /// The routes for `advertised` networks and the tunnel's own, for a spoke holding
-    /// `addresses`: in a full tunnel the default-route halves are as essential as the tunnel
-    /// networks (a missing half would leave part of the traffic outside the tunnel while it
-    /// looks up). Only in the families the spoke has an address in, though: without one
-    /// (a hub's IPv6 pool exhausted) the device has IPv6 disabled and the kernel refuses
-    /// those routes, which are then only counted.
+    /// `addresses`. A full tunnel (an advertised default route, of either family) takes
+    /// the default-route halves of both families, as essential as the tunnel networks: a
+    /// missing half would leave part of the traffic outside the tunnel while it looks up,
+    /// and a family the hub does not serve (IPv6 from an IPv4-only hub) would otherwise
+    /// leave outside it altogether. Into the tunnel, such packets are dropped (the spoke
+    /// holds no address of that family). The tunnel networks of a family without an
+    /// address (a hub's IPv6 pool exhausted) are only tried, and counted if refused.
     fn routes_for(
         &self,
         advertised: &[IpNet],
@@ -50,7 +52,6 @@ impl RoutePolicy {
                 .filter(|o| advertised.iter().any(|a| a.contains(o)))
                 .collect()
         };
-        let mut essential = tunnel;
         let mut other = Vec::new();
         let mut full = false;
         for net in wanted {
@@ -58,12 +59,6 @@ impl RoutePolicy {
                 other.push(net);
             } else if self.accept_default_route {
                 full = true;
-                let halves: [&str; 2] = if net.addr().is_ipv4() {
-                    ["0.0.0.0/1", "128.0.0.0/1"]
-                } else {
-                    ["::/1", "8000::/1"]
-                };
-                essential.extend(halves.iter().map(|h| h.parse::<IpNet>().expect("valid")));
             }
         }
         let held = |net: &IpNet| {
@@ -71,8 +66,15 @@ impl RoutePolicy {
                 .iter()
                 .any(|a| a.is_ipv4() == net.addr().is_ipv4())
         };
-        let (essential, unheld): (Vec<IpNet>, Vec<IpNet>) = essential.into_iter().partition(held);
+        let (mut essential, unheld): (Vec<IpNet>, Vec<IpNet>) = tunnel.into_iter().partition(held);
         other.extend(unheld);
+        if full {
+            essential.extend(
+                ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"]
+                    .iter()
+                    .map(|h| h.parse::<IpNet>().expect("valid")),
+            );
+        }
         OsAction::SetRoutes {
             essential,
             other,
@@ -97,7 +99,7 @@ mod tests {
     }
 
     #[test]
-    fn a_family_without_an_address_is_not_essential() {
+    fn a_family_without_an_address_has_only_its_halves_essential() {
         let policy = RoutePolicy {
             accept_default_route: true,
             only: Vec::new(),
@@ -112,8 +114,43 @@ mod tests {
         assert_eq!(
             action,
             OsAction::SetRoutes {
-                essential: nets(&["10.100.0.0/24", "0.0.0.0/1", "128.0.0.0/1"]),
-                other: nets(&["fd00:100::/64", "::/1", "8000::/1"]),
+                essential: nets(&[
+                    "10.100.0.0/24",
+                    "0.0.0.0/1",
+                    "128.0.0.0/1",
+                    "::/1",
+                    "8000::/1"
+                ]),
+                other: nets(&["fd00:100::/64"]),
+                bypass: None,
+            }
+        );
+    }
+
+    #[test]
+    fn a_full_tunnel_of_one_family_takes_the_other_family_in_too() {
+        let policy = RoutePolicy {
+            accept_default_route: true,
+            only: Vec::new(),
+            hub: None,
+        };
+        // An IPv4-only hub: IPv6 must not leave around the tunnel.
+        let action = policy.routes_for(
+            &nets(&["0.0.0.0/0"]),
+            nets(&["10.100.0.0/24"]),
+            &["10.100.0.2".parse().unwrap()],
+        );
+        assert_eq!(
+            action,
+            OsAction::SetRoutes {
+                essential: nets(&[
+                    "10.100.0.0/24",
+                    "0.0.0.0/1",
+                    "128.0.0.0/1",
+                    "::/1",
+                    "8000::/1"
+                ]),
+                other: Vec::new(),
                 bypass: None,
             }
         );

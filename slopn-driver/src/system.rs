@@ -49,13 +49,28 @@ impl OsSide for System {
                     Err(e) => errors.push(e),
                     Ok(()) => {}
                 }
+                // A full tunnel's halves of a family the tunnel holds no address in (IPv6
+                // of an IPv4-only hub) cannot go through the device: they are made
+                // unreachable, so that such packets do not leave around the tunnel.
+                let carried = |net: &IpNet| {
+                    control
+                        .addresses()
+                        .iter()
+                        .any(|(a, _)| a.is_ipv4() == net.addr().is_ipv4())
+                };
+                let (blocked, essential): (Vec<IpNet>, Vec<IpNet>) = essential
+                    .iter()
+                    .partition(|net| net.prefix_len() == 1 && !carried(net));
+                let mut failed = routes.set_unreachable(&blocked);
                 let all: Vec<IpNet> = essential.iter().chain(other).copied().collect();
                 // Only routes to add can be essential: a stale one that could not be
                 // removed is no longer listed (and is tried again later).
-                let failed = routes.set(&all);
-                let fatal = failed
-                    .iter()
-                    .any(|(net, _)| essential.iter().any(|t| t.trunc() == *net));
+                failed.extend(routes.set(&all));
+                // A host without IPv6 refuses IPv6 routes, and has no IPv6 to leak either.
+                let fatal = failed.iter().any(|(net, e)| {
+                    essential.iter().chain(&blocked).any(|t| t.trunc() == *net)
+                        && !(net.addr().is_ipv6() && no_ipv6(e))
+                });
                 errors.extend(failed.into_iter().map(|(_, e)| e));
                 if errors.is_empty() {
                     Ok(())
@@ -69,3 +84,17 @@ impl OsSide for System {
         }
     }
 }
+
+/// Whether `e` says the host has no IPv6 at all (`EAFNOSUPPORT`).
+fn no_ipv6(e: &TunError) -> bool {
+    use std::error::Error;
+    e.source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error)
+        == Some(EAFNOSUPPORT)
+}
+
+#[cfg(unix)]
+const EAFNOSUPPORT: i32 = libc::EAFNOSUPPORT;
+#[cfg(windows)]
+const EAFNOSUPPORT: i32 = 10047; // WSAEAFNOSUPPORT

@@ -26,13 +26,22 @@ pub(crate) struct Via {
     pub(crate) gateway: Option<IpAddr>,
 }
 
+/// What a route does with packets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// Sends them out of an interface.
+    Via(Via),
+    /// Refuses them at once, "network unreachable" (`ip route add unreachable NET`).
+    Unreachable,
+}
+
 /// One change to the main routing table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Change {
     /// Adds the route, or replaces one to the same network (`ip route replace`).
-    Replace(IpNet, Via),
-    /// Removes the route to the network through that interface (`ip route del`).
-    Delete(IpNet, Via),
+    Replace(IpNet, Target),
+    /// Removes the route to the network (through that interface) (`ip route del`).
+    Delete(IpNet, Target),
 }
 
 /// The index of interface `name`.
@@ -66,21 +75,21 @@ impl Netlink {
         let mut results: Vec<Option<io::Result<()>>> = Vec::with_capacity(changes.len());
         let mut batch = Vec::new();
         for change in changes {
-            let (kind, flags, net, via) = match change {
-                Change::Replace(net, via) => (
+            let (kind, flags, net, target) = match change {
+                Change::Replace(net, target) => (
                     RouteNetlinkMessage::NewRoute as fn(RouteMessage) -> _,
                     NLM_F_CREATE | NLM_F_REPLACE,
                     net,
-                    via,
+                    target,
                 ),
-                Change::Delete(net, via) => (
+                Change::Delete(net, target) => (
                     RouteNetlinkMessage::DelRoute as fn(RouteMessage) -> _,
                     0,
                     net,
-                    via,
+                    target,
                 ),
             };
-            let message = route_message(*net, via, matches!(change, Change::Delete(..)));
+            let message = route_message(*net, target, matches!(change, Change::Delete(..)));
             self.sequence = self.sequence.wrapping_add(1);
             batch.extend_from_slice(&request(kind(message), flags, self.sequence));
             results.push(None);
@@ -215,8 +224,9 @@ fn family(addr: IpAddr) -> AddressFamily {
     }
 }
 
-/// The message `ip route replace|del NET [via GATEWAY] dev DEVICE` sends.
-fn route_message(net: IpNet, via: &Via, delete: bool) -> RouteMessage {
+/// The message `ip route replace|del NET [via GATEWAY] dev DEVICE` (or `unreachable NET`)
+/// sends.
+fn route_message(net: IpNet, target: &Target, delete: bool) -> RouteMessage {
     let net = net.trunc();
     let mut message = RouteMessage::default();
     let header = &mut message.header;
@@ -224,23 +234,28 @@ fn route_message(net: IpNet, via: &Via, delete: bool) -> RouteMessage {
     header.destination_prefix_length = net.prefix_len();
     header.table = RouteHeader::RT_TABLE_MAIN;
     header.protocol = RouteProtocol::Boot;
-    header.scope = match (delete, via.gateway) {
+    header.scope = match (delete, target) {
         (true, _) => RouteScope::NoWhere,
-        (false, Some(_)) => RouteScope::Universe,
-        (false, None) => RouteScope::Link,
+        (false, Target::Via(Via { gateway: None, .. })) => RouteScope::Link,
+        (false, _) => RouteScope::Universe,
     };
-    header.kind = RouteType::Unicast;
+    header.kind = match target {
+        Target::Via(_) => RouteType::Unicast,
+        Target::Unreachable => RouteType::Unreachable,
+    };
     if net.prefix_len() > 0 {
         message
             .attributes
             .push(RouteAttribute::Destination(RouteAddress::from(net.addr())));
     }
-    if let Some(gateway) = via.gateway {
-        message
-            .attributes
-            .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
+    if let Target::Via(via) = target {
+        if let Some(gateway) = via.gateway {
+            message
+                .attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
+        }
+        message.attributes.push(RouteAttribute::Oif(via.interface));
     }
-    message.attributes.push(RouteAttribute::Oif(via.interface));
     message
 }
 

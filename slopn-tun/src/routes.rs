@@ -15,6 +15,8 @@ use crate::run;
 pub struct Routes {
     device: String,
     installed: Vec<IpNet>,
+    /// Networks made unreachable (see [`set_unreachable`](Self::set_unreachable)).
+    unreachable: Vec<IpNet>,
     /// A host route keeping one destination (the hub) outside the tunnel, and where it
     /// goes (the words naming the gateway and interface, as the route was added).
     bypass: Option<(IpNet, Vec<String>)>,
@@ -26,6 +28,7 @@ impl Routes {
         Self {
             device: device.into(),
             installed: Vec::new(),
+            unreachable: Vec::new(),
             bypass: None,
         }
     }
@@ -62,31 +65,51 @@ impl Routes {
     /// listed. One route the kernel refuses does not stop the others: returns those that
     /// could not be added or removed, with why (empty when all went well).
     pub fn set(&mut self, nets: &[IpNet]) -> Vec<(IpNet, TunError)> {
-        let mut add: Vec<IpNet> = Vec::new();
-        for net in nets.iter().map(IpNet::trunc) {
-            if !self.installed.contains(&net) && !add.contains(&net) {
-                add.push(net);
-            }
-        }
-        let stale: Vec<IpNet> = self
-            .installed
-            .iter()
-            .copied()
-            .filter(|n| !nets.iter().any(|m| m.trunc() == *n))
-            .collect();
-        let mut failed = Vec::new();
-        for (net, added, result) in change(&self.device, &add, &stale) {
-            match (added, result) {
-                (true, Ok(())) => {
-                    debug!(%net, device = %self.device, "route added");
-                    self.installed.push(net);
-                }
-                (false, Ok(())) => self.installed.retain(|n| *n != net),
-                (_, Err(e)) => failed.push((net, e)),
-            }
-        }
-        failed
+        update(&self.device, &mut self.installed, nets, false)
     }
+
+    /// Makes `nets` unreachable (packets to them are refused at once, "network
+    /// unreachable") and no longer the ones made so before, as [`set`](Self::set) does for
+    /// routes through the device. A full tunnel does this to the default-route halves of a
+    /// family it cannot carry (IPv6 of an IPv4-only hub), so that they do not leave around
+    /// it. Such routes do not go with the device: dropping this value removes them, and a
+    /// spoke killed before that leaves them until it runs again. (On other systems than
+    /// Linux they go through the device, where the spoke drops what it cannot carry.)
+    pub fn set_unreachable(&mut self, nets: &[IpNet]) -> Vec<(IpNet, TunError)> {
+        update(&self.device, &mut self.unreachable, nets, true)
+    }
+}
+
+/// Makes `installed` (routes through `device`, or unreachable ones) exactly `nets`.
+fn update(
+    device: &str,
+    installed: &mut Vec<IpNet>,
+    nets: &[IpNet],
+    unreachable: bool,
+) -> Vec<(IpNet, TunError)> {
+    let mut add: Vec<IpNet> = Vec::new();
+    for net in nets.iter().map(IpNet::trunc) {
+        if !installed.contains(&net) && !add.contains(&net) {
+            add.push(net);
+        }
+    }
+    let stale: Vec<IpNet> = installed
+        .iter()
+        .copied()
+        .filter(|n| !nets.iter().any(|m| m.trunc() == *n))
+        .collect();
+    let mut failed = Vec::new();
+    for (net, added, result) in change(device, &add, &stale, unreachable) {
+        match (added, result) {
+            (true, Ok(())) => {
+                debug!(%net, device, unreachable, "route added");
+                installed.push(net);
+            }
+            (false, Ok(())) => installed.retain(|n| *n != net),
+            (_, Err(e)) => failed.push((net, e)),
+        }
+    }
+    failed
 }
 
 impl Drop for Routes {
@@ -96,11 +119,13 @@ impl Drop for Routes {
         {
             warn!(%net, error = %e, "could not remove the bypass route");
         }
-        let installed: Vec<IpNet> = self.installed.drain(..).collect();
-        for (net, _, result) in change(&self.device, &[], &installed) {
-            if let Err(e) = result {
-                // The device may be gone already, taking its routes with it.
-                warn!(%net, error = %e, "could not remove route");
+        for (list, unreachable) in [(&mut self.installed, false), (&mut self.unreachable, true)] {
+            let stale = std::mem::take(list);
+            for (net, _, result) in change(&self.device, &[], &stale, unreachable) {
+                if let Err(e) = result {
+                    // The device may be gone already, taking its routes with it.
+                    warn!(%net, error = %e, "could not remove route");
+                }
             }
         }
     }
@@ -113,6 +138,7 @@ fn change(
     device: &str,
     add: &[IpNet],
     delete: &[IpNet],
+    _unreachable: bool,
 ) -> Vec<(IpNet, bool, Result<(), TunError>)> {
     let adds = add
         .iter()
@@ -123,16 +149,17 @@ fn change(
     adds.chain(deletes).collect()
 }
 
-/// Adds `add` and removes `delete` through `device` in one netlink batch: (network, whether
-/// it was an addition, the outcome) for each. One route the kernel refuses does not stop
-/// the others.
+/// Adds `add` and removes `delete` through `device` (or, `unreachable`, as unreachable
+/// routes) in one netlink batch: (network, whether it was an addition, the outcome) for
+/// each. One route the kernel refuses does not stop the others.
 #[cfg(target_os = "linux")]
 fn change(
     device: &str,
     add: &[IpNet],
     delete: &[IpNet],
+    unreachable: bool,
 ) -> Vec<(IpNet, bool, Result<(), TunError>)> {
-    use crate::netlink::{Change, Netlink, Via, interface_index};
+    use crate::netlink::{Change, Netlink, Target, Via, interface_index};
     let fail_all = |what: &str, e: std::io::Error| {
         add.iter()
             .map(|&n| (n, true))
@@ -146,22 +173,29 @@ fn change(
     if add.is_empty() && delete.is_empty() {
         return Vec::new();
     }
-    let interface = match interface_index(device) {
-        Ok(index) => index,
-        Err(e) => return fail_all("finding the interface", e),
+    let target = if unreachable {
+        Target::Unreachable
+    } else {
+        match interface_index(device) {
+            Ok(interface) => Target::Via(Via {
+                interface,
+                gateway: None,
+            }),
+            Err(e) => return fail_all("finding the interface", e),
+        }
     };
     let mut netlink = match Netlink::open() {
         Ok(netlink) => netlink,
         Err(e) => return fail_all("opening netlink to route through", e),
     };
-    let via = Via {
-        interface,
-        gateway: None,
-    };
     let changes: Vec<Change> = add
         .iter()
-        .map(|&net| Change::Replace(net, via.clone()))
-        .chain(delete.iter().map(|&net| Change::Delete(net, via.clone())))
+        .map(|&net| Change::Replace(net, target.clone()))
+        .chain(
+            delete
+                .iter()
+                .map(|&net| Change::Delete(net, target.clone())),
+        )
         .collect();
     let results = netlink.apply(&changes);
     add.iter()
@@ -199,7 +233,7 @@ fn current_route(dest: std::net::IpAddr) -> Result<Vec<String>, TunError> {
 /// The host route `net` through what [`current_route`] found.
 #[cfg(target_os = "linux")]
 fn host_change(net: IpNet, via: &[String], add: bool) -> Result<(), TunError> {
-    use crate::netlink::{Change, Netlink, Via, interface_index};
+    use crate::netlink::{Change, Netlink, Target, Via, interface_index};
     let word = |key: &str| {
         via.iter()
             .position(|w| w == key)
@@ -212,9 +246,9 @@ fn host_change(net: IpNet, via: &[String], add: bool) -> Result<(), TunError> {
         gateway: word("via").and_then(|g| g.parse().ok()),
     };
     let change = if add {
-        Change::Replace(net, via)
+        Change::Replace(net, Target::Via(via))
     } else {
-        Change::Delete(net, via)
+        Change::Delete(net, Target::Via(via))
     };
     let mut netlink = Netlink::open().map_err(fail)?;
     netlink

@@ -13,11 +13,16 @@ use crate::lab::Lab;
 
 /// An HTTP server in `ns` answering every request with the client's address.
 pub(crate) fn web_server(ns: &Namespace) -> std::thread::JoinHandle<()> {
+    web_server_on(ns, "203.0.113.2:8080".parse().unwrap())
+}
+
+/// An HTTP server on `addr` in `ns` answering every request with the client's address.
+pub(crate) fn web_server_on(ns: &Namespace, addr: SocketAddr) -> std::thread::JoinHandle<()> {
     let name = ns.name().to_owned();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
         slopn_tun::netns::enter(&name).unwrap();
-        let listener = TcpListener::bind("203.0.113.2:8080").unwrap();
+        let listener = TcpListener::bind(addr).unwrap();
         listener.set_nonblocking(false).unwrap();
         ready_tx.send(()).unwrap();
         for conn in listener.incoming() {
@@ -41,9 +46,14 @@ pub(crate) fn web_server(ns: &Namespace) -> std::thread::JoinHandle<()> {
 }
 
 pub(crate) fn stop_web_server(ns: &Namespace, server: std::thread::JoinHandle<()>) {
+    stop_web_server_on(ns, "203.0.113.2:8080", server);
+}
+
+/// Stops the server on `addr` (`host:port`, IPv6 in brackets) in `ns`.
+pub(crate) fn stop_web_server_on(ns: &Namespace, addr: &str, server: std::thread::JoinHandle<()>) {
     let _ = ns.run(
         "curl",
-        &["-s", "--max-time", "2", "http://203.0.113.2:8080/quit"],
+        &["-s", "--max-time", "2", &format!("http://{addr}/quit")],
     );
     let _ = server.join();
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use slopn_tun::netns::Namespace;
 
-use crate::gateway::{stop_web_server, web_server};
+use crate::gateway::{stop_web_server, stop_web_server_on, web_server, web_server_on};
 use crate::lab::{HUB_IP, Lab};
 
 /// Counts what leaves `wan0` for anywhere but the hub's endpoint (IPv6 neighbour discovery
@@ -69,9 +69,11 @@ impl LeakCounter {
     }
 }
 
-/// Requests to the internet's web server from `ns`, one after another, until stopped.
+/// Requests to a web server from `ns`, one after another, until stopped.
 struct Requests {
     running: Arc<AtomicBool>,
+    /// Connections tried.
+    attempts: Arc<AtomicU64>,
     /// Answers that came back through the tunnel (the server saw the hub's address).
     tunneled: Arc<AtomicU64>,
     /// Answers that came back from elsewhere (the server saw the spoke's own address).
@@ -80,16 +82,20 @@ struct Requests {
 }
 
 impl Requests {
-    fn start(ns: &Namespace) -> Self {
+    /// Requests to `server`; an answer naming `tunneled` ("you are 203.0.113.1", the hub)
+    /// came through the tunnel, any other from around it.
+    fn start(ns: &Namespace, server: SocketAddr, tunneled_marker: &'static str) -> Self {
         let name = ns.name().to_owned();
         let running = Arc::new(AtomicBool::new(true));
+        let attempts = Arc::new(AtomicU64::new(0));
         let (tunneled, outside) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let thread = std::thread::spawn({
-            let (running, tunneled, outside) = (running.clone(), tunneled.clone(), outside.clone());
+            let (running, attempts) = (running.clone(), attempts.clone());
+            let (tunneled, outside) = (tunneled.clone(), outside.clone());
             move || {
                 slopn_tun::netns::enter(&name).unwrap();
-                let server: SocketAddr = "203.0.113.2:8080".parse().unwrap();
                 while running.load(Ordering::Relaxed) {
+                    attempts.fetch_add(1, Ordering::Relaxed);
                     let Ok(mut conn) =
                         TcpStream::connect_timeout(&server, Duration::from_millis(200))
                     else {
@@ -100,7 +106,7 @@ impl Requests {
                     if conn.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok()
                         && conn.read_to_string(&mut page).is_ok()
                     {
-                        if page.contains("you are 203.0.113.1") {
+                        if page.contains(tunneled_marker) {
                             tunneled.fetch_add(1, Ordering::Relaxed);
                         } else if page.contains("you are") {
                             outside.fetch_add(1, Ordering::Relaxed);
@@ -111,10 +117,15 @@ impl Requests {
         });
         Self {
             running,
+            attempts,
             tunneled,
             outside,
             thread: Some(thread),
         }
+    }
+
+    fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
     }
 
     fn tunneled(&self) -> u64 {
@@ -158,7 +169,11 @@ fn a_full_tunnel_leaks_nothing_once_established_nor_while_the_hub_restarts() {
         .ip(&["route", "add", "10.0.0.0/16", "via", "203.0.113.1"])
         .unwrap();
     let counter = LeakCounter::install(&lab.spoke_ns[0], format!("{HUB_IP}:4433").parse().unwrap());
-    let requests = Requests::start(&lab.spoke_ns[0]);
+    let requests = Requests::start(
+        &lab.spoke_ns[0],
+        "203.0.113.2:8080".parse().unwrap(),
+        "you are 203.0.113.1",
+    );
     lab.wait_for(
         "requests answered outside the tunnel",
         Duration::from_secs(10),
@@ -216,4 +231,97 @@ fn a_full_tunnel_leaks_nothing_once_established_nor_while_the_hub_restarts() {
     );
     drop(requests);
     stop_web_server(&internet, server);
+}
+
+#[test]
+fn ipv6_does_not_leak_around_the_full_tunnel_of_an_ipv4_only_hub() {
+    let Some(mut lab) = Lab::with_internet("ipv6_does_not_leak_around_an_ipv4_tunnel", 1) else {
+        return;
+    };
+    lab.edit_hub(|h| {
+        h.gateway = true;
+        h.uplink = Some("up0".into());
+    });
+    // The spoke's underlay has IPv6, and an IPv6 server lies beyond its router.
+    let spoke = &lab.spoke_ns[0];
+    spoke
+        .ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::2/64",
+            "dev",
+            "wan0",
+            "nodad",
+        ])
+        .unwrap();
+    lab.wan
+        .ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::1/64",
+            "dev",
+            "s0",
+            "nodad",
+        ])
+        .unwrap();
+    lab.wan
+        .ip(&["-6", "addr", "add", "2001:db8:ff::1/128", "dev", "lo"])
+        .unwrap();
+    spoke
+        .ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"])
+        .unwrap();
+    let server = web_server_on(&lab.wan, "[2001:db8:ff::1]:8080".parse().unwrap());
+    let counter = LeakCounter::install(spoke, format!("{HUB_IP}:4433").parse().unwrap());
+    let requests = Requests::start(
+        spoke,
+        "[2001:db8:ff::1]:8080".parse().unwrap(),
+        "you are 10.100.0.",
+    );
+    lab.wait_for(
+        "IPv6 answered around the tunnel",
+        Duration::from_secs(10),
+        |_| requests.outside() > 0,
+    );
+    assert!(
+        counter.leaked() > 0,
+        "the counter sees IPv6 outside the tunnel"
+    );
+
+    lab.start_hub();
+    lab.start_spoke(0);
+    lab.wait_established(&[0], Duration::from_secs(10));
+    let established = counter.leaked();
+    let outside = requests.outside();
+    let attempts = requests.attempts();
+    lab.wait_for("IPv6 requests tried", Duration::from_secs(20), |_| {
+        requests.attempts() >= attempts + 10
+    });
+    assert_eq!(
+        counter.leaked(),
+        established,
+        "IPv6 left outside the tunnel of an IPv4-only hub"
+    );
+    assert!(
+        requests.outside() <= outside + 1,
+        "IPv6 answered around the tunnel (one request may have been under way)"
+    );
+    // Refused at once ("network unreachable"), not left to time out.
+    let table = lab.spoke_ns[0].ip(&["-6", "route", "show"]).unwrap();
+    assert!(
+        table.contains("unreachable ::/1") && table.contains("unreachable 8000::/1"),
+        "{table}"
+    );
+    println!(
+        "IPv6 around an IPv4-only full tunnel: {established} packets out before it was \
+         established, none in {} requests after",
+        requests.attempts() - attempts
+    );
+    // Stopped, the spoke takes them away again.
+    assert!(lab.signal_spoke(0, "TERM").success());
+    let table = lab.spoke_ns[0].ip(&["-6", "route", "show"]).unwrap();
+    assert!(!table.contains("unreachable"), "{table}");
+    drop(requests);
+    stop_web_server_on(&lab.wan, "[2001:db8:ff::1]:8080", server);
 }
