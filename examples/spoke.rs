@@ -114,6 +114,13 @@ enum Command {
         #[command(flatten)]
         socket: Socket,
     },
+    /// Remove the kill switch that lockdown kept after the spoke ended (or that a crashed
+    /// spoke left): traffic leaves normally again. Needs root.
+    Unlock {
+        /// The spoke's TUN device (`tun_name` in its file).
+        #[arg(long, default_value = "slopn0")]
+        tun: String,
+    },
     /// Show the recent log lines of the spoke (or service).
     Logs {
         /// Keep printing new lines as they come.
@@ -143,6 +150,7 @@ struct Socket {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run { config } => slopn::daemon::run_spoke(&config, slopn::logs::init()),
+        Command::Unlock { tun } => unlock(&tun),
         Command::Service {
             action,
             socket,
@@ -192,6 +200,30 @@ fn main() -> ExitCode {
 }
 
 /// The commands that talk to a running spoke or service.
+/// Removes the kill switch's table of device `tun`.
+#[cfg(unix)]
+fn unlock(tun: &str) -> Result<(), String> {
+    match slopn::tun::KillSwitch::remove(tun) {
+        Ok(true) => {
+            println!("kill switch of {tun} removed: traffic leaves normally again");
+            Ok(())
+        }
+        Ok(false) => {
+            println!("no kill switch on {tun}: nothing to unlock");
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "cannot remove the kill switch of {tun}: {e}. Run it as root (sudo spoke unlock)."
+        )),
+    }
+}
+
+/// The kill switch is not on Windows yet.
+#[cfg(not(unix))]
+fn unlock(_tun: &str) -> Result<(), String> {
+    Err("the kill switch is not available on Windows yet: there is nothing to unlock".into())
+}
+
 fn client(command: Command) -> Result<(), String> {
     let simple = |socket: &Socket, request: Request| {
         control::request(&socket.path, &request)
@@ -263,7 +295,9 @@ fn client(command: Command) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Run { .. } | Command::Service { .. } => unreachable!("handled in main"),
+        Command::Run { .. } | Command::Service { .. } | Command::Unlock { .. } => {
+            unreachable!("handled in main")
+        }
     }
 }
 

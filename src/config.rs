@@ -192,6 +192,19 @@ pub struct SpokeFile {
     /// advertises), besides the tunnel network itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<IpNet>,
+    /// While the spoke is meant to be up (connecting, established, reconnecting), nothing
+    /// leaves this host but into the tunnel, to the hub, on loopback, DHCP and neighbour
+    /// discovery, and to `allow_lan`: an nftables table drops the rest. Full tunnel only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kill_switch: bool,
+    /// Keeps the kill switch's table when the spoke dies, until `spoke unlock` (or a
+    /// disconnect through the spoke service).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lockdown: bool,
+    /// Networks the kill switch lets through outside the tunnel (the local LAN, a
+    /// printer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_lan: Vec<IpNet>,
     /// A static address to ask for (default: any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
@@ -503,6 +516,30 @@ impl SpokeFile {
         })
     }
 
+    /// The kill switch's settings make sense together.
+    fn check_kill_switch(&self, label: &str) -> Result<(), ConfigError> {
+        if self.kill_switch && !self.accept_default_route {
+            return Err(ConfigError::new(format!(
+                "{label}: kill_switch = true needs a full tunnel (accept_default_route = true): \
+                 a split tunnel sends most traffic outside the tunnel on purpose. Remove \
+                 kill_switch, or make the tunnel full."
+            )));
+        }
+        if self.lockdown && !self.kill_switch {
+            return Err(ConfigError::new(format!(
+                "{label}: lockdown = true keeps the kill switch's table after the spoke ends; \
+                 set kill_switch = true too."
+            )));
+        }
+        if !self.allow_lan.is_empty() && !self.kill_switch {
+            return Err(ConfigError::new(format!(
+                "{label}: allow_lan lists what the kill switch lets through; set kill_switch \
+                 = true too, or remove allow_lan."
+            )));
+        }
+        Ok(())
+    }
+
     /// `base` is the directory relative `ca` paths start from; `None` refuses them.
     fn build(
         &self,
@@ -510,6 +547,7 @@ impl SpokeFile {
         label: &str,
         hub: SocketAddr,
     ) -> Result<(SpokeConfig, SpokeRuntime), ConfigError> {
+        self.check_kill_switch(label)?;
         let pem = match (&self.ca_pem, &self.ca, base) {
             (Some(pem), _, _) => pem.as_bytes().to_vec(),
             (None, Some(ca), Some(base)) => read_file(

@@ -144,7 +144,7 @@ pub fn serve_until(
     // No new tunnel from here on, then the one there is, in order.
     service.stopping.store(true, Ordering::Relaxed);
     drop(server);
-    service.disconnect();
+    service.disconnect(false);
     info!("spoke service stopped");
     Ok(())
 }
@@ -256,7 +256,9 @@ impl SpokeService {
     }
 
     /// Ends the tunnel, if any; returns once its TUN device and routes are gone.
-    fn disconnect(&self) {
+    /// Ends the tunnel, if any. `unlock`: a disconnect asked for, which also removes a
+    /// kill switch kept by lockdown (the service's own shutdown keeps it).
+    fn disconnect(&self, unlock: bool) {
         let _changes = self.changes();
         let tunnel = self.current().tunnel.clone();
         if let Some(tunnel) = tunnel {
@@ -267,9 +269,30 @@ impl SpokeService {
         let mut current = self.current();
         current.tunnel = None;
         current.error = None;
+        let profile = current.profile.clone();
         drop(current);
+        #[cfg(unix)]
+        if unlock {
+            self.unlock(profile.as_deref());
+        }
+        #[cfg(not(unix))]
+        let _ = (unlock, profile);
         self.events
             .publish(json!({ "event": "disconnected_tunnel" }).to_string());
+    }
+
+    /// Removes the kill switch of `profile`'s device, kept by lockdown or left by a tunnel
+    /// that died.
+    #[cfg(unix)]
+    fn unlock(&self, profile: Option<&str>) {
+        let tun = profile
+            .and_then(|name| self.store.load(name).ok())
+            .map_or_else(|| "slopn0".to_owned(), |file| file.tun_name);
+        match slopn_tun::KillSwitch::remove(&tun) {
+            Ok(true) => info!(%tun, "kill switch removed"),
+            Ok(false) => {}
+            Err(e) => warn!(%tun, "could not remove the kill switch: {e}"),
+        }
     }
 
     fn import(&self, name: &str, toml: &str) -> Answer {
@@ -345,7 +368,7 @@ impl Handler for SpokeService {
             Request::Remove { name } => self.remove(name),
             Request::Connect { profile } => self.connect(profile.as_deref()),
             Request::Disconnect { session: None } => {
-                self.disconnect();
+                self.disconnect(true);
                 Ok(Map::new())
             }
             other => Err(format!(

@@ -51,6 +51,53 @@ pub struct Tunnel {
     watch: Arc<Watched>,
     hub: String,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// Removed once the tunnel has ended ([`wait`](Self::wait)), unless locked (lockdown).
+    kill_switch: Mutex<Option<KillSwitch>>,
+}
+
+/// The kill switch's table (Unix; on Windows the setting is refused).
+#[cfg(unix)]
+type KillSwitch = slopn_tun::KillSwitch;
+/// The kill switch (not on Windows yet: the setting is refused there).
+#[cfg(not(unix))]
+type KillSwitch = ();
+
+/// The kill switch `file` asks for, on device `tun` with the hub at `hub`; locked with
+/// `lockdown`.
+#[cfg(unix)]
+fn kill_switch(file: &SpokeFile, tun: &str, hub: SocketAddr) -> Result<Option<KillSwitch>, String> {
+    if !file.kill_switch {
+        return Ok(None);
+    }
+    let mut kill_switch = KillSwitch::install(tun, hub, &file.allow_lan).map_err(|e| {
+        format!("cannot turn the kill switch on: {e}. Is nftables installed (the nft command)?")
+    })?;
+    if file.lockdown {
+        kill_switch.lock();
+    }
+    info!(
+        table = kill_switch.table(),
+        lockdown = file.lockdown,
+        "kill switch on: nothing leaves but through the tunnel"
+    );
+    Ok(Some(kill_switch))
+}
+
+/// The kill switch (not on Windows yet).
+#[cfg(not(unix))]
+fn kill_switch(
+    file: &SpokeFile,
+    _tun: &str,
+    _hub: SocketAddr,
+) -> Result<Option<KillSwitch>, String> {
+    if file.kill_switch {
+        return Err(
+            "the kill switch is not available on Windows yet: remove kill_switch \
+                    from the profile"
+                .into(),
+        );
+    }
+    Ok(None)
 }
 
 /// Where a tunnel's configuration came from, for messages.
@@ -166,6 +213,9 @@ impl Tunnel {
             addresses: Vec::new(),
             offload: tun_offload(),
         })?;
+        // Before the first packet to the hub: nothing leaves around the tunnel while it
+        // connects either.
+        let kill_switch = kill_switch(file, &runtime.tun_name, hub_addr)?;
         let local: SocketAddr = if hub_addr.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -214,6 +264,7 @@ impl Tunnel {
             watch,
             hub: runtime.hub,
             watcher: Mutex::new(Some(watcher)),
+            kill_switch: Mutex::new(kill_switch),
         })
     }
 
@@ -281,12 +332,19 @@ impl Tunnel {
         self.handle.stop();
     }
 
-    /// Waits until the loop and its watcher have ended; how it ended.
+    /// Waits until the loop and its watcher have ended, then removes the kill switch
+    /// (unless locked); how it ended.
     pub fn wait(&self) -> Result<(), String> {
         let watcher = self.watcher.lock().ok().and_then(|mut w| w.take());
         if let Some(watcher) = watcher {
             let _ = watcher.join();
         }
+        drop(
+            self.kill_switch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         self.watch().ended.clone().unwrap_or(Ok(()))
     }
 }

@@ -12,6 +12,8 @@
 //!   change and removed on drop, and the host route that keeps the hub reachable outside a
 //!   full tunnel.
 //! - [`set_dns`]: the resolver servers for the device, through systemd-resolved.
+//! - [`KillSwitch`]: the spoke's kill switch — an nftables table that lets out only the
+//!   tunnel, the hub and what the user allows.
 //! - [`Gateway`]: the hub's gateway mode — forwarding and NAT in an nftables table of its own.
 //! - [`netns`]: network namespaces and veth pairs, for SloPN's tests, demo and benchmarks.
 //!
@@ -23,6 +25,8 @@ mod device;
 mod dns;
 #[cfg(unix)]
 mod gateway;
+#[cfg(unix)]
+mod kill_switch;
 #[cfg(target_os = "linux")]
 mod netlink;
 #[cfg(unix)]
@@ -36,6 +40,8 @@ pub use device::{Tun, TunConfig, TunControl};
 pub use dns::set_dns;
 #[cfg(unix)]
 pub use gateway::{Gateway, default_uplink};
+#[cfg(unix)]
+pub use kill_switch::KillSwitch;
 pub use routes::Routes;
 #[cfg(windows)]
 pub use wintun_reader::WakeFn;

@@ -27,7 +27,11 @@ pub(crate) fn web_server_on(ns: &Namespace, addr: SocketAddr) -> std::thread::Jo
         ready_tx.send(()).unwrap();
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
-            let peer = conn.peer_addr().unwrap().ip();
+            // One client at a time: one whose request never comes (a kill switch dropped
+            // it) must not hold the others up.
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+            let Ok(peer) = conn.peer_addr() else { continue };
+            let peer = peer.ip();
             let mut request = [0u8; 1024];
             let _ = conn.read(&mut request);
             if request.starts_with(b"GET /quit") {

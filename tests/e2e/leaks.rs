@@ -15,7 +15,8 @@ use crate::gateway::{stop_web_server, stop_web_server_on, web_server, web_server
 use crate::lab::{HUB_IP, Lab};
 
 /// Counts what leaves `wan0` for anywhere but the hub's endpoint (IPv6 neighbour discovery
-/// and multicast listener reports, which never leave the link, excepted).
+/// and multicast listener reports, which never leave the link, excepted), after the output
+/// hook: what a kill switch drops is not counted.
 struct LeakCounter {
     /// The spoke's namespace.
     ns: String,
@@ -27,7 +28,7 @@ impl LeakCounter {
             "table inet slopn_leaks {{
                 counter leaked {{}}
                 chain out {{
-                    type filter hook output priority 0; policy accept;
+                    type filter hook postrouting priority 100; policy accept;
                     oifname != \"wan0\" return
                     ip daddr {} udp dport {} return
                     icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld2-listener-report }} return
@@ -324,4 +325,162 @@ fn ipv6_does_not_leak_around_the_full_tunnel_of_an_ipv4_only_hub() {
     assert!(!table.contains("unreachable"), "{table}");
     drop(requests);
     stop_web_server_on(&lab.wan, "[2001:db8:ff::1]:8080", server);
+}
+
+fn kill_switch_table(ns: &Namespace) -> Option<String> {
+    ns.run("nft", &["list", "table", "inet", "slopn_ks_slopn0"])
+        .ok()
+}
+
+#[test]
+fn the_kill_switch_lets_nothing_out_while_connecting_and_lockdown_holds_after_a_crash() {
+    let Some(mut lab) = Lab::with_internet("the_kill_switch_lets_nothing_out", 1) else {
+        return;
+    };
+    let internet = lab.internet.take().unwrap();
+    let server = web_server(&internet);
+    lab.edit_hub(|h| {
+        h.gateway = true;
+        h.uplink = Some("up0".into());
+    });
+    lab.edit_spoke(0, |s| {
+        s.kill_switch = true;
+        s.lockdown = true;
+    });
+    // As in the first test: a way around the tunnel, answered "you are 10.0.1.2".
+    lab.wan
+        .ip(&["route", "add", "203.0.113.0/24", "via", HUB_IP])
+        .unwrap();
+    lab.hub_ns
+        .run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    internet
+        .ip(&["route", "add", "10.0.0.0/16", "via", "203.0.113.1"])
+        .unwrap();
+    let counter = LeakCounter::install(&lab.spoke_ns[0], lab.hub_addr());
+    let requests = Requests::start(
+        &lab.spoke_ns[0],
+        "203.0.113.2:8080".parse().unwrap(),
+        "you are 203.0.113.1",
+    );
+    lab.wait_for(
+        "requests answered around the tunnel",
+        Duration::from_secs(10),
+        |_| requests.outside() > 0,
+    );
+
+    // The spoke starts while the hub is down: connecting, and nothing leaves.
+    lab.start_spoke(0);
+    lab.wait_for("the kill switch", Duration::from_secs(10), |l| {
+        kill_switch_table(&l.spoke_ns[0]).is_some()
+    });
+    let on = counter.leaked();
+    let outside = requests.outside();
+    let attempts = requests.attempts();
+    lab.wait_for(
+        "requests tried while connecting",
+        Duration::from_secs(20),
+        |_| requests.attempts() >= attempts + 10,
+    );
+    assert_eq!(
+        counter.leaked(),
+        on,
+        "packets left while the spoke was connecting"
+    );
+    assert!(
+        requests.outside() <= outside + 1,
+        "answered around the tunnel while connecting"
+    );
+
+    lab.start_hub();
+    lab.wait_established(&[0], Duration::from_secs(20));
+    let tunneled = requests.tunneled();
+    lab.wait_for(
+        "requests through the tunnel",
+        Duration::from_secs(10),
+        |_| requests.tunneled() >= tunneled + 20,
+    );
+
+    // Lockdown: the spoke is killed, its TUN device and routes go, the table stays.
+    lab.signal_spoke(0, "KILL");
+    let attempts = requests.attempts();
+    lab.wait_for(
+        "requests tried after the crash",
+        Duration::from_secs(20),
+        |_| requests.attempts() >= attempts + 10,
+    );
+    assert!(
+        kill_switch_table(&lab.spoke_ns[0]).is_some(),
+        "lockdown keeps the table"
+    );
+    assert_eq!(
+        counter.leaked(),
+        on,
+        "packets left after the spoke was killed"
+    );
+    let blocked = kill_switch_table(&lab.spoke_ns[0]).unwrap();
+
+    // `spoke unlock`: traffic leaves normally again.
+    let spoke = lab.binary("spoke");
+    let out = lab.spoke_ns[0]
+        .run(spoke.to_str().unwrap(), &["unlock"])
+        .unwrap();
+    assert!(out.contains("removed"), "{out}");
+    assert!(kill_switch_table(&lab.spoke_ns[0]).is_none());
+    let outside = requests.outside();
+    lab.wait_for(
+        "requests answered around the tunnel again",
+        Duration::from_secs(10),
+        |_| requests.outside() > outside,
+    );
+    let out = lab.spoke_ns[0]
+        .run(spoke.to_str().unwrap(), &["unlock"])
+        .unwrap();
+    assert!(out.contains("nothing to unlock"), "{out}");
+
+    // Without lockdown the table goes with an orderly stop.
+    lab.edit_spoke(0, |s| s.lockdown = false);
+    lab.start_spoke(0);
+    lab.wait_established(&[0], Duration::from_secs(20));
+    assert!(kill_switch_table(&lab.spoke_ns[0]).is_some());
+    assert!(lab.signal_spoke(0, "TERM").success());
+    assert!(
+        kill_switch_table(&lab.spoke_ns[0]).is_none(),
+        "removed on an orderly stop"
+    );
+    println!(
+        "kill switch: {on} packets left before it was on, none while connecting, \
+         established or after the crash; {} requests through the tunnel; the table dropped \
+         {} packets",
+        requests.tunneled(),
+        blocked
+            .split("packets ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or("?")
+    );
+    drop(requests);
+    stop_web_server(&internet, server);
+}
+
+#[test]
+fn a_kill_switch_is_refused_in_a_split_tunnel_with_a_sentence() {
+    let Some(mut lab) = Lab::new("a_kill_switch_is_refused_in_a_split_tunnel", 1) else {
+        return;
+    };
+    lab.edit_spoke(0, |s| {
+        s.kill_switch = true;
+        s.accept_default_route = false;
+    });
+    lab.start_spoke(0);
+    let status = lab.wait_spoke_exit(0, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the spoke refuses to start"
+    );
+    let log = lab.log("spoke-0.log");
+    assert!(
+        log.contains("kill_switch = true needs a full tunnel (accept_default_route = true)"),
+        "{log}"
+    );
 }
