@@ -339,12 +339,11 @@ impl Tunnel {
         if let Some(watcher) = watcher {
             let _ = watcher.join();
         }
-        drop(
-            self.kill_switch
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
+        // Taken out and dropped here: removed unless locked.
+        self.kill_switch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         self.watch().ended.clone().unwrap_or(Ok(()))
     }
 }
