@@ -58,10 +58,16 @@ pub(crate) struct Netlink {
 
 impl Netlink {
     /// Opens a socket to the kernel's routing, in the calling thread's network namespace.
+    /// An answer that does not come within [`COMMAND_TIMEOUT`](crate::COMMAND_TIMEOUT)
+    /// fails the change, as a stuck command would.
     pub(crate) fn open() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
+        let timeout =
+            nix::sys::time::TimeVal::new(crate::COMMAND_TIMEOUT.as_secs() as nix::libc::time_t, 0);
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(io::Error::from)?;
         Ok(Self {
             socket,
             sequence: 0,
