@@ -24,6 +24,11 @@ struct LeakCounter {
 
 impl LeakCounter {
     fn install(ns: &Namespace, hub: SocketAddr) -> Self {
+        Self::install_for(ns, hub, "")
+    }
+
+    /// Counts only what matches `only` too (an nftables match such as `ip daddr NET`).
+    fn install_for(ns: &Namespace, hub: SocketAddr, only: &str) -> Self {
         let rules = format!(
             "table inet slopn_leaks {{
                 counter leaked {{}}
@@ -32,7 +37,7 @@ impl LeakCounter {
                     oifname != \"wan0\" return
                     ip daddr {} udp dport {} return
                     icmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld2-listener-report }} return
-                    counter name \"leaked\"
+                    {only} counter name \"leaked\"
                 }}
             }}",
             hub.ip(),
@@ -483,4 +488,65 @@ fn a_kill_switch_is_refused_in_a_split_tunnel_with_a_sentence() {
         log.contains("kill_switch = true needs a full tunnel (accept_default_route = true)"),
         "{log}"
     );
+}
+
+#[test]
+fn a_split_tunnel_carries_the_pushed_networks_and_leaves_the_rest_outside() {
+    let Some(mut lab) = Lab::with_internet("a_split_tunnel_carries_the_pushed", 1) else {
+        return;
+    };
+    let internet = lab.internet.take().unwrap();
+    let pushed = web_server(&internet);
+    lab.edit_hub(|h| {
+        h.gateway = true;
+        h.uplink = Some("up0".into());
+        h.default_route = false;
+        h.routes = vec!["203.0.113.0/24".parse().unwrap()];
+    });
+    // Elsewhere: a server beyond the spoke's own router.
+    lab.wan
+        .ip(&["addr", "add", "198.51.100.1/32", "dev", "lo"])
+        .unwrap();
+    let elsewhere = web_server_on(&lab.wan, "198.51.100.1:8080".parse().unwrap());
+    // Counts the pushed network leaving around the tunnel.
+    let counter =
+        LeakCounter::install_for(&lab.spoke_ns[0], lab.hub_addr(), "ip daddr 203.0.113.0/24");
+    lab.start_hub();
+    lab.start_spoke(0);
+    lab.wait_established(&[0], Duration::from_secs(10));
+    let into = Requests::start(
+        &lab.spoke_ns[0],
+        "203.0.113.2:8080".parse().unwrap(),
+        "you are 203.0.113.1",
+    );
+    let around = Requests::start(
+        &lab.spoke_ns[0],
+        "198.51.100.1:8080".parse().unwrap(),
+        "you are 10.100.0.",
+    );
+    lab.wait_for("both kinds answered", Duration::from_secs(10), |_| {
+        into.tunneled() >= 20 && around.outside() >= 20
+    });
+    assert_eq!(
+        counter.leaked(),
+        0,
+        "the pushed network left around the tunnel"
+    );
+    assert_eq!(
+        into.outside(),
+        0,
+        "the pushed network answered from outside"
+    );
+    assert_eq!(around.tunneled(), 0, "the rest went into the tunnel");
+    let table = lab.spoke_ns[0].ip(&["route", "show"]).unwrap();
+    assert!(!table.contains("0.0.0.0/1"), "no default halves: {table}");
+    println!(
+        "split tunnel: {} requests to the pushed network through the tunnel, {} to the rest \
+         around it, none of the first outside",
+        into.tunneled(),
+        around.outside()
+    );
+    drop((into, around));
+    stop_web_server(&internet, pushed);
+    stop_web_server_on(&lab.wan, "198.51.100.1:8080", elsewhere);
 }
