@@ -92,11 +92,17 @@ impl Drop for Gateway {
 
 /// `slopn_` and the device name with anything but letters and digits replaced.
 fn table_name(tun: &str) -> String {
+    nft_table_name("slopn_", tun)
+}
+
+/// `prefix` and the device name with anything but letters and digits replaced: a name
+/// nftables takes.
+pub(crate) fn nft_table_name(prefix: &str, tun: &str) -> String {
     let clean: String = tun
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    format!("slopn_{clean}")
+    format!("{prefix}{clean}")
 }
 
 /// The interface of the IPv4 default route: the uplink when none is configured.

@@ -86,11 +86,7 @@ impl Drop for KillSwitch {
 
 /// `slopn_ks_` and the device name with anything but letters and digits replaced.
 fn table_name(tun: &str) -> String {
-    let clean: String = tun
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("slopn_ks_{clean}")
+    crate::gateway::nft_table_name("slopn_ks_", tun)
 }
 
 /// The nft script: create-delete-create, so that a stale table is replaced atomically.

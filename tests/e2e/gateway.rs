@@ -79,15 +79,11 @@ fn routes(ns: &Namespace) -> String {
 
 #[test]
 fn full_and_split_tunnels_through_the_gateway() {
-    let Some(mut lab) = Lab::with_internet("gateway_tunnels", 2) else {
+    let Some(mut lab) = Lab::with_gateway("gateway_tunnels", 2) else {
         return;
     };
     let internet = lab.internet.take().unwrap();
     let server = web_server(&internet);
-    lab.edit_hub(|h| {
-        h.gateway = true;
-        h.uplink = Some("up0".into());
-    });
     lab.edit_spoke(1, |s| s.accept_default_route = false);
     assert!(
         fetch(&lab.spoke_ns[0]).is_none(),
@@ -224,14 +220,12 @@ fn udp_packet(src: [u8; 4], dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn attacks_on_the_gateway_are_refused_and_other_spokes_do_not_notice() {
-    let Some(mut lab) = Lab::with_internet("gateway_attacks", 5) else {
+    let Some(mut lab) = Lab::with_gateway("gateway_attacks", 5) else {
         return;
     };
     let internet = lab.internet.take().unwrap();
     let server = web_server(&internet);
     lab.edit_hub(|h| {
-        h.gateway = true;
-        h.uplink = Some("up0".into());
         for name in ["cert-2", "cert-3", "cert-4"] {
             h.spokes.push(SpokeEntry {
                 name: name.into(),

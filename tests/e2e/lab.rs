@@ -52,6 +52,31 @@ impl Lab {
         Self::build(test, spokes, true)
     }
 
+    /// A lab whose hub is a gateway: NAT out of its uplink `up0` into the "internet".
+    pub fn with_gateway(test: &str, spokes: usize) -> Option<Self> {
+        let lab = Self::build(test, spokes, true)?;
+        lab.edit_hub(|h| {
+            h.gateway = true;
+            h.uplink = Some("up0".into());
+        });
+        Some(lab)
+    }
+
+    /// A way to `internet` around the tunnel: the wan routes it to the hub's host, which
+    /// forwards it unmasqueraded, and the internet routes back. What leaves around the
+    /// tunnel is answered "you are 10.0.N.2" (the spoke's own underlay address).
+    pub fn route_around_the_tunnel(&self, internet: &Namespace) {
+        self.wan
+            .ip(&["route", "add", "203.0.113.0/24", "via", HUB_IP])
+            .unwrap();
+        self.hub_ns
+            .run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+            .unwrap();
+        internet
+            .ip(&["route", "add", "10.0.0.0/16", "via", "203.0.113.1"])
+            .unwrap();
+    }
+
     fn build(test: &str, spokes: usize, internet: bool) -> Option<Self> {
         if !netns::runnable(test) {
             return None;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use slopn_tun::netns::Namespace;
 
 use crate::gateway::{stop_web_server, stop_web_server_on, web_server, web_server_on};
-use crate::lab::{HUB_IP, Lab};
+use crate::lab::Lab;
 
 /// Counts what leaves `wan0` for anywhere but the hub's endpoint (IPv6 neighbour discovery
 /// and multicast listener reports, which never leave the link, excepted), after the output
@@ -130,6 +130,16 @@ impl Requests {
         }
     }
 
+    /// Requests to the internet's web server; answers naming the hub's uplink came
+    /// through the tunnel.
+    fn to_internet(ns: &Namespace) -> Self {
+        Self::start(
+            ns,
+            "203.0.113.2:8080".parse().unwrap(),
+            "you are 203.0.113.1",
+        )
+    }
+
     fn attempts(&self) -> u64 {
         self.attempts.load(Ordering::Relaxed)
     }
@@ -154,32 +164,14 @@ impl Drop for Requests {
 
 #[test]
 fn a_full_tunnel_leaks_nothing_once_established_nor_while_the_hub_restarts() {
-    let Some(mut lab) = Lab::with_internet("a_full_tunnel_leaks_nothing", 1) else {
+    let Some(mut lab) = Lab::with_gateway("a_full_tunnel_leaks_nothing", 1) else {
         return;
     };
     let internet = lab.internet.take().unwrap();
     let server = web_server(&internet);
-    lab.edit_hub(|h| {
-        h.gateway = true;
-        h.uplink = Some("up0".into());
-    });
-    // The spoke's own way to the internet, around the tunnel (through the hub's host,
-    // unmasqueraded): a leak gets an answer that says "you are 10.0.1.2".
-    lab.wan
-        .ip(&["route", "add", "203.0.113.0/24", "via", HUB_IP])
-        .unwrap();
-    lab.hub_ns
-        .run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
-        .unwrap();
-    internet
-        .ip(&["route", "add", "10.0.0.0/16", "via", "203.0.113.1"])
-        .unwrap();
-    let counter = LeakCounter::install(&lab.spoke_ns[0], format!("{HUB_IP}:4433").parse().unwrap());
-    let requests = Requests::start(
-        &lab.spoke_ns[0],
-        "203.0.113.2:8080".parse().unwrap(),
-        "you are 203.0.113.1",
-    );
+    lab.route_around_the_tunnel(&internet);
+    let counter = LeakCounter::install(&lab.spoke_ns[0], lab.hub_addr());
+    let requests = Requests::to_internet(&lab.spoke_ns[0]);
     lab.wait_for(
         "requests answered outside the tunnel",
         Duration::from_secs(10),
@@ -241,13 +233,9 @@ fn a_full_tunnel_leaks_nothing_once_established_nor_while_the_hub_restarts() {
 
 #[test]
 fn ipv6_does_not_leak_around_the_full_tunnel_of_an_ipv4_only_hub() {
-    let Some(mut lab) = Lab::with_internet("ipv6_does_not_leak_around_an_ipv4_tunnel", 1) else {
+    let Some(mut lab) = Lab::with_gateway("ipv6_does_not_leak_around_an_ipv4_tunnel", 1) else {
         return;
     };
-    lab.edit_hub(|h| {
-        h.gateway = true;
-        h.uplink = Some("up0".into());
-    });
     // The spoke's underlay has IPv6, and an IPv6 server lies beyond its router.
     let spoke = &lab.spoke_ns[0];
     spoke
@@ -279,7 +267,7 @@ fn ipv6_does_not_leak_around_the_full_tunnel_of_an_ipv4_only_hub() {
         .ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"])
         .unwrap();
     let server = web_server_on(&lab.wan, "[2001:db8:ff::1]:8080".parse().unwrap());
-    let counter = LeakCounter::install(spoke, format!("{HUB_IP}:4433").parse().unwrap());
+    let counter = LeakCounter::install(spoke, lab.hub_addr());
     let requests = Requests::start(
         spoke,
         "[2001:db8:ff::1]:8080".parse().unwrap(),
@@ -339,35 +327,18 @@ fn kill_switch_table(ns: &Namespace) -> Option<String> {
 
 #[test]
 fn the_kill_switch_lets_nothing_out_while_connecting_and_lockdown_holds_after_a_crash() {
-    let Some(mut lab) = Lab::with_internet("the_kill_switch_lets_nothing_out", 1) else {
+    let Some(mut lab) = Lab::with_gateway("the_kill_switch_lets_nothing_out", 1) else {
         return;
     };
     let internet = lab.internet.take().unwrap();
     let server = web_server(&internet);
-    lab.edit_hub(|h| {
-        h.gateway = true;
-        h.uplink = Some("up0".into());
-    });
     lab.edit_spoke(0, |s| {
         s.kill_switch = true;
         s.lockdown = true;
     });
-    // As in the first test: a way around the tunnel, answered "you are 10.0.1.2".
-    lab.wan
-        .ip(&["route", "add", "203.0.113.0/24", "via", HUB_IP])
-        .unwrap();
-    lab.hub_ns
-        .run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
-        .unwrap();
-    internet
-        .ip(&["route", "add", "10.0.0.0/16", "via", "203.0.113.1"])
-        .unwrap();
+    lab.route_around_the_tunnel(&internet);
     let counter = LeakCounter::install(&lab.spoke_ns[0], lab.hub_addr());
-    let requests = Requests::start(
-        &lab.spoke_ns[0],
-        "203.0.113.2:8080".parse().unwrap(),
-        "you are 203.0.113.1",
-    );
+    let requests = Requests::to_internet(&lab.spoke_ns[0]);
     lab.wait_for(
         "requests answered around the tunnel",
         Duration::from_secs(10),
@@ -492,14 +463,12 @@ fn a_kill_switch_is_refused_in_a_split_tunnel_with_a_sentence() {
 
 #[test]
 fn a_split_tunnel_carries_the_pushed_networks_and_leaves_the_rest_outside() {
-    let Some(mut lab) = Lab::with_internet("a_split_tunnel_carries_the_pushed", 1) else {
+    let Some(mut lab) = Lab::with_gateway("a_split_tunnel_carries_the_pushed", 1) else {
         return;
     };
     let internet = lab.internet.take().unwrap();
     let pushed = web_server(&internet);
     lab.edit_hub(|h| {
-        h.gateway = true;
-        h.uplink = Some("up0".into());
         h.default_route = false;
         h.routes = vec!["203.0.113.0/24".parse().unwrap()];
     });
@@ -514,11 +483,7 @@ fn a_split_tunnel_carries_the_pushed_networks_and_leaves_the_rest_outside() {
     lab.start_hub();
     lab.start_spoke(0);
     lab.wait_established(&[0], Duration::from_secs(10));
-    let into = Requests::start(
-        &lab.spoke_ns[0],
-        "203.0.113.2:8080".parse().unwrap(),
-        "you are 203.0.113.1",
-    );
+    let into = Requests::to_internet(&lab.spoke_ns[0]);
     let around = Requests::start(
         &lab.spoke_ns[0],
         "198.51.100.1:8080".parse().unwrap(),
