@@ -20,10 +20,11 @@ pub enum OsAction {
     /// Makes the TUN device's addresses exactly these (address, prefix length). A failure
     /// ends the tunnel.
     SetAddresses(Vec<(IpAddr, u8)>),
-    /// Makes the routes through the TUN device exactly `essential` and `other`, and keeps
-    /// `bypass` (the hub) routed outside the tunnel with a host route, installed first.
-    /// A failed bypass or essential route ends the tunnel; a refused `other` route is
-    /// counted and logged, and the rest are installed regardless.
+    /// Makes the routes through the TUN device exactly `essential` and `other`, the
+    /// unreachable routes exactly `unreachable`, and keeps `bypass` (the hub) routed
+    /// outside the tunnel with a host route, installed first. A failed bypass, essential
+    /// or unreachable route ends the tunnel; a refused `other` route is counted and
+    /// logged, and the rest are installed regardless.
     SetRoutes {
         /// Routes the tunnel cannot work without: its own networks (the pools), without
         /// which nothing reaches the hub, and in a full tunnel the default-route halves,
@@ -31,6 +32,10 @@ pub enum OsAction {
         essential: Vec<IpNet>,
         /// Further networks routed into the tunnel (advertised routes).
         other: Vec<IpNet>,
+        /// In a full tunnel, the default-route halves of a family the tunnel holds no
+        /// address in (IPv6 of an IPv4-only hub): they cannot go through the device, and
+        /// are made unreachable so that such packets do not leave around the tunnel.
+        unreachable: Vec<IpNet>,
         /// The hub's underlay address, kept outside a full tunnel.
         bypass: Option<IpAddr>,
     },
@@ -48,11 +53,20 @@ impl fmt::Display for OsAction {
                 list(f, addresses.iter().map(|(a, p)| format!("{a}/{p}")))
             }
             OsAction::SetRoutes {
-                essential, other, ..
+                essential,
+                other,
+                unreachable,
+                ..
             } => {
                 write!(f, "routing ")?;
                 list(f, essential.iter().chain(other).map(ToString::to_string))?;
-                write!(f, " into the tunnel")
+                write!(f, " into the tunnel")?;
+                if !unreachable.is_empty() {
+                    write!(f, " and making ")?;
+                    list(f, unreachable.iter().map(ToString::to_string))?;
+                    write!(f, " unreachable")?;
+                }
+                Ok(())
             }
             OsAction::SetDns(servers) => {
                 write!(f, "setting the DNS servers to ")?;
@@ -198,6 +212,7 @@ mod tests {
         let action = OsAction::SetRoutes {
             essential: vec!["10.100.0.0/24".parse().unwrap()],
             other: vec!["2001:db8::/32".parse().unwrap()],
+            unreachable: Vec::new(),
             bypass: None,
         };
         let failure = OsFailure {

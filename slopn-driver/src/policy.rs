@@ -34,8 +34,9 @@ impl RoutePolicy {
     /// the default-route halves of both families, as essential as the tunnel networks: a
     /// missing half would leave part of the traffic outside the tunnel while it looks up,
     /// and a family the hub does not serve (IPv6 from an IPv4-only hub) would otherwise
-    /// leave outside it altogether. Into the tunnel, such packets are dropped (the spoke
-    /// holds no address of that family). The tunnel networks of a family without an
+    /// leave outside it altogether. The halves of a family the spoke holds no address in
+    /// cannot go through the device (no IPv6 on a TUN device without an IPv6 address):
+    /// they are made unreachable instead. The tunnel networks of a family without an
     /// address (a hub's IPv6 pool exhausted) are only tried, and counted if refused.
     fn routes_for(
         &self,
@@ -68,16 +69,23 @@ impl RoutePolicy {
         };
         let (mut essential, unheld): (Vec<IpNet>, Vec<IpNet>) = tunnel.into_iter().partition(held);
         other.extend(unheld);
+        let mut unreachable = Vec::new();
         if full {
-            essential.extend(
-                ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"]
-                    .iter()
-                    .map(|h| h.parse::<IpNet>().expect("valid")),
-            );
+            let halves = ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"]
+                .iter()
+                .map(|h| h.parse::<IpNet>().expect("valid"));
+            for half in halves {
+                if held(&half) {
+                    essential.push(half);
+                } else {
+                    unreachable.push(half);
+                }
+            }
         }
         OsAction::SetRoutes {
             essential,
             other,
+            unreachable,
             bypass: if full { self.hub } else { None },
         }
     }
@@ -99,7 +107,7 @@ mod tests {
     }
 
     #[test]
-    fn a_family_without_an_address_has_only_its_halves_essential() {
+    fn a_family_without_an_address_has_its_halves_made_unreachable() {
         let policy = RoutePolicy {
             accept_default_route: true,
             only: Vec::new(),
@@ -114,14 +122,9 @@ mod tests {
         assert_eq!(
             action,
             OsAction::SetRoutes {
-                essential: nets(&[
-                    "10.100.0.0/24",
-                    "0.0.0.0/1",
-                    "128.0.0.0/1",
-                    "::/1",
-                    "8000::/1"
-                ]),
+                essential: nets(&["10.100.0.0/24", "0.0.0.0/1", "128.0.0.0/1"]),
                 other: nets(&["fd00:100::/64"]),
+                unreachable: nets(&["::/1", "8000::/1"]),
                 bypass: None,
             }
         );
@@ -143,14 +146,9 @@ mod tests {
         assert_eq!(
             action,
             OsAction::SetRoutes {
-                essential: nets(&[
-                    "10.100.0.0/24",
-                    "0.0.0.0/1",
-                    "128.0.0.0/1",
-                    "::/1",
-                    "8000::/1"
-                ]),
+                essential: nets(&["10.100.0.0/24", "0.0.0.0/1", "128.0.0.0/1"]),
                 other: Vec::new(),
+                unreachable: nets(&["::/1", "8000::/1"]),
                 bypass: None,
             }
         );
@@ -181,6 +179,7 @@ mod tests {
                     "8000::/1"
                 ]),
                 other: nets(&["192.168.50.0/24"]),
+                unreachable: Vec::new(),
                 bypass: Some(hub),
             }
         );
@@ -203,6 +202,7 @@ mod tests {
             OsAction::SetRoutes {
                 essential: nets(&["10.100.0.0/24"]),
                 other: nets(&["192.168.50.0/24"]),
+                unreachable: Vec::new(),
                 bypass: None,
             }
         );

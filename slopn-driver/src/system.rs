@@ -39,6 +39,7 @@ impl OsSide for System {
             OsAction::SetRoutes {
                 essential,
                 other,
+                unreachable,
                 bypass,
             } => {
                 // The hub stays reachable outside the tunnel before a default route points
@@ -49,26 +50,17 @@ impl OsSide for System {
                     Err(e) => errors.push(e),
                     Ok(()) => {}
                 }
-                // A full tunnel's halves of a family the tunnel holds no address in (IPv6
-                // of an IPv4-only hub) cannot go through the device: they are made
-                // unreachable, so that such packets do not leave around the tunnel.
-                let carried = |net: &IpNet| {
-                    control
-                        .addresses()
-                        .iter()
-                        .any(|(a, _)| a.is_ipv4() == net.addr().is_ipv4())
-                };
-                let (blocked, essential): (Vec<IpNet>, Vec<IpNet>) = essential
-                    .iter()
-                    .partition(|net| net.prefix_len() == 1 && !carried(net));
-                let mut failed = routes.set_unreachable(&blocked);
+                let mut failed = routes.set_unreachable(unreachable);
                 let all: Vec<IpNet> = essential.iter().chain(other).copied().collect();
                 // Only routes to add can be essential: a stale one that could not be
                 // removed is no longer listed (and is tried again later).
                 failed.extend(routes.set(&all));
                 // A host without IPv6 refuses IPv6 routes, and has no IPv6 to leak either.
                 let fatal = failed.iter().any(|(net, e)| {
-                    essential.iter().chain(&blocked).any(|t| t.trunc() == *net)
+                    essential
+                        .iter()
+                        .chain(unreachable)
+                        .any(|t| t.trunc() == *net)
                         && !(net.addr().is_ipv6() && no_ipv6(e))
                 });
                 errors.extend(failed.into_iter().map(|(_, e)| e));

@@ -216,6 +216,7 @@ mod tests {
             .submit(OsAction::SetRoutes {
                 essential: vec!["10.100.0.0/24".parse().unwrap()],
                 other: vec!["0.0.0.0/1".parse().unwrap()],
+                unreachable: Vec::new(),
                 bypass: None,
             })
             .unwrap();
