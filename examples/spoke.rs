@@ -200,28 +200,11 @@ fn main() -> ExitCode {
 }
 
 /// The commands that talk to a running spoke or service.
-/// Removes the kill switch's table of device `tun`.
-#[cfg(unix)]
+/// Removes the kill switch's table of device `tun` and puts back a resolver file a
+/// spoke left.
 fn unlock(tun: &str) -> Result<(), String> {
-    match slopn::tun::KillSwitch::remove(tun) {
-        Ok(true) => {
-            println!("kill switch of {tun} removed: traffic leaves normally again");
-            Ok(())
-        }
-        Ok(false) => {
-            println!("no kill switch on {tun}: nothing to unlock");
-            Ok(())
-        }
-        Err(e) => Err(format!(
-            "cannot remove the kill switch of {tun}: {e}. Run it as root (sudo spoke unlock)."
-        )),
-    }
-}
-
-/// The kill switch is not on Windows yet.
-#[cfg(not(unix))]
-fn unlock(_tun: &str) -> Result<(), String> {
-    Err("the kill switch is not available on Windows yet: there is nothing to unlock".into())
+    println!("{}", slopn::tunnel::unlock(tun)?);
+    Ok(())
 }
 
 fn client(command: Command) -> Result<(), String> {

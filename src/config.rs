@@ -160,6 +160,38 @@ pub enum AuthMode {
     Certificate,
 }
 
+/// How a spoke hands the DNS servers its hub pushes to the system (`dns_method`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsSetting {
+    /// Per device through systemd-resolved (`resolvectl`); on Windows `netsh`.
+    #[default]
+    #[serde(rename = "system")]
+    System,
+    /// Written into `/etc/resolv.conf` while the tunnel is up and put back after: for
+    /// hosts without systemd-resolved.
+    #[serde(rename = "resolv.conf")]
+    ResolvConf,
+    /// Pushed servers are ignored.
+    #[serde(rename = "off")]
+    Off,
+}
+
+impl DnsSetting {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl From<DnsSetting> for slopn_tun::DnsMethod {
+    fn from(setting: DnsSetting) -> Self {
+        match setting {
+            DnsSetting::System => Self::System,
+            DnsSetting::ResolvConf => Self::ResolvConf,
+            DnsSetting::Off => Self::Off,
+        }
+    }
+}
+
 /// `spoke.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,6 +237,9 @@ pub struct SpokeFile {
     /// printer).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_lan: Vec<IpNet>,
+    /// How the DNS servers the hub pushes reach this host's resolver.
+    #[serde(default, skip_serializing_if = "DnsSetting::is_default")]
+    pub dns_method: DnsSetting,
     /// A static address to ask for (default: any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,

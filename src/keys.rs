@@ -262,6 +262,7 @@ pub fn add_spoke(dir: &Path, name: &str, auth: AuthMode) -> Result<PathBuf, Conf
         kill_switch: false,
         lockdown: false,
         allow_lan: Vec::new(),
+        dns_method: Default::default(),
         tun_name: "slopn0".into(),
         control_socket: None,
         metrics_listen: None,

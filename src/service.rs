@@ -255,7 +255,6 @@ impl SpokeService {
         }
     }
 
-    /// Ends the tunnel, if any; returns once its TUN device and routes are gone.
     /// Ends the tunnel, if any. `unlock`: a disconnect asked for, which also removes a
     /// kill switch kept by lockdown (the service's own shutdown keeps it).
     fn disconnect(&self, unlock: bool) {
@@ -271,27 +270,22 @@ impl SpokeService {
         current.error = None;
         let profile = current.profile.clone();
         drop(current);
-        #[cfg(unix)]
         if unlock {
             self.unlock(profile.as_deref());
         }
-        #[cfg(not(unix))]
-        let _ = (unlock, profile);
         self.events
             .publish(json!({ "event": "disconnected_tunnel" }).to_string());
     }
 
     /// Removes the kill switch of `profile`'s device, kept by lockdown or left by a tunnel
-    /// that died.
-    #[cfg(unix)]
+    /// that died, and puts back a resolver file a tunnel that died left.
     fn unlock(&self, profile: Option<&str>) {
         let tun = profile
             .and_then(|name| self.store.load(name).ok())
             .map_or_else(|| "slopn0".to_owned(), |file| file.tun_name);
-        match slopn_tun::KillSwitch::remove(&tun) {
-            Ok(true) => info!(%tun, "kill switch removed"),
-            Ok(false) => {}
-            Err(e) => warn!(%tun, "could not remove the kill switch: {e}"),
+        match crate::tunnel::unlock(&tun) {
+            Ok(done) => info!(%tun, "{done}"),
+            Err(e) => warn!(%tun, "{e}"),
         }
     }
 

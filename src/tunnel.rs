@@ -18,7 +18,7 @@ use slopn_proto::{DisconnectReason, Spoke, SpokeConfig, SpokeEvent};
 use slopn_tun::{Tun, TunConfig};
 use tracing::{info, warn};
 
-use crate::config::{SpokeFile, SpokeRuntime};
+use crate::config::{DnsSetting, SpokeFile, SpokeRuntime};
 use crate::runtime::Loop;
 use crate::status::{self, Rates};
 
@@ -98,6 +98,34 @@ fn kill_switch(
         );
     }
     Ok(None)
+}
+
+/// Removes the kill switch's table of device `tun` (kept by lockdown, or left by a spoke
+/// that died) and puts back `/etc/resolv.conf` if a spoke that died left its servers in
+/// it. What was done, as a sentence.
+#[cfg(unix)]
+pub fn unlock(tun: &str) -> Result<String, String> {
+    let removed = slopn_tun::KillSwitch::remove(tun).map_err(|e| {
+        format!("cannot remove the kill switch of {tun}: {e}. Run it as root (sudo spoke unlock).")
+    })?;
+    let restored = slopn_tun::restore_resolv_conf().map_err(|e| {
+        format!("cannot put /etc/resolv.conf back: {e}. Run it as root (sudo spoke unlock).")
+    })?;
+    let mut done = if removed {
+        format!("kill switch of {tun} removed: traffic leaves normally again")
+    } else {
+        format!("no kill switch on {tun}: nothing to unlock")
+    };
+    if restored {
+        done.push_str("; /etc/resolv.conf put back as it was before the tunnel");
+    }
+    Ok(done)
+}
+
+/// The kill switch is not on Windows yet.
+#[cfg(not(unix))]
+pub fn unlock(_tun: &str) -> Result<String, String> {
+    Err("the kill switch is not available on Windows yet: there is nothing to unlock".into())
 }
 
 /// Where a tunnel's configuration came from, for messages.
@@ -216,6 +244,15 @@ impl Tunnel {
         // Before the first packet to the hub: nothing leaves around the tunnel while it
         // connects either.
         let kill_switch = kill_switch(file, &runtime.tun_name, hub_addr)?;
+        if file.dns_method == DnsSetting::ResolvConf {
+            // A spoke that died left its servers there: the hub may be reachable by name
+            // only through the resolver the host had.
+            match slopn_tun::restore_resolv_conf() {
+                Ok(true) => info!("/etc/resolv.conf put back as a spoke that died left it"),
+                Ok(false) => {}
+                Err(e) => warn!("{e}"),
+            }
+        }
         let local: SocketAddr = if hub_addr.is_ipv4() {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         } else {
@@ -230,6 +267,7 @@ impl Tunnel {
                 only: file.routes.clone(),
                 hub: Some(hub_addr.ip()),
             },
+            dns: file.dns_method.into(),
             ..Options::default()
         };
         let handle = Arc::new(Loop::spawn(file.runtime, spoke, tun, socket, options)?);

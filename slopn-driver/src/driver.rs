@@ -82,7 +82,7 @@ impl<M: Machine> Driver<M> {
                 })?;
             tun
         };
-        let worker = Worker::spawn(System::new(tun.control()), wake.clone())
+        let worker = Worker::spawn(System::new(tun.control(), options.dns), wake.clone())
             .map_err(io_error("starting the OS helper thread"))?;
         let (inbox, remote) = Inbox::new(wake);
         let driver = Self {
@@ -144,7 +144,7 @@ impl<M: Machine> Driver<M> {
         while let Some(report) = self.worker.try_report() {
             if let Some(took) = self.progress.reported(&report, now) {
                 info!(
-                    "routes in place {:.2} ms after the address assignment",
+                    "routes in place {:.2} ms after the address assignment (DNS too, if pushed)",
                     took.as_secs_f64() * 1e3
                 );
             }

@@ -75,9 +75,10 @@ pub struct IoCounters {
     pub udp_send_errors: u64,
     /// OS actions the helper thread has reported on: carried out, successfully or not.
     pub os_actions: u64,
-    /// Spoke: whether the OS has the addresses and routes of the latest assignment (the
-    /// helper has reported on them; a refused optional route counts in `os_failures`).
-    /// Later actions (DNS, an MTU change, new routes) do not take it back while they run.
+    /// Spoke: whether the OS has the addresses, routes and DNS servers of the latest
+    /// assignment (the helper has reported on them; a refused optional route or DNS servers
+    /// that could not be set count in `os_failures`). Later actions (an MTU change, new
+    /// routes or servers) do not take it back while they run.
     /// Always false for a hub, which configures its device when it opens it.
     pub routed: bool,
     /// OS actions that failed, wholly or in part (a route the kernel refused, DNS servers

@@ -4,6 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use slopn_proto::DisconnectReason;
+use slopn_tun::DnsMethod;
 
 use crate::os::OsFailure;
 use crate::policy::RoutePolicy;
@@ -27,6 +28,8 @@ pub struct Options {
     pub event_queue: usize,
     /// Which advertised routes a spoke installs (full or split tunnel).
     pub routes: RoutePolicy,
+    /// How a spoke's pushed DNS servers reach the system's resolver.
+    pub dns: DnsMethod,
     /// The largest UDP payload the machine sends (its transport's `max_mtu`): bounds how many
     /// datagrams go into one GSO send, which the kernel limits to 64 KiB.
     pub max_udp_payload: u16,
@@ -44,6 +47,7 @@ impl Default for Options {
                 accept_default_route: true,
                 ..RoutePolicy::default()
             },
+            dns: DnsMethod::default(),
             max_udp_payload: slopn_proto::TransportSettings::default().max_mtu,
         }
     }

@@ -165,11 +165,13 @@ impl OsPlan {
         self.queued.push((action, false));
     }
 
-    /// Queues the routes of an assignment, after its addresses: once the helper has
-    /// reported on it, the tunnel is routed (see
+    /// Marks the action queued last as the end of an assignment (its addresses, routes and
+    /// DNS): once the helper has reported on it, the tunnel is routed (see
     /// [`IoCounters::routed`](crate::IoCounters::routed)).
-    pub fn push_assignment_routes(&mut self, action: OsAction) {
-        self.queued.push((action, true));
+    pub fn end_assignment(&mut self) {
+        if let Some((_, last)) = self.queued.last_mut() {
+            *last = true;
+        }
     }
 
     /// Takes the queued actions, oldest first, each with whether it routes the latest

@@ -83,11 +83,13 @@ impl Machine for Spoke {
                     .collect();
                 os.push(OsAction::SetAddresses(host));
                 // Routes need the addresses in place: queued after them, the current list.
-                os.push_assignment_routes(os.policy().routes(self));
-                // DNS last: the tunnel carries packets before resolvectl has answered.
+                os.push(os.policy().routes(self));
+                // DNS last; "established" waits for it too, so no query goes to the
+                // resolver the host had before.
                 if let Some(servers) = os.take_held_dns() {
                     os.push(OsAction::SetDns(servers));
                 }
+                os.end_assignment();
             }
             // Before the first assignment routes and DNS wait for the addresses (see above):
             // the hub sends them first.
@@ -153,7 +155,7 @@ mod tests {
         ] {
             assert_eq!(spoke.apply(&event, &mut os), Flow::Continue);
         }
-        // The routes mark the tunnel routed once reported on.
+        // The DNS servers, last, mark the tunnel routed once reported on.
         let queued: Vec<(OsAction, bool)> = os.drain().collect();
         assert!(
             matches!(
@@ -161,8 +163,8 @@ mod tests {
                 [
                     (OsAction::SetMtu(1400), false),
                     (OsAction::SetAddresses(_), false),
-                    (OsAction::SetRoutes { .. }, true),
-                    (OsAction::SetDns(servers), false),
+                    (OsAction::SetRoutes { .. }, false),
+                    (OsAction::SetDns(servers), true),
                 ] if *servers == [dns]
             ),
             "{queued:?}"

@@ -2,22 +2,25 @@
 //! DNS, changed as [`OsAction`]s say.
 
 use ipnet::IpNet;
-use slopn_tun::{Routes, TunControl, TunError, set_dns};
+use slopn_tun::{Dns, DnsMethod, Routes, TunControl, TunError};
 
 use crate::os::{OsAction, OsFailure};
 use crate::worker::OsSide;
 
-/// The real OS: one TUN device and the routes through it. Dropping it removes the routes
-/// (fields drop in order: the routes before the device's control handle).
+/// The real OS: one TUN device and the routes and DNS servers through it. Dropping it
+/// removes the routes and puts back a resolver file it wrote (fields drop in order: both
+/// before the device's control handle).
 pub(crate) struct System {
     routes: Routes,
+    dns: Dns,
     control: TunControl,
 }
 
 impl System {
-    pub(crate) fn new(control: TunControl) -> Self {
+    pub(crate) fn new(control: TunControl, dns: DnsMethod) -> Self {
         Self {
             routes: Routes::new(control.name()),
+            dns: Dns::new(control.name(), dns),
             control,
         }
     }
@@ -70,9 +73,10 @@ impl OsSide for System {
                     Err(failure(errors, fatal))
                 }
             }
-            OsAction::SetDns(servers) => {
-                set_dns(control.name(), servers).map_err(|e| failure(vec![e], false))
-            }
+            OsAction::SetDns(servers) => self
+                .dns
+                .set(servers)
+                .map_err(|e| failure(vec![e], false)),
         }
     }
 }

@@ -1,17 +1,90 @@
-//! DNS servers for the tunnel device: through systemd-resolved, or on Windows `netsh`.
+//! DNS servers for the tunnel device: through systemd-resolved (on Windows `netsh`), or
+//! written into `/etc/resolv.conf` where there is no systemd-resolved.
 
 #[cfg(not(windows))]
 use std::io;
 use std::net::IpAddr;
+use std::path::Path;
 
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::resolv_conf::{self, RESOLV_CONF};
 use crate::{TunError, run};
+
+/// How the servers a hub pushes reach the system's resolver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DnsMethod {
+    /// Per device, through systemd-resolved (`resolvectl dns`); on Windows `netsh`. The
+    /// servers go with the device.
+    #[default]
+    System,
+    /// Written into `/etc/resolv.conf` while the tunnel is up, the file's own text kept in
+    /// it and put back when the tunnel ends (or, after a crash, by
+    /// [`restore_resolv_conf`]). For systems without systemd-resolved.
+    ResolvConf,
+    /// Pushed servers are ignored.
+    Off,
+}
+
+/// The DNS servers of one tunnel device, set by the method chosen. Dropping it puts back
+/// `/etc/resolv.conf` if it wrote that file.
+#[derive(Debug)]
+pub struct Dns {
+    device: String,
+    method: DnsMethod,
+    /// Whether `/etc/resolv.conf` holds this tunnel's servers.
+    wrote_resolv_conf: bool,
+}
+
+impl Dns {
+    /// The DNS servers of `device`, none set yet.
+    pub fn new(device: &str, method: DnsMethod) -> Self {
+        Self {
+            device: device.to_owned(),
+            method,
+            wrote_resolv_conf: false,
+        }
+    }
+
+    /// Points the resolver at `servers` (none: the resolver as it was, where that can be
+    /// told).
+    pub fn set(&mut self, servers: &[IpAddr]) -> Result<(), TunError> {
+        match self.method {
+            DnsMethod::Off => Ok(()),
+            DnsMethod::System => set_dns(&self.device, servers),
+            DnsMethod::ResolvConf => {
+                resolv_conf::set(Path::new(RESOLV_CONF), &self.device, servers)?;
+                self.wrote_resolv_conf = !servers.is_empty();
+                if !servers.is_empty() {
+                    info!(?servers, file = RESOLV_CONF, "DNS servers set");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        if self.wrote_resolv_conf {
+            match restore_resolv_conf() {
+                Ok(_) => info!(file = RESOLV_CONF, "DNS servers put back"),
+                Err(e) => warn!("{e}"),
+            }
+        }
+    }
+}
+
+/// Puts back `/etc/resolv.conf` as it was before a spoke wrote its servers into it (one
+/// that crashed, or ended without putting it back). Whether there was anything to put back.
+pub fn restore_resolv_conf() -> Result<bool, TunError> {
+    resolv_conf::restore(Path::new(RESOLV_CONF))
+}
 
 /// Points Windows' resolver at `servers` for the adapter `device` (`netsh interface ipv4|ipv6
 /// set|add dnsservers`, not registered in DNS, not validated by a probe).
 #[cfg(windows)]
-pub fn set_dns(device: &str, servers: &[IpAddr]) -> Result<(), TunError> {
+fn set_dns(device: &str, servers: &[IpAddr]) -> Result<(), TunError> {
     for args in windows_commands(device, servers) {
         run(
             "netsh",
@@ -28,7 +101,7 @@ pub fn set_dns(device: &str, servers: &[IpAddr]) -> Result<(), TunError> {
 /// for an empty list. Like every command here, it is killed after
 /// [`COMMAND_TIMEOUT`](crate::COMMAND_TIMEOUT) (a stuck D-Bus).
 #[cfg(not(windows))]
-pub fn set_dns(device: &str, servers: &[IpAddr]) -> Result<(), TunError> {
+fn set_dns(device: &str, servers: &[IpAddr]) -> Result<(), TunError> {
     if servers.is_empty() {
         return Ok(());
     }
@@ -42,8 +115,9 @@ pub fn set_dns(device: &str, servers: &[IpAddr]) -> Result<(), TunError> {
         }
         Err(TunError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             Err(TunError::Io {
-                what: "running resolvectl (systemd-resolved is not available: configure the \
-                       pushed DNS servers in /etc/resolv.conf if wanted)"
+                what: "running resolvectl (systemd-resolved is not available: set dns_method \
+                       = \"resolv.conf\" in the spoke file to have the pushed servers written \
+                       into /etc/resolv.conf)"
                     .into(),
                 source,
             })

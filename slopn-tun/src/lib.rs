@@ -32,12 +32,13 @@ mod netlink;
 #[cfg(unix)]
 pub mod netns;
 mod offload;
+mod resolv_conf;
 mod routes;
 #[cfg(windows)]
 mod wintun_reader;
 
 pub use device::{Tun, TunConfig, TunControl};
-pub use dns::set_dns;
+pub use dns::{Dns, DnsMethod, restore_resolv_conf};
 #[cfg(unix)]
 pub use gateway::{Gateway, default_uplink};
 #[cfg(unix)]

@@ -17,13 +17,13 @@ use crate::lab::Lab;
 /// Counts what leaves `wan0` for anywhere but the hub's endpoint (IPv6 neighbour discovery
 /// and multicast listener reports, which never leave the link, excepted), after the output
 /// hook: what a kill switch drops is not counted.
-struct LeakCounter {
+pub(crate) struct LeakCounter {
     /// The spoke's namespace.
     ns: String,
 }
 
 impl LeakCounter {
-    fn install(ns: &Namespace, hub: SocketAddr) -> Self {
+    pub(crate) fn install(ns: &Namespace, hub: SocketAddr) -> Self {
         Self::install_for(ns, hub, "")
     }
 
@@ -61,7 +61,7 @@ impl LeakCounter {
     }
 
     /// Packets counted so far.
-    fn leaked(&self) -> u64 {
+    pub(crate) fn leaked(&self) -> u64 {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &self.ns])
             .args(["nft", "list", "counter", "inet", "slopn_leaks", "leaked"])

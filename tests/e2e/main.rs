@@ -2,6 +2,7 @@
 //! in network namespaces this test creates and removes. They need root (CI runs as root);
 //! elsewhere they print SKIPPED and why, except under CI (`CI=true`), where they fail.
 
+mod dns;
 mod dual_stack;
 mod gateway;
 mod lab;
