@@ -107,6 +107,17 @@ enum Command {
         #[command(flatten)]
         socket: Socket,
     },
+    /// Turn the kill switch of one of the service's profiles on or off (applied at once if
+    /// it is connected). Full-tunnel profiles only.
+    KillSwitch {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// The profile's name.
+        profile: String,
+        #[command(flatten)]
+        socket: Socket,
+    },
     /// Delete one of the service's profiles.
     Remove {
         /// The profile's name.
@@ -244,8 +255,14 @@ fn client(command: Command) -> Result<(), String> {
                 println!("no profiles: add one with `spoke import NAME FILE`");
             }
             for p in profiles {
+                let tunnel = match (p.full_tunnel, p.kill_switch, p.lockdown) {
+                    (false, ..) => "split tunnel",
+                    (true, false, _) => "full tunnel",
+                    (true, true, false) => "full tunnel, kill switch",
+                    (true, true, true) => "full tunnel, kill switch with lockdown",
+                };
                 println!(
-                    "{:<20} {:<32} {} ({})",
+                    "{:<20} {:<32} {} ({}; {tunnel})",
                     p.name, p.hub, p.server_name, p.auth
                 );
             }
@@ -262,6 +279,17 @@ fn client(command: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Remove { name, socket } => simple(&socket, Request::Remove { name }),
+        Command::KillSwitch {
+            state,
+            profile,
+            socket,
+        } => simple(
+            &socket,
+            Request::SetKillSwitch {
+                profile,
+                on: state == "on",
+            },
+        ),
         Command::Logs { follow, socket } => {
             let mut logs = Client::connect(&socket.path)
                 .and_then(|c| c.subscribe(&Request::Logs))
@@ -302,6 +330,12 @@ fn print_status(value: &serde_json::Value, json: bool) {
     println!("identity:  {}", s.identity.as_deref().unwrap_or("-"));
     println!("addresses: {:?}", s.addresses);
     println!("routes:    {:?}", s.routes);
+    if !s.dns_servers.is_empty() {
+        println!("dns:       {:?}", s.dns_servers);
+    }
+    if s.kill_switch {
+        println!("kill switch: on (nothing leaves but through the tunnel)");
+    }
     match s.rtt_ms {
         Some(rtt) => println!("rtt:       {rtt:.2} ms"),
         None => println!("rtt:       -"),

@@ -230,11 +230,11 @@ pub struct SpokeFile {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kill_switch: bool,
     /// Keeps the kill switch's table when the spoke dies, until `spoke unlock` (or a
-    /// disconnect through the spoke service).
+    /// disconnect through the spoke service). Only with `kill_switch`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lockdown: bool,
     /// Networks the kill switch lets through outside the tunnel (the local LAN, a
-    /// printer).
+    /// printer). Only with `kill_switch`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_lan: Vec<IpNet>,
     /// How the DNS servers the hub pushes reach this host's resolver.
@@ -551,25 +551,14 @@ impl SpokeFile {
         })
     }
 
-    /// The kill switch's settings make sense together.
+    /// The kill switch needs a full tunnel. (`lockdown` and `allow_lan` refine it and do
+    /// nothing without it: a switch turned off keeps them for when it is turned on.)
     fn check_kill_switch(&self, label: &str) -> Result<(), ConfigError> {
         if self.kill_switch && !self.accept_default_route {
             return Err(ConfigError::new(format!(
                 "{label}: kill_switch = true needs a full tunnel (accept_default_route = true): \
                  a split tunnel sends most traffic outside the tunnel on purpose. Remove \
                  kill_switch, or make the tunnel full."
-            )));
-        }
-        if self.lockdown && !self.kill_switch {
-            return Err(ConfigError::new(format!(
-                "{label}: lockdown = true keeps the kill switch's table after the spoke ends; \
-                 set kill_switch = true too."
-            )));
-        }
-        if !self.allow_lan.is_empty() && !self.kill_switch {
-            return Err(ConfigError::new(format!(
-                "{label}: allow_lan lists what the kill switch lets through; set kill_switch \
-                 = true too, or remove allow_lan."
             )));
         }
         Ok(())

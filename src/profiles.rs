@@ -12,6 +12,13 @@ use tracing::warn;
 
 use crate::config::SpokeFile;
 
+/// Whether a write may replace the file there.
+#[derive(Clone, Copy)]
+enum Replace {
+    No,
+    Yes,
+}
+
 /// Profiles in one directory, one `NAME.toml` each.
 #[derive(Debug)]
 pub struct ProfileStore {
@@ -64,6 +71,9 @@ fn summary(name: &str, file: &SpokeFile) -> ProfileSummary {
             "token"
         }
         .into(),
+        full_tunnel: file.accept_default_route,
+        kill_switch: file.kill_switch,
+        lockdown: file.lockdown,
     }
 }
 
@@ -145,26 +155,59 @@ impl ProfileStore {
         Ok(summary(name, &file))
     }
 
+    /// Turns the kill switch of profile `name` on or off, saved in the profile (turning it
+    /// off keeps `lockdown` and `allow_lan`, which apply again when it is turned on).
+    pub fn set_kill_switch(&self, name: &str, on: bool) -> Result<SpokeFile, String> {
+        let file = self.load(name)?;
+        if on && !file.accept_default_route {
+            return Err(format!(
+                "profile {name:?} is a split tunnel (accept_default_route = false): most \
+                 traffic leaves outside the tunnel on purpose, so it cannot have a kill switch"
+            ));
+        }
+        let text = fs::read_to_string(self.path(name))
+            .map_err(|e| format!("cannot read profile {name:?}: {e}"))?;
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| format!("profile {name:?} is damaged: {}", e.message()))?;
+        table.insert("kill_switch".into(), toml::Value::Boolean(on));
+        let text =
+            toml::to_string(&table).map_err(|e| format!("cannot write profile {name:?}: {e}"))?;
+        let file = parse(name, &text)?;
+        self.write(&self.path(name), &text, Replace::Yes)
+            .map_err(|e| format!("cannot save profile {name:?}: {e}"))?;
+        Ok(file)
+    }
+
     /// Writes a temporary file, syncs it, and links it into place only if `path` does not
     /// exist: a crash or a concurrent import leaves no half file and replaces nothing.
     fn create(&self, path: &Path, text: &str) -> std::io::Result<()> {
+        self.write(path, text, Replace::No)
+    }
+
+    /// Writes a temporary file, syncs it, and links it into place (`Replace::No`: only if
+    /// `path` does not exist) or renames it over `path`: a crash leaves the old file or the
+    /// new one, never half of one.
+    fn write(&self, path: &Path, text: &str, replace: Replace) -> std::io::Result<()> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let temporary = self.dir.join(format!(
             ".import-{}-{}.tmp",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let created = (|| {
+        let written = (|| {
             let mut file = crate::private::open_options()
                 .write(true)
                 .create_new(true)
                 .open(&temporary)?;
             file.write_all(text.as_bytes())?;
             file.sync_all()?;
-            fs::hard_link(&temporary, path)
+            match replace {
+                Replace::No => fs::hard_link(&temporary, path),
+                Replace::Yes => fs::rename(&temporary, path),
+            }
         })();
         let _ = fs::remove_file(&temporary);
-        created?;
+        written?;
         crate::private::sync_dir(&self.dir)
     }
 

@@ -341,6 +341,31 @@ impl SpokeService {
         Ok(Map::new())
     }
 
+    /// Saves the kill switch of profile `name` and, if its tunnel runs, applies it now.
+    fn set_kill_switch(&self, name: &str, on: bool) -> Answer {
+        let _changes = self.changes();
+        let file = self.store.set_kill_switch(name, on)?;
+        let running = {
+            let current = self.current();
+            match &current.tunnel {
+                Some(t) if current.profile.as_deref() == Some(name) && t.ended().is_none() => {
+                    Some(t.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(tunnel) = running {
+            tunnel.set_kill_switch(&file)?;
+        } else if !on {
+            // Not running: a table lockdown kept goes too, as the user turned it off.
+            self.unlock(Some(name));
+        }
+        info!(profile = %name, on, "kill switch set");
+        self.profiles_changed();
+        let summary = self.store.list().into_iter().find(|p| p.name == name);
+        answer("profile", &summary)
+    }
+
     /// Tells subscribers the new list (called with `changes` held, so lists arrive in order).
     fn profiles_changed(&self) {
         self.events.publish(
@@ -361,6 +386,7 @@ impl Handler for SpokeService {
             Request::Import { name, toml } => self.import(name, toml),
             Request::Remove { name } => self.remove(name),
             Request::Connect { profile } => self.connect(profile.as_deref()),
+            Request::SetKillSwitch { profile, on } => self.set_kill_switch(profile, *on),
             Request::Disconnect { session: None } => {
                 self.disconnect(true);
                 Ok(Map::new())

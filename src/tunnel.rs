@@ -50,6 +50,9 @@ pub struct Tunnel {
     rates: Arc<Rates>,
     watch: Arc<Watched>,
     hub: String,
+    /// The hub's UDP endpoint, which the kill switch lets through.
+    hub_addr: SocketAddr,
+    tun_name: String,
     watcher: Mutex<Option<JoinHandle<()>>>,
     /// Removed once the tunnel has ended ([`wait`](Self::wait)), unless locked (lockdown).
     kill_switch: Mutex<Option<KillSwitch>>,
@@ -126,6 +129,20 @@ pub fn unlock(tun: &str) -> Result<String, String> {
 #[cfg(not(unix))]
 pub fn unlock(_tun: &str) -> Result<String, String> {
     Err("the kill switch is not available on Windows yet: there is nothing to unlock".into())
+}
+
+/// Removes the kill switch's table of `tun`, locked or not.
+#[cfg(unix)]
+fn remove_kill_switch(tun: &str) -> Result<(), String> {
+    KillSwitch::remove(tun)
+        .map(drop)
+        .map_err(|e| format!("cannot turn the kill switch off: {e}"))
+}
+
+/// The kill switch is not on Windows yet: there is none to remove.
+#[cfg(not(unix))]
+fn remove_kill_switch(_tun: &str) -> Result<(), String> {
+    Ok(())
 }
 
 /// Where a tunnel's configuration came from, for messages.
@@ -301,6 +318,8 @@ impl Tunnel {
             rates,
             watch,
             hub: runtime.hub,
+            hub_addr,
+            tun_name: runtime.tun_name,
             watcher: Mutex::new(Some(watcher)),
             kill_switch: Mutex::new(kill_switch),
         })
@@ -340,6 +359,7 @@ impl Tunnel {
             };
         };
         let mut doc = status::spoke_status(&snapshot, &self.hub, &self.rates);
+        doc.kill_switch = self.kill_switch().is_some();
         let watch = self.watch();
         let now = Instant::now();
         if doc.state == TunnelState::Established {
@@ -353,6 +373,26 @@ impl Tunnel {
                 .map(|t| t.saturating_duration_since(now).as_millis() as u64);
         }
         doc
+    }
+
+    fn kill_switch(&self) -> MutexGuard<'_, Option<KillSwitch>> {
+        self.kill_switch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Turns the kill switch on or off as `file` (the profile, changed) now says, while
+    /// the tunnel runs.
+    pub fn set_kill_switch(&self, file: &SpokeFile) -> Result<(), String> {
+        let mut current = self.kill_switch();
+        if file.kill_switch {
+            // Installing replaces the table in one step: nothing gets out in between.
+            *current = kill_switch(file, &self.tun_name, self.hub_addr)?;
+            return Ok(());
+        }
+        if current.take().is_some() {
+            remove_kill_switch(&self.tun_name)?;
+            info!(tun = %self.tun_name, "kill switch off: traffic leaves normally again");
+        }
+        Ok(())
     }
 
     /// Sends the machine a command.
@@ -378,10 +418,7 @@ impl Tunnel {
             let _ = watcher.join();
         }
         // Taken out and dropped here: removed unless locked.
-        self.kill_switch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.kill_switch().take();
         self.watch().ended.clone().unwrap_or(Ok(()))
     }
 }

@@ -91,6 +91,14 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         profile: Option<String>,
     },
+    /// Spoke service: turn the kill switch of a stored profile on or off (saved in the
+    /// profile; applied at once if the tunnel runs with it). Full-tunnel profiles only.
+    SetKillSwitch {
+        /// The profile's name.
+        profile: String,
+        /// On or off.
+        on: bool,
+    },
     /// Spoke: say goodbye and stay disconnected (the service also removes the TUN device,
     /// routes and DNS). Hub: end session `session`.
     Disconnect {
@@ -113,6 +121,7 @@ impl Request {
             Self::Import { .. } => "import",
             Self::Remove { .. } => "remove",
             Self::Connect { .. } => "connect",
+            Self::SetKillSwitch { .. } => "set_kill_switch",
             Self::Disconnect { .. } => "disconnect",
         }
     }
@@ -218,6 +227,8 @@ pub struct SpokeStatus {
     pub routes: Vec<String>,
     /// DNS servers the hub pushed.
     pub dns_servers: Vec<IpAddr>,
+    /// Whether the kill switch is on (nothing leaves this host but through the tunnel).
+    pub kill_switch: bool,
     /// Round-trip time to the hub, in milliseconds.
     pub rtt_ms: Option<f64>,
     /// The TUN device's MTU.
@@ -283,6 +294,14 @@ pub struct ProfileSummary {
     pub server_name: String,
     /// `token` or `certificate`.
     pub auth: String,
+    /// Whether a default route the hub pushes takes all traffic (full tunnel).
+    pub full_tunnel: bool,
+    /// Whether the kill switch is on: nothing leaves but through the tunnel while it is
+    /// meant to be up.
+    pub kill_switch: bool,
+    /// Whether the kill switch stays after the spoke ends, until a disconnect or
+    /// `spoke unlock`.
+    pub lockdown: bool,
 }
 
 /// One line of the server's log.
@@ -323,6 +342,13 @@ mod tests {
                     toml: "hub = \"x\"".into(),
                 },
                 r#"{"command":"import","name":"a","toml":"hub = \"x\""}"#,
+            ),
+            (
+                Request::SetKillSwitch {
+                    profile: "office".into(),
+                    on: true,
+                },
+                r#"{"command":"set_kill_switch","profile":"office","on":true}"#,
             ),
             (
                 Request::Disconnect { session: Some(3) },

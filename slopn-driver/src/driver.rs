@@ -12,6 +12,7 @@ use slopn_tun::Tun;
 use tracing::{debug, info, warn};
 
 use crate::event_log::EventLog;
+use crate::held::HeldEvents;
 use crate::machine::{Flow, IoCounters, Machine};
 use crate::options::{Options, RunError, io_error};
 use crate::os::{OsAction, OsPlan};
@@ -46,6 +47,8 @@ pub struct Driver<M: Machine> {
     tx_buf: Vec<u8>,
     dropped_events: u64,
     event_log: EventLog,
+    /// Events from an assignment on, until its routes and DNS are in place.
+    held: HeldEvents<M::Event>,
     /// When an orderly shutdown must end, once asked for.
     stopping: Option<Instant>,
     /// Why the loop is shutting down, if for an error: returned once the goodbyes are said.
@@ -97,6 +100,7 @@ impl<M: Machine> Driver<M> {
             tx_buf: Vec::with_capacity(64 * 1024),
             dropped_events: 0,
             event_log: EventLog::default(),
+            held: HeldEvents::default(),
             stopping: None,
             failed: None,
             progress: OsProgress::default(),
@@ -157,6 +161,7 @@ impl<M: Machine> Driver<M> {
                 warn!(id = report.id, "{failure}");
             }
         }
+        self.release_held(false);
         let requests = self.inbox.take().unwrap_or_else(|| vec![Request::Stop]);
         for request in requests {
             match request {
@@ -185,6 +190,28 @@ impl<M: Machine> Driver<M> {
         warn!("{error}; shutting down");
         self.failed.get_or_insert(error);
         self.shut_down(now);
+    }
+
+    /// Hands `event` on.
+    fn forward(&mut self, event: M::Event) {
+        if !(self.events)(event) {
+            self.dropped_events += 1;
+            if self.dropped_events.is_power_of_two() {
+                warn!(
+                    dropped = self.dropped_events,
+                    "nobody reads events; dropping them"
+                );
+            }
+        }
+    }
+
+    /// Hands on the held events once the assignment is routed, when the loop is ending,
+    /// or with `all`.
+    fn release_held(&mut self, all: bool) {
+        let ending = all || self.stopping.is_some();
+        for event in self.held.release(self.progress.routed(), ending) {
+            self.forward(event);
+        }
     }
 
     fn io_counters(&self) -> IoCounters {
@@ -326,14 +353,8 @@ impl<M: Machine> Driver<M> {
             if let Flow::Stop(reason) = self.machine.apply(&event, &mut self.plan) {
                 gave_up = Some(reason);
             }
-            if !(self.events)(event) {
-                self.dropped_events += 1;
-                if self.dropped_events.is_power_of_two() {
-                    warn!(
-                        dropped = self.dropped_events,
-                        "nobody reads events; dropping them"
-                    );
-                }
+            if let Some(event) = self.held.hold(event, self.plan.ends_assignment()) {
+                self.forward(event);
             }
         }
         let mut helper_gone = false;
@@ -353,6 +374,7 @@ impl<M: Machine> Driver<M> {
         if helper_gone {
             self.fail(now, RunError::OsHelperGone);
         }
+        self.release_held(false);
         gave_up.map_or(Ok(()), |reason| Err(RunError::GaveUp(reason)))
     }
 
@@ -361,6 +383,7 @@ impl<M: Machine> Driver<M> {
     /// routes, then closes the TUN device (which removes it). Blocks until the helper is done: async runtimes call it where blocking
     /// is allowed.
     pub fn finish(mut self) {
+        self.release_held(true);
         self.inbox.close();
         self.worker.finish();
         debug!("loop finished");

@@ -35,6 +35,7 @@
 
 mod driver;
 mod event_log;
+mod held;
 mod hub;
 mod machine;
 mod options;

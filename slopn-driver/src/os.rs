@@ -174,6 +174,11 @@ impl OsPlan {
         }
     }
 
+    /// Whether an action queued (and not yet taken) ends an assignment.
+    pub(crate) fn ends_assignment(&self) -> bool {
+        self.queued.iter().any(|(_, ends)| *ends)
+    }
+
     /// Takes the queued actions, oldest first, each with whether it routes the latest
     /// assignment.
     pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, (OsAction, bool)> {

@@ -73,10 +73,7 @@ impl OsSide for System {
                     Err(failure(errors, fatal))
                 }
             }
-            OsAction::SetDns(servers) => self
-                .dns
-                .set(servers)
-                .map_err(|e| failure(vec![e], false)),
+            OsAction::SetDns(servers) => self.dns.set(servers).map_err(|e| failure(vec![e], false)),
         }
     }
 }

@@ -159,6 +159,16 @@ async fn create_profile(
 }
 
 #[tauri::command]
+async fn set_kill_switch(
+    backend: State<'_, Arc<Backend>>,
+    profile: String,
+    on: bool,
+) -> Result<(), String> {
+    let backend = backend.inner().clone();
+    blocking(move || backend.link.set_kill_switch(&profile, on)).await
+}
+
+#[tauri::command]
 async fn remove_profile(backend: State<'_, Arc<Backend>>, name: String) -> Result<(), String> {
     let backend = backend.inner().clone();
     blocking(move || backend.link.remove(&name)).await
@@ -287,6 +297,7 @@ pub fn run() -> Result<(), String> {
             import_profile,
             create_profile,
             remove_profile,
+            set_kill_switch,
             save_logs
         ])
         .setup(move |app| {

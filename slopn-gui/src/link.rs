@@ -192,6 +192,15 @@ impl Link {
             .map(str::to_owned))
     }
 
+    /// Turns the kill switch of profile `name` on or off (at once if it is connected).
+    pub fn set_kill_switch(&self, name: &str, on: bool) -> Result<(), String> {
+        self.request(&Request::SetKillSwitch {
+            profile: name.to_owned(),
+            on,
+        })
+        .map(drop)
+    }
+
     /// Removes profile `name`.
     pub fn remove(&self, name: &str) -> Result<(), String> {
         self.request(&Request::Remove {

@@ -187,6 +187,8 @@ pub struct View {
     pub rtt_ms: Option<f64>,
     /// The tunnel MTU.
     pub mtu: Option<u16>,
+    /// Whether the kill switch is on now (nothing leaves but through the tunnel).
+    pub kill_switch: bool,
     /// Seconds connected.
     pub connected_secs: Option<f64>,
     /// Milliseconds until the next attempt, while reconnecting.
@@ -274,6 +276,7 @@ impl View {
             hub: (!status.hub.is_empty()).then(|| status.hub.clone()),
             rtt_ms: status.rtt_ms.filter(|_| connected),
             mtu: status.tun_mtu,
+            kill_switch: status.kill_switch,
             connected_secs: status.connected_secs,
             retry_in_ms: status.retry_in_ms,
             attempts: status.connect_attempts,

@@ -59,6 +59,8 @@ impl Handler for FakeService {
                     hub,
                     server_name: "hub".into(),
                     auth: "token".into(),
+                    full_tunnel: true,
+                    ..ProfileSummary::default()
                 });
                 self.events
                     .publish(json!({ "event": "profiles_changed" }).to_string());
@@ -90,6 +92,17 @@ impl Handler for FakeService {
                         ..SpokeStatus::default()
                     }
                 });
+            }
+            Request::SetKillSwitch { profile, on } => {
+                let mut profiles = self.profiles.lock().unwrap();
+                let Some(p) = profiles.iter_mut().find(|p| &p.name == profile) else {
+                    return Err(format!("there is no profile named {profile:?}"));
+                };
+                p.kill_switch = *on;
+                drop(profiles);
+                self.set(|s| s.kill_switch = *on && s.state == TunnelState::Established);
+                self.events
+                    .publish(json!({ "event": "profiles_changed" }).to_string());
             }
             Request::Remove { name } => {
                 self.profiles.lock().unwrap().retain(|p| &p.name != name);
@@ -256,6 +269,16 @@ fn commands_reach_the_service_and_the_view_follows() {
     assert_eq!(view.profile.as_deref(), Some("work"));
     assert_eq!((view.mtu, view.rtt_ms), (Some(1414), Some(0.4)));
     assert_eq!(view.tone, "green");
+
+    // The kill switch toggle: saved in the profile, on in the status of its tunnel.
+    assert!(!view.kill_switch);
+    link.set_kill_switch("work", true).unwrap();
+    wait_for("the kill switch", 5 * SECOND, || {
+        let view = link.view();
+        view.kill_switch && view.profiles.iter().any(|p| p.name == "work" && p.kill_switch)
+    });
+    let refused = link.set_kill_switch("nobody", true).unwrap_err();
+    assert!(refused.contains("no profile named"), "{refused}");
 
     link.disconnect().unwrap();
     wait_for("disconnected", 5 * SECOND, || {

@@ -94,6 +94,29 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
         "the tray icon is green"
     );
 
+    // The kill switch, turned on while connected: the service installs its table at once,
+    // saves it in the profile, and the window says what it does; off removes it.
+    assert!(!net.kill_switch_table());
+    gui.click("label.switch-row").await;
+    desktop::wait_until("the kill switch on", SHORT, || net.status().kill_switch);
+    assert!(net.kill_switch_table(), "the kill switch's table is in");
+    gui.wait_true(
+        "document.getElementById('kill-switch-note').textContent.startsWith('On: nothing leaves')",
+        SHORT,
+    )
+    .await;
+    gui.wait_true("document.getElementById('kill-switch').checked", SHORT)
+        .await;
+    gui.screenshot(&shot("3-kill-switch-on")).await;
+    gui.click("label.switch-row").await;
+    desktop::wait_until("the kill switch off", SHORT, || !net.status().kill_switch);
+    assert!(!net.kill_switch_table(), "the kill switch's table is gone");
+    gui.wait_true(
+        "document.getElementById('kill-switch-note').textContent.startsWith('Off')",
+        SHORT,
+    )
+    .await;
+
     // A second window at the same time shows the same state.
     let second = Gui::start(&net, &desktop, "second", true).await;
     second.wait_phase("connected", SHORT).await;

@@ -11,6 +11,8 @@ const MAX_LOG_LINES = 1000;
 let view = null;
 let selected = null; // the profile chosen in the list
 let busy = false; // a connect or disconnect request is under way
+let switching = false; // a kill switch request is under way
+let killSwitchSet = null; // {profile, on} the service took, until the view shows it
 
 // ---- formatting ---------------------------------------------------------------------------
 
@@ -93,6 +95,7 @@ function render(v) {
 
   renderProfiles(v);
   renderToggle(v);
+  renderKillSwitch(v);
   drawChart(v.history);
 }
 
@@ -146,6 +149,32 @@ function profileItem(p, v) {
   remove.addEventListener("click", () => removeProfile(p.name));
   li.append(name, where, remove);
   return li;
+}
+
+// The kill switch of the chosen profile, and what it does now.
+function renderKillSwitch(v) {
+  const p = v.profiles.find((p) => p.name === selected);
+  const box = $("kill-switch");
+  let on = Boolean(p && p.kill_switch);
+  if (killSwitchSet && (!p || killSwitchSet.profile !== p.name || killSwitchSet.on === on)) {
+    killSwitchSet = null;
+  }
+  if (killSwitchSet) on = killSwitchSet.on;
+  if (!switching && box.checked !== on) box.checked = on;
+  const disabled = switching || !p || !p.full_tunnel || v.service.kind !== "ok";
+  if (box.disabled !== disabled) box.disabled = disabled;
+  let note = "";
+  if (p && !p.full_tunnel) {
+    note = "This profile sends only the hub’s networks through the VPN, so it cannot block the rest.";
+  } else if (p && on) {
+    const now = active(v) && v.profile === p.name && v.kill_switch;
+    note = (now ? "On: nothing leaves this computer" : "Nothing will leave this computer") +
+      " except through the VPN while it is connected, connecting or reconnecting" +
+      (p.lockdown ? ", nor after SloPN stops until you disconnect here." : ".");
+  } else if (p) {
+    note = "Off: while the VPN connects or reconnects, traffic can leave without it.";
+  }
+  setText("kill-switch-note", note);
 }
 
 function active(v) {
@@ -287,6 +316,25 @@ async function toggle() {
   }
 }
 
+async function setKillSwitch(event) {
+  const box = event.target;
+  if (!selected || switching) return;
+  const on = box.checked;
+  switching = true;
+  renderKillSwitch(view);
+  try {
+    await invoke("set_kill_switch", { profile: selected, on });
+    killSwitchSet = { profile: selected, on };
+    toast(on ? "Kill switch on." : "Kill switch off.");
+  } catch (e) {
+    box.checked = !on;
+    toast(String(e), "error");
+  } finally {
+    switching = false;
+    renderKillSwitch(view);
+  }
+}
+
 function readFile(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
@@ -375,6 +423,7 @@ async function chooseCa(event) {
 
 async function start() {
   $("toggle").addEventListener("click", toggle);
+  $("kill-switch").addEventListener("change", setKillSwitch);
   $("profile-select").addEventListener("change", (e) => {
     selected = e.target.value;
     render(view);

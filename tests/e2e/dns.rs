@@ -1,5 +1,5 @@
-//! Pushed DNS servers: with a full tunnel they are in the spoke's resolver before
-//! "established", queries reach them through the tunnel (nothing counted leaving around
+//! Pushed DNS servers: with a full tunnel they are in the spoke's resolver (and the routes in
+//! place) before the event stream says "assigned" and the status "established"; queries reach them through the tunnel (nothing counted leaving around
 //! it), the kill switch blocks the resolver the host had, and the resolver file is put back
 //! after an orderly stop and, after a crash, by `spoke unlock`.
 
@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use slopn::config::DnsSetting;
+use slopn::control::{Client, Request};
 use slopn_tun::netns::Namespace;
 
 use crate::lab::Lab;
@@ -143,10 +144,28 @@ fn pushed_dns_is_set_before_established_and_queried_through_the_tunnel() {
     let resolv_conf = ResolvConf::create(&lab.spoke_ns[0], ORIGINAL);
     let counter = LeakCounter::install(&lab.spoke_ns[0], lab.hub_addr());
 
-    lab.start_hub();
+    // The spoke starts first, to follow its events from the start.
     lab.start_spoke(0);
-    lab.wait_established(&[0], Duration::from_secs(10));
-    // Read as soon as the status says established: the servers are in already.
+    let socket = lab.dir.join("spoke-0.sock");
+    lab.wait_for("the spoke's socket", Duration::from_secs(10), |_| {
+        Client::connect(&socket).is_ok()
+    });
+    let mut events = Client::connect(&socket)
+        .unwrap()
+        .subscribe(&Request::Events)
+        .unwrap();
+    lab.start_hub();
+    // When the event stream says "assigned", the routes and the servers are in already.
+    loop {
+        let event = events.next_line().unwrap().expect("events until assigned");
+        if event["event"] == "assigned" {
+            break;
+        }
+    }
+    let route = lab.spoke_ns[0]
+        .ip(&["route", "get", "203.0.113.99"])
+        .unwrap();
+    assert!(route.contains("dev slopn0"), "not routed yet: {route}");
     let text = resolv_conf.text();
     let active: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(
@@ -154,6 +173,8 @@ fn pushed_dns_is_set_before_established_and_queried_through_the_tunnel() {
         [format!("nameserver {SERVER}").as_str(), "search lab.test"],
         "{text}"
     );
+    lab.wait_established(&[0], Duration::from_secs(10));
+    drop(events);
 
     let resolved = resolve(&lab.spoke_ns[0], "www.example.test");
     assert_eq!(resolved.as_deref(), Some(ANSWER));
@@ -169,10 +190,17 @@ fn pushed_dns_is_set_before_established_and_queried_through_the_tunnel() {
     let lan = lab.spoke_ns[0]
         .run(
             "bash",
-            &["-c", "echo query 2>/dev/null > /dev/udp/10.0.1.1/53 && echo sent || echo refused"],
+            &[
+                "-c",
+                "echo query 2>/dev/null > /dev/udp/10.0.1.1/53 && echo sent || echo refused",
+            ],
         )
         .unwrap_or_default();
-    assert_eq!(lan.trim(), "refused", "the kill switch let a query to the LAN out");
+    assert_eq!(
+        lan.trim(),
+        "refused",
+        "the kill switch let a query to the LAN out"
+    );
     assert_eq!(counter.leaked(), 0, "packets left around the tunnel");
 
     // An orderly stop puts the file back.

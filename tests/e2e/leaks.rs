@@ -76,7 +76,7 @@ impl LeakCounter {
 }
 
 /// Requests to a web server from `ns`, one after another, until stopped.
-struct Requests {
+pub(crate) struct Requests {
     running: Arc<AtomicBool>,
     /// Connections tried.
     attempts: Arc<AtomicU64>,
@@ -132,7 +132,7 @@ impl Requests {
 
     /// Requests to the internet's web server; answers naming the hub's uplink came
     /// through the tunnel.
-    fn to_internet(ns: &Namespace) -> Self {
+    pub(crate) fn to_internet(ns: &Namespace) -> Self {
         Self::start(
             ns,
             "203.0.113.2:8080".parse().unwrap(),
@@ -144,7 +144,7 @@ impl Requests {
         self.attempts.load(Ordering::Relaxed)
     }
 
-    fn tunneled(&self) -> u64 {
+    pub(crate) fn tunneled(&self) -> u64 {
         self.tunneled.load(Ordering::Relaxed)
     }
 
@@ -320,7 +320,7 @@ fn ipv6_does_not_leak_around_the_full_tunnel_of_an_ipv4_only_hub() {
     stop_web_server_on(&lab.wan, "[2001:db8:ff::1]:8080", server);
 }
 
-fn kill_switch_table(ns: &Namespace) -> Option<String> {
+pub(crate) fn kill_switch_table(ns: &Namespace) -> Option<String> {
     ns.run("nft", &["list", "table", "inet", "slopn_ks_slopn0"])
         .ok()
 }

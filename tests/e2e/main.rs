@@ -5,6 +5,7 @@
 mod dns;
 mod dual_stack;
 mod gateway;
+mod kill_switch_service;
 mod lab;
 mod leaks;
 mod metrics;

@@ -291,6 +291,14 @@ impl Network {
         self.spoke_ns.ip(&["link", "show", "dev", "slopn0"]).is_ok()
     }
 
+    /// Whether the kill switch's nftables table is in the spoke's namespace.
+    pub fn kill_switch_table(&self) -> bool {
+        self.spoke_ns
+            .run("nft", &["list", "tables"])
+            .unwrap()
+            .contains("slopn_ks_")
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
