@@ -170,11 +170,12 @@ fn print_status(s: &serde_json::Value, json: bool) {
     );
     for session in s["sessions"].as_array().into_iter().flatten() {
         println!(
-            "  #{} {} {} from {}  rtt {:.2} ms  in {} B  out {} B  drops {}",
+            "  #{} {} {} from {}  {}  rtt {:.2} ms  in {} B  out {} B  drops {}",
             session["session"],
             session["identity"].as_str().unwrap_or("-"),
             session["addresses"],
             session["remote"].as_str().unwrap_or("?"),
+            session["key_exchange"].as_str().unwrap_or("-"),
             session["rtt_ms"].as_f64().unwrap_or(0.0),
             session["rx_bytes"],
             session["tx_bytes"],

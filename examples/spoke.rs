@@ -333,6 +333,14 @@ fn print_status(value: &serde_json::Value, json: bool) {
     if !s.dns_servers.is_empty() {
         println!("dns:       {:?}", s.dns_servers);
     }
+    if let Some(group) = &s.key_exchange {
+        let kind = if group == "X25519MLKEM768" {
+            "post-quantum hybrid"
+        } else {
+            "classic: not post-quantum"
+        };
+        println!("key exchange: {group} ({kind})");
+    }
     if s.kill_switch {
         println!("kill switch: on (nothing leaves but through the tunnel)");
     }

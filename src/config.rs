@@ -11,6 +11,7 @@ use slopn_proto::control::{self, MAX_CREDENTIAL_LEN};
 use slopn_proto::tls::{self, CertifiedKey};
 use slopn_proto::{Auth, Congestion, Credential, HubConfig, PoolConfig, SpokeConfig};
 
+use crate::key_exchange::KeyExchangeSetting;
 use crate::runtime::Runtime;
 
 /// A configuration problem, phrased for the person who has to fix it.
@@ -113,6 +114,10 @@ pub struct HubFile {
     /// backs off when losses come with queueing delay), `cubic`, `newreno` or `bbr`.
     #[serde(default = "default_congestion")]
     pub congestion: String,
+    /// The TLS key exchange: `hybrid` (default: X25519MLKEM768 preferred, X25519 accepted),
+    /// `classic` (X25519 only) or `hybrid-only` (spokes without X25519MLKEM768 refused).
+    #[serde(default, skip_serializing_if = "KeyExchangeSetting::is_default")]
+    pub key_exchange: KeyExchangeSetting,
     /// Which runtime moves the packets: `mio` (default) or `tokio`.
     #[serde(default, skip_serializing_if = "Runtime::is_default")]
     pub runtime: Runtime,
@@ -265,6 +270,10 @@ pub struct SpokeFile {
     /// Congestion controller for what the spoke sends (see the hub's `congestion`).
     #[serde(default = "default_congestion")]
     pub congestion: String,
+    /// The TLS key exchange: `hybrid` (default: offers X25519MLKEM768 and X25519),
+    /// `classic` (X25519 only) or `hybrid-only` (a hub without X25519MLKEM768 refused).
+    #[serde(default, skip_serializing_if = "KeyExchangeSetting::is_default")]
+    pub key_exchange: KeyExchangeSetting,
     /// Which runtime moves the packets: `mio` (default) or `tokio`.
     #[serde(default, skip_serializing_if = "Runtime::is_default")]
     pub runtime: Runtime,
@@ -378,6 +387,7 @@ impl HubFile {
         config.isolate_spokes = self.isolate_spokes;
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
         config.transport.congestion = congestion(&path.display().to_string(), &self.congestion)?;
+        config.crypto = slopn_proto::tls::provider(self.key_exchange.into());
         // The reset key survives restarts (it comes from the private key), so a restarted hub
         // resets its predecessor's connections and spokes reconnect at once.
         config.stateless_reset_key = Some(crate::keys::derive(&key, b"slopn stateless reset"));
@@ -654,6 +664,7 @@ impl SpokeFile {
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
         config.transport.keep_alive_interval = Some(Duration::from_secs(self.keep_alive_secs));
         config.transport.congestion = congestion(label, &self.congestion)?;
+        config.crypto = slopn_proto::tls::provider(self.key_exchange.into());
         let runtime = SpokeRuntime {
             tun_name: self.tun_name.clone(),
             connect_timeout: Duration::from_secs(self.connect_timeout_secs),

@@ -144,6 +144,7 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
         tun_name: "slopn0".into(),
         idle_timeout_secs: 6,
         congestion: crate::config::default_congestion(),
+        key_exchange: Default::default(),
         runtime: Runtime::default(),
         control_socket: None,
         metrics_listen: None,
@@ -270,6 +271,7 @@ pub fn add_spoke(dir: &Path, name: &str, auth: AuthMode) -> Result<PathBuf, Conf
         idle_timeout_secs: 6,
         keep_alive_secs: 2,
         congestion: crate::config::default_congestion(),
+        key_exchange: Default::default(),
         runtime: Runtime::default(),
     };
     let path = dir.join("spokes").join(format!("{name}.toml"));

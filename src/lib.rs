@@ -25,6 +25,7 @@ pub mod config;
 pub mod daemon;
 #[cfg(unix)]
 pub mod hub;
+pub mod key_exchange;
 pub mod keys;
 pub mod logs;
 pub mod metrics;

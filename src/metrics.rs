@@ -8,6 +8,7 @@
 //! Names follow Prometheus's conventions: `slopn_` and the role, base units in the name
 //! (`_bytes`, `_seconds`), `_total` on counters.
 
+use slopn_proto::key_exchange::group_name;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,6 +123,9 @@ fn answer(request: tiny_http::Request, collect: &impl Fn(&Registry) -> Option<Sc
     }
 }
 
+/// The key exchange groups the hub reports sessions of, even with none.
+const KEY_EXCHANGE_GROUPS: [&str; 2] = ["X25519MLKEM768", "X25519"];
+
 /// A counter with `value`.
 fn counter(registry: &Registry, name: &str, help: &str, value: u64) -> Scrape {
     let metric = IntCounter::with_opts(Opts::new(name, help))?;
@@ -234,7 +238,7 @@ pub fn hub(registry: &Registry, s: &HubSnapshot) -> Scrape {
     counter(
         registry,
         "slopn_hub_connections_refused_total",
-        "Connection attempts refused before a session began",
+        "First-flight packets of connection attempts refused before a session began (a two-packet ClientHello counts twice)",
         h.refused,
     )?;
     counter(
@@ -328,6 +332,30 @@ pub fn hub(registry: &Registry, s: &HubSnapshot) -> Scrape {
         "Bytes sent to the spoke",
         identity,
         per_spoke(|x| x.traffic.tx_bytes),
+    )?;
+    gauges(
+        registry,
+        "slopn_hub_sessions_by_key_exchange",
+        "Sessions by the TLS key exchange group they negotiated (X25519MLKEM768: post-quantum hybrid)",
+        &["group"],
+        KEY_EXCHANGE_GROUPS.iter().map(|group| {
+            let n = s
+                .spokes
+                .iter()
+                .filter(|x| x.key_exchange.map(group_name).as_deref() == Some(*group))
+                .count();
+            (vec![(*group).to_owned()], n as f64)
+        }),
+    )?;
+    gauges(
+        registry,
+        "slopn_hub_spoke_key_exchange_info",
+        "1 for the TLS key exchange group the spoke's session negotiated",
+        &["identity", "group"],
+        s.spokes.iter().filter_map(|x| {
+            let group = group_name(x.key_exchange?);
+            Some((vec![id(x), group], 1.0))
+        }),
     )?;
     counters(
         registry,
@@ -440,6 +468,15 @@ pub fn spoke(registry: &Registry, s: &SpokeStatus) -> Scrape {
             secs,
         )?;
     }
+    gauges(
+        registry,
+        "slopn_spoke_key_exchange_info",
+        "1 for the TLS key exchange group of the current connection (X25519MLKEM768: post-quantum hybrid)",
+        &["group"],
+        s.key_exchange
+            .iter()
+            .map(|group| (vec![group.clone()], 1.0)),
+    )?;
     counter(
         registry,
         "slopn_spoke_black_holes_total",

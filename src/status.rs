@@ -1,6 +1,7 @@
 //! Status and event documents for the control socket, and the rate sampler behind the
 //! "bytes per second each way" figures.
 
+use slopn_proto::key_exchange::group_name;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -108,6 +109,7 @@ pub fn spoke_status(status: &SpokeStatus, hub: &str, rates: &Rates) -> StatusDoc
         rtt_ms: s.rtt.map(|r| r.as_secs_f64() * 1e3),
         tun_mtu: s.tun_mtu,
         black_holes: s.black_holes,
+        key_exchange: s.key_exchange.map(group_name),
         rx_packets: s.traffic.rx_packets,
         rx_bytes: s.traffic.rx_bytes,
         tx_packets: s.traffic.tx_packets,
@@ -153,6 +155,7 @@ pub fn hub_status(snapshot: &HubSnapshot, rates: &Rates) -> Value {
             "rtt_ms": s.rtt.as_secs_f64() * 1e3,
             "max_packet": s.max_packet,
             "black_holes": s.black_holes,
+            "key_exchange": s.key_exchange.map(group_name),
             "rx_packets": s.traffic.rx_packets,
             "rx_bytes": s.traffic.rx_bytes,
             "tx_packets": s.traffic.tx_packets,

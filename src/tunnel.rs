@@ -19,6 +19,7 @@ use slopn_tun::{Tun, TunConfig};
 use tracing::{info, warn};
 
 use crate::config::{DnsSetting, SpokeFile, SpokeRuntime};
+use crate::key_exchange::{KeyExchangeSetting, refusal_hint};
 use crate::runtime::Loop;
 use crate::status::{self, Rates};
 
@@ -305,6 +306,7 @@ impl Tunnel {
             hub_addr,
             label,
             connect_timeout: runtime.connect_timeout,
+            key_exchange: file.key_exchange,
         };
         let watcher = std::thread::Builder::new()
             .name("slopn-tunnel".into())
@@ -432,6 +434,7 @@ struct Watcher {
     hub_addr: SocketAddr,
     label: String,
     connect_timeout: Duration,
+    key_exchange: KeyExchangeSetting,
 }
 
 impl Watcher {
@@ -476,7 +479,7 @@ impl Watcher {
             }
         }
         let ended = match self.handle.join() {
-            Err(RunError::GaveUp(reason)) => Err(refused(&reason, &self.label)),
+            Err(RunError::GaveUp(reason)) => Err(refused(&reason, &self.label, self.key_exchange)),
             Err(e) => Err(e.to_string()),
             Ok(()) => failure.map_or(Ok(()), Err),
         };
@@ -531,8 +534,9 @@ fn unreachable(
     )
 }
 
-/// Why the hub refused this spoke for good; `label` names the configuration to fix.
-fn refused(reason: &DisconnectReason, label: &str) -> String {
+/// Why the hub refused this spoke for good; `label` names the configuration to fix, which
+/// is set to `key_exchange`.
+fn refused(reason: &DisconnectReason, label: &str, key_exchange: KeyExchangeSetting) -> String {
     match reason {
         DisconnectReason::Remote { code, reason } => match *code {
             CloseCode::AUTH_FAILED => format!(
@@ -555,14 +559,16 @@ fn refused(reason: &DisconnectReason, label: &str) -> String {
         } => format!(
             "the hub refused the TLS handshake: {error}. If this spoke authenticates with a \
              certificate, check that `certificate_pem` in {label} was issued by the hub's CA \
-             and is still valid (`hub add-spoke --auth certificate` issues a new one)."
+             and is still valid (`hub add-spoke --auth certificate` issues a new one).{}",
+            refusal_hint(key_exchange)
         ),
         DisconnectReason::Transport {
             error, tls: true, ..
         } => format!(
             "the TLS handshake with the hub failed: {error}. Check that `ca` (or `ca_pem`) in \
              {label} is the CA that signed the hub's certificate, and that `server_name` is a \
-             name in that certificate."
+             name in that certificate.{}",
+            refusal_hint(key_exchange)
         ),
         other => format!("the session with the hub ended: {other}"),
     }

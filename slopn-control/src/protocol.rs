@@ -229,6 +229,9 @@ pub struct SpokeStatus {
     pub dns_servers: Vec<IpAddr>,
     /// Whether the kill switch is on (nothing leaves this host but through the tunnel).
     pub kill_switch: bool,
+    /// The TLS key exchange group of the current connection (`X25519MLKEM768`, the
+    /// post-quantum hybrid, or `X25519`), once its handshake has settled on one.
+    pub key_exchange: Option<String>,
     /// Round-trip time to the hub, in milliseconds.
     pub rtt_ms: Option<f64>,
     /// The TUN device's MTU.

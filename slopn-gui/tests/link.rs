@@ -275,7 +275,11 @@ fn commands_reach_the_service_and_the_view_follows() {
     link.set_kill_switch("work", true).unwrap();
     wait_for("the kill switch", 5 * SECOND, || {
         let view = link.view();
-        view.kill_switch && view.profiles.iter().any(|p| p.name == "work" && p.kill_switch)
+        view.kill_switch
+            && view
+                .profiles
+                .iter()
+                .any(|p| p.name == "work" && p.kill_switch)
     });
     let refused = link.set_kill_switch("nobody", true).unwrap_err();
     assert!(refused.contains("no profile named"), "{refused}");

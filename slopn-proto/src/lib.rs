@@ -61,6 +61,7 @@ pub mod congestion;
 pub mod control;
 mod hub;
 pub mod icmp;
+pub mod key_exchange;
 mod link;
 mod node;
 pub mod packet;

@@ -234,6 +234,16 @@ impl Link {
     }
 
     /// The largest IP packet a datagram carries now, if datagrams work at all.
+    /// The TLS key exchange group the handshake settled on, once it has.
+    pub(crate) fn key_exchange(&self) -> Option<rustls::NamedGroup> {
+        self.conn
+            .crypto_session()
+            .handshake_data()?
+            .downcast::<quinn_proto::crypto::rustls::HandshakeData>()
+            .ok()
+            .map(|d| d.negotiated_key_exchange_group)
+    }
+
     pub(crate) fn max_packet(&mut self) -> Option<usize> {
         self.conn.datagrams().max_size()
     }

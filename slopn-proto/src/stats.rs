@@ -186,6 +186,9 @@ pub struct SpokeStats {
     /// Times QUIC took losses of what the hub sent for an MTU black hole and fell back to
     /// its smallest packets (path MTU discovery then climbs again).
     pub black_holes: u64,
+    /// The TLS key exchange group of the session (X25519MLKEM768 unless either end is
+    /// set to classic), once the handshake has settled on one.
+    pub key_exchange: Option<rustls::NamedGroup>,
     /// Traffic: rx = from the spoke, tx = to the spoke.
     pub traffic: TrafficCounters,
     /// Packets from this spoke that were dropped, by reason.
@@ -213,10 +216,12 @@ pub struct HubStats {
     pub drops: DropCounters,
     /// Credentials refused.
     pub auth_failures: u64,
-    /// Connection attempts refused (full, too many handshakes, or a source that failed to
-    /// authenticate too often).
+    /// First-flight packets of connection attempts refused (full, too many handshakes, or
+    /// a source that failed to authenticate too often). Refusing is stateless, so a
+    /// ClientHello in two packets (the post-quantum key shares make it 1.4 KB) counts twice.
     pub refused: u64,
-    /// Connection attempts asked to prove their address with a QUIC Retry.
+    /// QUIC Retry packets sent, asking a client to prove its address: one per first-flight
+    /// packet, so two for a ClientHello of two packets.
     pub retries: u64,
     /// QUIC handshakes taken on, and how they ended.
     pub handshakes: HandshakeCounters,
@@ -326,6 +331,9 @@ pub struct SpokeSnapshot {
     /// Times QUIC took losses of what the current connection sent for an MTU black hole
     /// and fell back to its smallest packets.
     pub black_holes: u64,
+    /// The TLS key exchange group of the current connection, once its handshake has
+    /// settled on one.
+    pub key_exchange: Option<rustls::NamedGroup>,
     /// Traffic: rx = from the hub, tx = to the hub.
     pub traffic: TrafficCounters,
     /// Dropped packets by reason.

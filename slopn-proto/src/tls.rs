@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::clock::WallClock;
 use crate::control::ALPN;
+use crate::key_exchange::KeyExchange;
 
 /// Why a TLS identity or trust store could not be loaded or used.
 #[derive(Debug, Error)]
@@ -97,15 +98,21 @@ pub fn parse_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certs)
 }
 
-/// The crypto provider hub and spoke use unless their configuration names another: *ring*
-/// with AES-128-GCM preferred (128-bit security, the first choice of the major QUIC stacks,
-/// and 10 AES rounds per block instead of AES-256's 14 on every tunnelled byte).
+/// The crypto provider hub and spoke use unless their configuration names another:
+/// [`provider`] with the hybrid post-quantum key exchange ([`KeyExchange::Hybrid`]).
+pub fn default_provider() -> Arc<CryptoProvider> {
+    provider(KeyExchange::default())
+}
+
+/// *ring* with AES-128-GCM preferred (128-bit security, the first choice of the major QUIC
+/// stacks, and 10 AES rounds per block instead of AES-256's 14 on every tunnelled byte),
+/// and the key exchange groups of `key_exchange` (X25519MLKEM768 and X25519 by default).
 ///
 /// Its key exchange and random values come from the operating system. A simulation that
 /// must replay byte for byte gives [`HubConfig::crypto`](crate::HubConfig::crypto) and
 /// [`SpokeConfig::crypto`](crate::SpokeConfig::crypto) a provider whose `secure_random`
 /// and `kx_groups` draw from a seed instead (the simulation tests have one).
-pub fn default_provider() -> Arc<CryptoProvider> {
+pub fn provider(key_exchange: KeyExchange) -> Arc<CryptoProvider> {
     use rustls::crypto::ring::cipher_suite::{
         TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
     };
@@ -115,6 +122,7 @@ pub fn default_provider() -> Arc<CryptoProvider> {
             TLS13_AES_256_GCM_SHA384,
             TLS13_CHACHA20_POLY1305_SHA256,
         ],
+        kx_groups: key_exchange.groups(),
         ..rustls::crypto::ring::default_provider()
     })
 }

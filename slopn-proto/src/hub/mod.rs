@@ -71,6 +71,26 @@ pub enum HubEvent {
     },
 }
 
+/// Why the TLS handshake of a connection was refused, for the operator; `None` if it was
+/// not refused by TLS. A refusal for want of a common key exchange group says so and what
+/// to change (and is logged: it is a configuration to fix, not a scanner).
+fn tls_refusal(cause: &quinn_proto::ConnectionError) -> Option<String> {
+    let quinn_proto::ConnectionError::TransportError(error) = cause else {
+        return None;
+    };
+    if !(0x100..0x200).contains(&u64::from(error.code)) {
+        return None;
+    }
+    let reason = error.reason.as_str();
+    Some(match crate::key_exchange::refusal(reason) {
+        Some(sentence) => {
+            tracing::warn!("{sentence}");
+            sentence.to_owned()
+        }
+        None => format!("TLS handshake refused: {reason}"),
+    })
+}
+
 /// What the hub's sessions and its packet path share.
 pub(super) struct Tables {
     pools: Vec<AddressPool>,
@@ -155,7 +175,24 @@ impl Hub {
                 debug!(%id, %remote, "incoming connection");
                 self.process(now, idx, false);
             }
-            Err(e) => debug!(%remote, error = %e, "connection not accepted"),
+            Err(cause) => match tls_refusal(&cause) {
+                // A ClientHello in one packet is answered at once. A TLS refusal (no key
+                // exchange group in common, a bad certificate) counts as a failed handshake
+                // and against its source, as one later in the handshake does.
+                Some(reason) => {
+                    let id = SessionId(admission.next_session);
+                    admission.next_session += 1;
+                    let stats = &mut tables.stats;
+                    stats.handshakes.started += 1;
+                    stats.handshakes.failed_tls += 1;
+                    stats.auth_failures += 1;
+                    tables.failures.record(remote.ip(), now);
+                    self.node
+                        .events
+                        .push_back(HubEvent::AuthFailed { id, remote, reason });
+                }
+                None => debug!(%remote, error = %cause, "connection not accepted"),
+            },
         }
     }
 
@@ -336,6 +373,7 @@ impl Hub {
                     rtt: link.conn.rtt(),
                     max_packet: link.max_packet(),
                     black_holes: link.conn.stats().path.black_holes_detected,
+                    key_exchange: link.key_exchange(),
                     assigned_at: s.assigned_at,
                     traffic: s.traffic,
                     drops: s.drops,

@@ -345,6 +345,11 @@ impl Session<'_> {
                 let source = entry.link.conn.remote_address().ip();
                 hub.failures.record(source, self.now);
             }
+            if let DisconnectReason::Transport { error, .. } = &reason
+                && let Some(sentence) = crate::key_exchange::refusal(error)
+            {
+                tracing::warn!("{sentence}");
+            }
             if reason_is_quiet(&reason) {
                 return;
             }

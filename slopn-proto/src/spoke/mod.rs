@@ -334,6 +334,7 @@ impl Spoke {
         let current = tunnel.current.and_then(|idx| self.node.transport.get(idx));
         stats.rtt = current.map(|e| e.link.conn.rtt());
         stats.black_holes = current.map_or(0, |e| e.link.conn.stats().path.black_holes_detected);
+        stats.key_exchange = current.and_then(|e| e.link.key_exchange());
         stats
     }
 

@@ -12,6 +12,7 @@ use rustls::crypto::{
     SupportedKxGroup,
 };
 use rustls::{Error, NamedGroup};
+use slopn_proto::key_exchange::{KeyExchange, X25519MlKem768};
 use slopn_proto::tls;
 
 #[derive(Debug)]
@@ -73,14 +74,20 @@ impl ActiveKeyExchange for X25519Exchange {
     }
 }
 
-/// SloPN's default provider with its randomness drawn from `seed`.
+/// SloPN's default provider (the hybrid key exchange) with its randomness drawn from `seed`.
 pub fn provider(seed: u64) -> Arc<CryptoProvider> {
+    provider_with(seed, KeyExchange::default())
+}
+
+/// SloPN's provider for `key_exchange` with its randomness drawn from `seed`.
+pub fn provider_with(seed: u64, key_exchange: KeyExchange) -> Arc<CryptoProvider> {
     let random: &'static SeededRandom = Box::leak(Box::new(SeededRandom(Mutex::new(
         StdRng::seed_from_u64(seed),
     ))));
-    let kx: &'static SeededX25519 = Box::leak(Box::new(SeededX25519(random)));
+    let x25519: &'static SeededX25519 = Box::leak(Box::new(SeededX25519(random)));
+    let hybrid: &'static X25519MlKem768 = Box::leak(Box::new(X25519MlKem768::new(x25519, random)));
     Arc::new(CryptoProvider {
-        kx_groups: vec![kx],
+        kx_groups: key_exchange.groups_with(hybrid, x25519),
         secure_random: random,
         ..tls::default_provider().as_ref().clone()
     })

@@ -14,6 +14,7 @@ mod basic;
 mod demo;
 mod determinism;
 mod faults;
+mod key_exchange;
 mod limits;
 mod liveness;
 mod mtu;
