@@ -34,6 +34,30 @@ impl From<KeyExchangeSetting> for KeyExchange {
     }
 }
 
+/// The sentence for a handshake that failed because the spoke and the hub have no key
+/// exchange group in common (the TLS `error` says so), given the spoke's setting; `None`
+/// for another failure.
+pub fn no_common_group(error: &str, setting: KeyExchangeSetting) -> Option<String> {
+    if !error.contains("NoKxGroupsInCommon") {
+        return None;
+    }
+    let fix = match setting {
+        KeyExchangeSetting::HybridOnly => {
+            "this spoke accepts only the post-quantum X25519MLKEM768 (key_exchange = \
+             \"hybrid-only\") and the hub does not offer it: upgrade the hub or set \
+             key_exchange = \"hybrid\" in this spoke's file"
+        }
+        _ => {
+            "the hub accepts only the post-quantum X25519MLKEM768 (key_exchange = \
+             \"hybrid-only\" in hub.toml) and this spoke does not offer it: set \
+             key_exchange = \"hybrid\" in this spoke's file (or upgrade the spoke)"
+        }
+    };
+    Some(format!(
+        "the hub refused the TLS handshake: the two ends have no key exchange in common; {fix}."
+    ))
+}
+
 /// What a spoke whose TLS handshake the hub refused may have to change about the key
 /// exchange, given its own setting.
 pub fn refusal_hint(setting: KeyExchangeSetting) -> &'static str {

@@ -19,7 +19,7 @@ use slopn_tun::{Tun, TunConfig};
 use tracing::{info, warn};
 
 use crate::config::{DnsSetting, SpokeFile, SpokeRuntime};
-use crate::key_exchange::{KeyExchangeSetting, refusal_hint};
+use crate::key_exchange::{KeyExchangeSetting, no_common_group, refusal_hint};
 use crate::runtime::Loop;
 use crate::status::{self, Rates};
 
@@ -537,6 +537,13 @@ fn unreachable(
 /// Why the hub refused this spoke for good; `label` names the configuration to fix, which
 /// is set to `key_exchange`.
 fn refused(reason: &DisconnectReason, label: &str, key_exchange: KeyExchangeSetting) -> String {
+    if let DisconnectReason::Transport {
+        error, tls: true, ..
+    } = reason
+        && let Some(sentence) = no_common_group(error, key_exchange)
+    {
+        return sentence;
+    }
     match reason {
         DisconnectReason::Remote { code, reason } => match *code {
             CloseCode::AUTH_FAILED => format!(

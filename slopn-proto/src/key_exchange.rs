@@ -235,10 +235,152 @@ impl ActiveKeyExchange for Active {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn x25519() -> &'static dyn SupportedKxGroup {
         rustls::crypto::ring::kx_group::X25519
+    }
+
+    /// X25519 with a fixed private key (x25519-dalek: ring takes none from outside).
+    #[derive(Debug)]
+    struct FixedX25519([u8; 32]);
+
+    struct FixedActive(x25519_dalek::StaticSecret, x25519_dalek::PublicKey);
+
+    impl SupportedKxGroup for FixedX25519 {
+        fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, Error> {
+            let secret = x25519_dalek::StaticSecret::from(self.0);
+            let public = x25519_dalek::PublicKey::from(&secret);
+            Ok(Box::new(FixedActive(secret, public)))
+        }
+        fn name(&self) -> NamedGroup {
+            NamedGroup::X25519
+        }
+    }
+
+    impl ActiveKeyExchange for FixedActive {
+        fn complete(self: Box<Self>, peer: &[u8]) -> Result<SharedSecret, Error> {
+            let peer: [u8; 32] = peer.try_into().map_err(|_| invalid_key_share())?;
+            Ok(SharedSecret::from(
+                &self.0.diffie_hellman(&peer.into()).as_bytes()[..],
+            ))
+        }
+        fn pub_key(&self) -> &[u8] {
+            self.1.as_bytes()
+        }
+        fn group(&self) -> NamedGroup {
+            NamedGroup::X25519
+        }
+    }
+
+    /// Randomness that is always the same byte.
+    #[derive(Debug)]
+    struct Fixed(u8);
+
+    impl SecureRandom for Fixed {
+        fn fill(&self, buf: &mut [u8]) -> Result<(), rustls::crypto::GetRandomFailed> {
+            buf.fill(self.0);
+            Ok(())
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn sha256(bytes: &[u8]) -> String {
+        hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    }
+
+    #[test]
+    fn known_answer_the_shares_and_secret_are_ml_kem_then_x25519() {
+        static CLIENT_X25519: FixedX25519 = FixedX25519([0x11; 32]);
+        static SERVER_X25519: FixedX25519 = FixedX25519([0x22; 32]);
+        static CLIENT: X25519MlKem768 = X25519MlKem768::new(&CLIENT_X25519, &Fixed(0x33));
+        static SERVER: X25519MlKem768 = X25519MlKem768::new(&SERVER_X25519, &Fixed(0x44));
+        let client = CLIENT.start().unwrap();
+        let server = SERVER.start_and_complete(client.pub_key()).unwrap();
+        let secret = client.complete(&server.pub_key).unwrap();
+        assert_eq!(secret.secret_bytes(), server.secret.secret_bytes());
+
+        // Each part is the component's own: ML-KEM-768 from its 64-byte seed and 32-byte
+        // message, X25519 from the fixed keys; ML-KEM first in shares and secret.
+        let key_pair = mlkem768::generate_key_pair([0x33; 64]);
+        let (ciphertext, pq) = mlkem768::encapsulate(key_pair.public_key(), [0x44; 32]);
+        let client_x = x25519_dalek::StaticSecret::from([0x11; 32]);
+        let server_x = x25519_dalek::StaticSecret::from([0x22; 32]);
+        let classic = server_x.diffie_hellman(&x25519_dalek::PublicKey::from(&client_x));
+        let client_share = [
+            key_pair.pk().as_slice(),
+            x25519_dalek::PublicKey::from(&client_x).as_bytes(),
+        ]
+        .concat();
+        let server_share = [
+            ciphertext.as_slice().as_slice(),
+            x25519_dalek::PublicKey::from(&server_x).as_bytes(),
+        ]
+        .concat();
+        assert_eq!(CLIENT.start().unwrap().pub_key(), client_share);
+        assert_eq!(server.pub_key, server_share);
+        assert_eq!(
+            secret.secret_bytes(),
+            [&pq[..], classic.as_bytes()].concat()
+        );
+        // Pinned: a change of library or layout shows here first (the interop test with
+        // aws-lc-rs, interop/, proves the layout against the reference).
+        assert_eq!(
+            sha256(&client_share),
+            "c7a03faed6df023335367bc548e9a386f1cec5ed9dd4846a10f7b23c7e5aa38a",
+            "client share"
+        );
+        assert_eq!(
+            sha256(&server_share),
+            "9019c35e7087910bb3095ae224ec10e4240dab1913a8d6770442e187eff205ac",
+            "server share"
+        );
+        assert_eq!(
+            sha256(secret.secret_bytes()),
+            "64b107e83128df1cf47371506ff21e85d53a8e23cca000a684fc63348f6f14a7",
+            "secret"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_client_share_is_answered_or_refused_never_a_panic(
+            share in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..1400),
+                proptest::collection::vec(any::<u8>(), 1216..=1216),
+            ]
+        ) {
+            let answer = X25519MLKEM768.start_and_complete(&share);
+            if share.len() != 1216 {
+                prop_assert!(answer.is_err());
+            }
+        }
+
+        #[test]
+        fn any_server_share_completes_or_is_refused_never_a_panic(
+            share in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..1400),
+                proptest::collection::vec(any::<u8>(), 1120..=1120),
+            ]
+        ) {
+            let client = X25519MLKEM768.start().unwrap();
+            let done = client.complete(&share);
+            if share.len() != 1120 {
+                prop_assert!(done.is_err());
+            }
+        }
+
+        #[test]
+        fn a_valid_key_with_any_x25519_part_never_panics(x in proptest::array::uniform32(any::<u8>())) {
+            let client = X25519MLKEM768.start().unwrap();
+            let share = [&client.pub_key()[..1184], &x[..]].concat();
+            let _ = X25519MLKEM768.start_and_complete(&share);
+        }
     }
 
     #[test]

@@ -32,6 +32,11 @@ fn ip_packet_corpus() {
 }
 
 #[test]
+fn key_share_corpus() {
+    replay("key_share", fuzzing::key_share);
+}
+
+#[test]
 fn hub_corpus() {
     replay("hub", fuzzing::hub);
 }

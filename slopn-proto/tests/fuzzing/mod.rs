@@ -37,6 +37,26 @@ pub fn control(data: &[u8]) {
     }
 }
 
+/// A peer's X25519MLKEM768 key share: as a spoke's share to the hub (the first half of
+/// the input) and as the hub's answer to a spoke (the second). Refused unless it has the
+/// draft's length (1216 and 1120 bytes) and, for the spoke's, a valid ML-KEM key; never a
+/// panic.
+pub fn key_share(data: &[u8]) {
+    use slopn_proto::key_exchange::KeyExchange;
+    static GROUP: OnceLock<&'static dyn rustls::crypto::SupportedKxGroup> = OnceLock::new();
+    let group =
+        *GROUP.get_or_init(|| seeded_crypto::provider_with(9, KeyExchange::HybridOnly).kx_groups[0]);
+    let (client_share, server_share) = data.split_at(data.len() / 2);
+    for share in [data, client_share] {
+        let answer = group.start_and_complete(share);
+        assert!(share.len() == 1216 || answer.is_err(), "{} bytes taken", share.len());
+    }
+    for share in [data, server_share] {
+        let done = group.start().expect("starts").complete(share);
+        assert!(share.len() == 1120 || done.is_err(), "{} bytes taken", share.len());
+    }
+}
+
 /// Parses an IP packet; for valid ones, TTL handling, ICMP errors and fragmentation must all
 /// produce valid packets.
 pub fn ip_packet(data: &[u8]) {
