@@ -12,15 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use slopn_proto::key_exchange::KeyExchange;
-use slopn_proto::rustls;
 use slopn_proto::pki::{CertificateAuthority, Validity};
+use slopn_proto::rustls;
 use slopn_proto::{
     Credential, Datagram, Hub, HubConfig, PoolConfig, Spoke, SpokeConfig, SpokeState, tls,
 };
 
 const HUB_UDP: &str = "192.0.2.1:4433";
 const SPOKES: usize = 1000;
-
 
 /// Time spent in each side's calls, and the datagrams of the spokes' first flights.
 #[derive(Default)]
@@ -40,7 +39,13 @@ fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
 
 /// Takes one spoke from nothing to established against `hub`, on a virtual clock that
 /// jumps to the next timer when nothing is in flight (so waiting costs no time).
-fn handshake(hub: &mut Hub, mut spoke: Spoke, addr: SocketAddr, now: &mut Instant, tally: &mut Tally) {
+fn handshake(
+    hub: &mut Hub,
+    mut spoke: Spoke,
+    addr: SocketAddr,
+    now: &mut Instant,
+    tally: &mut Tally,
+) {
     let hub_addr: SocketAddr = HUB_UDP.parse().unwrap();
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut first_flight = true;

@@ -214,7 +214,7 @@ fn main() -> ExitCode {
 /// Removes the kill switch's table of device `tun` and puts back a resolver file a
 /// spoke left.
 fn unlock(tun: &str) -> Result<(), String> {
-    println!("{}", slopn::tunnel::unlock(tun)?);
+    println!("{}", slopn::kill_switch::unlock(tun)?);
     Ok(())
 }
 

@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod hub;
 pub mod key_exchange;
 pub mod keys;
+pub mod kill_switch;
 pub mod logs;
 pub mod metrics;
 pub mod private;

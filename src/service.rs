@@ -283,7 +283,7 @@ impl SpokeService {
         let tun = profile
             .and_then(|name| self.store.load(name).ok())
             .map_or_else(|| "slopn0".to_owned(), |file| file.tun_name);
-        match crate::tunnel::unlock(&tun) {
+        match crate::kill_switch::unlock(&tun) {
             Ok(done) => info!(%tun, "{done}"),
             Err(e) => warn!(%tun, "{e}"),
         }

@@ -189,6 +189,8 @@ pub struct View {
     pub mtu: Option<u16>,
     /// Whether the kill switch is on now (nothing leaves but through the tunnel).
     pub kill_switch: bool,
+    /// The TLS key exchange group of the session (`X25519MLKEM768`: post-quantum).
+    pub key_exchange: Option<String>,
     /// Seconds connected.
     pub connected_secs: Option<f64>,
     /// Milliseconds until the next attempt, while reconnecting.
@@ -277,6 +279,7 @@ impl View {
             rtt_ms: status.rtt_ms.filter(|_| connected),
             mtu: status.tun_mtu,
             kill_switch: status.kill_switch,
+            key_exchange: status.key_exchange.clone(),
             connected_secs: status.connected_secs,
             retry_in_ms: status.retry_in_ms,
             attempts: status.connect_attempts,

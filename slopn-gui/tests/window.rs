@@ -60,6 +60,10 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
     let assigned = net.status().addresses[0].to_string();
     assert_eq!(gui.text("#address").await, assigned);
     assert_eq!(gui.text("#status-headline").await, "Connected");
+    assert_eq!(
+        gui.text("#key-exchange").await,
+        "Post-quantum (X25519MLKEM768)"
+    );
     assert!(net.tun_exists());
 
     // Traffic through the tunnel shows as a download rate above zero.

@@ -41,6 +41,11 @@ function duration(secs) {
   return Math.floor(s / 3600) + " h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + " min";
 }
 
+// The TLS key exchange, as a user reads it.
+function keyExchange(group) {
+  return group === "X25519MLKEM768" ? "Post-quantum (X25519MLKEM768)" : "Classic (" + group + ")";
+}
+
 function toast(text, kind) {
   const el = $("toast");
   el.textContent = text;
@@ -87,6 +92,7 @@ function render(v) {
   setText("rtt", connected && v.rtt_ms != null ? v.rtt_ms.toFixed(2) + " ms" : "–");
   setText("mtu", v.mtu != null && v.phase !== "disconnected" ? String(v.mtu) : "–");
   setText("connected-for", connected && v.connected_secs != null ? duration(v.connected_secs) : "–");
+  setText("key-exchange", connected && v.key_exchange ? keyExchange(v.key_exchange) : "–");
 
   setText("rx-rate", bits(v.rx_rate));
   setText("tx-rate", bits(v.tx_rate));

@@ -59,10 +59,7 @@ fn sessions_are_post_quantum_by_default_and_classic_when_set() {
         assert_eq!((spoke.as_str(), hub.as_str()), (expected, expected));
         times.push(format!("{setting:?} {:.2} ms", took.as_secs_f64() * 1e3));
     }
-    println!(
-        "start to established (debug build): {}",
-        times.join(", ")
-    );
+    println!("start to established (debug build): {}", times.join(", "));
 }
 
 #[test]
@@ -81,8 +78,9 @@ fn a_hybrid_only_hub_refuses_a_classic_spoke_with_a_sentence_each() {
     let spoke_log = lab.log("spoke-0.log");
     let last = spoke_log.lines().last().unwrap_or_default().to_owned();
     assert!(
-        last.contains("the hub refused the TLS handshake: the two ends have no key exchange in common")
-            && last.contains("set key_exchange = \"hybrid\" in this spoke's file"),
+        last.contains(
+            "the hub refused the TLS handshake: the two ends have no key exchange in common"
+        ) && last.contains("set key_exchange = \"hybrid\" in this spoke's file"),
         "{last}"
     );
     let hub_log = lab.log("hub.log");

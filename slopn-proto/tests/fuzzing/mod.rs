@@ -44,16 +44,24 @@ pub fn control(data: &[u8]) {
 pub fn key_share(data: &[u8]) {
     use slopn_proto::key_exchange::KeyExchange;
     static GROUP: OnceLock<&'static dyn rustls::crypto::SupportedKxGroup> = OnceLock::new();
-    let group =
-        *GROUP.get_or_init(|| seeded_crypto::provider_with(9, KeyExchange::HybridOnly).kx_groups[0]);
+    let group = *GROUP
+        .get_or_init(|| seeded_crypto::provider_with(9, KeyExchange::HybridOnly).kx_groups[0]);
     let (client_share, server_share) = data.split_at(data.len() / 2);
     for share in [data, client_share] {
         let answer = group.start_and_complete(share);
-        assert!(share.len() == 1216 || answer.is_err(), "{} bytes taken", share.len());
+        assert!(
+            share.len() == 1216 || answer.is_err(),
+            "{} bytes taken",
+            share.len()
+        );
     }
     for share in [data, server_share] {
         let done = group.start().expect("starts").complete(share);
-        assert!(share.len() == 1120 || done.is_err(), "{} bytes taken", share.len());
+        assert!(
+            share.len() == 1120 || done.is_err(),
+            "{} bytes taken",
+            share.len()
+        );
     }
 }
 
