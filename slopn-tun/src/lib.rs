@@ -11,7 +11,8 @@
 //! - [`Routes`]: routes through the device, installed through netlink in one batch per
 //!   change and removed on drop, and the host route that keeps the hub reachable outside a
 //!   full tunnel.
-//! - [`set_dns`]: the resolver servers for the device, through systemd-resolved.
+//! - [`Dns`]: the resolver servers for the device, through systemd-resolved, or written
+//!   into `/etc/resolv.conf` where there is none (put back on drop).
 //! - [`KillSwitch`]: the spoke's kill switch — an nftables table that lets out only the
 //!   tunnel, the hub and what the user allows.
 //! - [`Gateway`]: the hub's gateway mode — forwarding and NAT in an nftables table of its own.
