@@ -355,7 +355,13 @@ impl SpokeService {
             }
         };
         if let Some(tunnel) = running {
-            tunnel.set_kill_switch(&file)?;
+            if let Err(e) = tunnel.set_kill_switch(&file) {
+                // Not in force, so not saved either: the profile keeps what it had.
+                if let Err(undo) = self.store.set_kill_switch(name, !on) {
+                    warn!(profile = %name, "the kill switch could not be set back: {undo}");
+                }
+                return Err(e);
+            }
         } else if !on {
             // Not running: a table lockdown kept goes too, as the user turned it off.
             self.unlock(Some(name));

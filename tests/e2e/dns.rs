@@ -175,6 +175,11 @@ fn pushed_dns_is_set_before_established_and_queried_through_the_tunnel() {
     );
     lab.wait_established(&[0], Duration::from_secs(10));
     drop(events);
+    let log = lab.log("spoke-0.log");
+    let routed = log
+        .lines()
+        .find_map(|l| l.split_once("routes in place ").map(|(_, t)| t.to_owned()))
+        .unwrap_or_default();
 
     let resolved = resolve(&lab.spoke_ns[0], "www.example.test");
     assert_eq!(resolved.as_deref(), Some(ANSWER));
@@ -219,9 +224,9 @@ fn pushed_dns_is_set_before_established_and_queried_through_the_tunnel() {
     assert!(out.contains("/etc/resolv.conf put back"), "{out}");
     assert_eq!(resolv_conf.text(), ORIGINAL);
     println!(
-        "pushed DNS: in /etc/resolv.conf at established, {} queries answered through the \
-         tunnel, a direct query to the LAN resolver: {}, 0 packets left around the tunnel; \
-         the file put back after a stop and by `spoke unlock` after a crash",
+        "pushed DNS: routes and /etc/resolv.conf in place {routed}; {} queries answered \
+         through the tunnel, a direct query to the LAN resolver: {}, 0 packets left around \
+         the tunnel; the file put back after a stop and by `spoke unlock` after a crash",
         askers.len(),
         lan.trim()
     );
