@@ -123,15 +123,20 @@ impl ProfileStore {
 
     /// The profile `name`.
     pub fn load(&self, name: &str) -> Result<SpokeFile, String> {
+        let text = self.read(name)?;
+        toml::from_str(&text).map_err(|e| format!("profile {name:?} is damaged: {}", e.message()))
+    }
+
+    /// The text of profile `name`.
+    fn read(&self, name: &str) -> Result<String, String> {
         check_name(name)?;
-        let text = fs::read_to_string(self.path(name)).map_err(|e| match e.kind() {
+        fs::read_to_string(self.path(name)).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => format!(
                 "there is no profile named {name:?}: import the spoke file first (`profiles` \
                  lists what there is)"
             ),
             _ => format!("cannot read profile {name:?}: {e}"),
-        })?;
-        toml::from_str(&text).map_err(|e| format!("profile {name:?} is damaged: {}", e.message()))
+        })
     }
 
     /// Checks and stores `text` as profile `name`, refusing to replace one.
@@ -156,17 +161,14 @@ impl ProfileStore {
     }
 
     /// Turns the kill switch of profile `name` on or off, saved in the profile (turning it
-    /// off keeps `lockdown` and `allow_lan`, which apply again when it is turned on).
-    pub fn set_kill_switch(&self, name: &str, on: bool) -> Result<SpokeFile, String> {
-        let file = self.load(name)?;
-        if on && !file.accept_default_route {
-            return Err(format!(
-                "profile {name:?} is a split tunnel (accept_default_route = false): most \
-                 traffic leaves outside the tunnel on purpose, so it cannot have a kill switch"
-            ));
-        }
-        let text = fs::read_to_string(self.path(name))
-            .map_err(|e| format!("cannot read profile {name:?}: {e}"))?;
+    /// off keeps `lockdown` and `allow_lan`, which apply again when it is turned on). The
+    /// changed text passes the import checks first: a split tunnel is refused.
+    pub fn set_kill_switch(
+        &self,
+        name: &str,
+        on: bool,
+    ) -> Result<(SpokeFile, ProfileSummary), String> {
+        let text = self.read(name)?;
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| format!("profile {name:?} is damaged: {}", e.message()))?;
         table.insert("kill_switch".into(), toml::Value::Boolean(on));
@@ -175,7 +177,8 @@ impl ProfileStore {
         let file = parse(name, &text)?;
         self.write(&self.path(name), &text, Replace::Yes)
             .map_err(|e| format!("cannot save profile {name:?}: {e}"))?;
-        Ok(file)
+        let summary = summary(name, &file);
+        Ok((file, summary))
     }
 
     /// Writes a temporary file, syncs it, and links it into place only if `path` does not

@@ -344,7 +344,7 @@ impl SpokeService {
     /// Saves the kill switch of profile `name` and, if its tunnel runs, applies it now.
     fn set_kill_switch(&self, name: &str, on: bool) -> Answer {
         let _changes = self.changes();
-        let file = self.store.set_kill_switch(name, on)?;
+        let (file, summary) = self.store.set_kill_switch(name, on)?;
         let running = {
             let current = self.current();
             match &current.tunnel {
@@ -368,7 +368,6 @@ impl SpokeService {
         }
         info!(profile = %name, on, "kill switch set");
         self.profiles_changed();
-        let summary = self.store.list().into_iter().find(|p| p.name == name);
         answer("profile", &summary)
     }
 

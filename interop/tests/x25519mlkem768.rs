@@ -142,37 +142,29 @@ trait Side {
     fn tick(&mut self, now: Instant);
 }
 
-impl Side for Hub {
-    fn send(&mut self, now: Instant, out: &mut Vec<(SocketAddr, Vec<u8>)>) {
-        let mut buf = Vec::new();
-        while let Some(t) = self.poll_transmit(now, 1, &mut buf) {
-            out.push((t.destination, buf[..t.size].to_vec()));
-            buf.clear();
+/// The hub and the spoke take and give datagrams through the same methods.
+macro_rules! slopn_side {
+    ($machine:ty) => {
+        impl Side for $machine {
+            fn send(&mut self, now: Instant, out: &mut Vec<(SocketAddr, Vec<u8>)>) {
+                let mut buf = Vec::new();
+                while let Some(t) = self.poll_transmit(now, 1, &mut buf) {
+                    out.push((t.destination, buf[..t.size].to_vec()));
+                    buf.clear();
+                }
+            }
+            fn receive(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) {
+                self.handle_udp(now, datagram(from, payload));
+            }
+            fn tick(&mut self, now: Instant) {
+                self.handle_timeout(now);
+            }
         }
-    }
-    fn receive(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) {
-        self.handle_udp(now, datagram(from, payload));
-    }
-    fn tick(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
+    };
 }
 
-impl Side for Spoke {
-    fn send(&mut self, now: Instant, out: &mut Vec<(SocketAddr, Vec<u8>)>) {
-        let mut buf = Vec::new();
-        while let Some(t) = self.poll_transmit(now, 1, &mut buf) {
-            out.push((t.destination, buf[..t.size].to_vec()));
-            buf.clear();
-        }
-    }
-    fn receive(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) {
-        self.handle_udp(now, datagram(from, payload));
-    }
-    fn tick(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-}
+slopn_side!(Hub);
+slopn_side!(Spoke);
 
 fn datagram(remote: SocketAddr, payload: &[u8]) -> Datagram<'_> {
     Datagram {
