@@ -129,8 +129,7 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
 
     // Disconnect from the tray's menu (Connect is greyed out, so Disconnect is the first
     // item the keyboard reaches): the TUN device is gone when the window says so.
-    desktop.open_tray_menu();
-    desktop::wait_until("the tray menu", SHORT, || desktop.menu_shown());
+    desktop.open_tray_menu(SHORT);
     desktop.screenshot(&shot("3-tray-menu"));
     desktop.pick_menu_item(1);
     gui.wait_phase("disconnected", SHORT).await;
@@ -140,8 +139,7 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
 
     // Connect again from the tray (Connect is the first item now), then lose the hub:
     // "reconnecting", a notification, and back.
-    desktop.open_tray_menu();
-    desktop::wait_until("the tray menu", SHORT, || desktop.menu_shown());
+    desktop.open_tray_menu(SHORT);
     desktop.pick_menu_item(1);
     gui.wait_phase("connected", SHORT).await;
     net.kill_hub();
@@ -248,8 +246,7 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
     gui.screenshot(&shot("8-service-stopped")).await;
 
     // Quit from the tray (Show SloPN and Quit are the items left enabled): the app ends.
-    desktop.open_tray_menu();
-    desktop::wait_until("the tray menu", SHORT, || desktop.menu_shown());
+    desktop.open_tray_menu(SHORT);
     desktop.pick_menu_item(2);
     desktop::wait_until("the GUI to quit", SHORT, || desktop::gui_processes() == 0);
 

@@ -468,13 +468,26 @@ impl Desktop {
             .unwrap()
     }
 
-    /// Opens the tray icon's menu (a click on the icon, top right).
-    pub fn open_tray_menu(&self) {
-        assert!(
-            self.xdotool(&["mousemove", "1262", "20", "click", "1"])
-                .status
-                .success()
-        );
+    /// Opens the tray icon's menu (a click on the icon, top right) and waits until it is
+    /// painted. A click that lands while the tray redraws the icon (its colour follows the
+    /// state) can be lost: the click is repeated, never on an open menu, until `timeout`.
+    pub fn open_tray_menu(&self, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            assert!(
+                self.xdotool(&["mousemove", "1262", "20", "click", "1"])
+                    .status
+                    .success()
+            );
+            let shown = Instant::now();
+            while shown.elapsed() < Duration::from_secs(2) {
+                if self.menu_shown() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("the tray menu did not open within {timeout:?}");
     }
 
     /// Picks the `n`th enabled item (1 = the first) of the open menu with the keyboard.
