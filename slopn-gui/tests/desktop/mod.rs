@@ -118,16 +118,27 @@ fn kill_group(child: &mut Child, signal: &str) {
 }
 
 /// Polls `f` every 20 ms until it holds; panics after `timeout`. Returns the time taken.
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+pub fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+    assert!(
+        poll_until(timeout, f),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+    start.elapsed()
+}
+
+/// Polls `f` every 20 ms until it holds (true) or `timeout` has passed (false).
+fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    start.elapsed()
 }
 
 fn free_port() -> u16 {
@@ -479,12 +490,8 @@ impl Desktop {
                     .status
                     .success()
             );
-            let shown = Instant::now();
-            while shown.elapsed() < Duration::from_secs(2) {
-                if self.menu_shown() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            if poll_until(Duration::from_secs(2), || self.menu_shown()) {
+                return;
             }
         }
         panic!("the tray menu did not open within {timeout:?}");
