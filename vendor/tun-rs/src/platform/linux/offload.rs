@@ -100,13 +100,15 @@ loop {
 use crate::platform::linux::checksum::{checksum, pseudo_header_checksum_no_fold};
 use bytes::BytesMut;
 use libc::{IPPROTO_TCP, IPPROTO_UDP};
-use std::cell::RefCell;
 use std::hash::{BuildHasher, Hash};
 use std::io;
 
-thread_local! {
-    /// The packet `tcp_gro` and `udp_gro` look at, copied out of `bufs` (SloPN patch).
-    static PKT_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+/// The buffer of the packet being merged (read) and of the item it merges with (written),
+/// borrowed together (SloPN patch: the packet is read in place instead of copied out).
+/// `None` if they are the same buffer, which cannot happen: an item's packet came earlier.
+fn pkt_and_item_bufs<B>(bufs: &mut [B], pkt_i: usize, item_i: usize) -> Option<(&mut B, &mut B)> {
+    let [pkt, item] = bufs.get_disjoint_mut([pkt_i, item_i]).ok()?;
+    Some((pkt, item))
 }
 
 const GRO_FLOW_TABLE_SLOTS: usize = IDEAL_BATCH_SIZE * 2;
@@ -1028,17 +1030,23 @@ enum CoalesceResult {
 /// coalesceUDPPackets attempts to coalesce pkt with the packet described by
 /// item, and returns the outcome.
 fn coalesce_udp_packets<B: ExpandBuffer>(
-    pkt: &[u8],
+    pkt_bufs_index: usize,
     item: &mut UdpGROItem,
     bufs: &mut [B],
     bufs_offset: usize,
     is_v6: bool,
 ) -> CoalesceResult {
-    let buf = bufs[item.bufs_index as usize].as_ref();
+    let Some((pkt_buf, item_buf)) =
+        pkt_and_item_bufs(bufs, pkt_bufs_index, item.bufs_index as usize)
+    else {
+        return CoalesceResult::InsufficientCap;
+    };
+    let pkt = &pkt_buf.as_ref()[bufs_offset..];
+    let buf = item_buf.as_ref();
     // let pkt_head = &buf[bufs_offset..]; // the packet that will end up at the front
     let headers_len = item.iph_len as usize + UDP_H_LEN;
     let coalesced_len = buf[bufs_offset..].len() + pkt.len() - headers_len;
-    if bufs[item.bufs_index as usize].buf_capacity() < bufs_offset * 2 + coalesced_len {
+    if item_buf.buf_capacity() < bufs_offset * 2 + coalesced_len {
         // We don't want to allocate a new underlying array if capacity is
         // too small.
         return CoalesceResult::InsufficientCap;
@@ -1054,7 +1062,7 @@ fn coalesce_udp_packets<B: ExpandBuffer>(
     if !checksum_valid(pkt, item.iph_len, IPPROTO_UDP as _, is_v6) {
         return CoalesceResult::PktInvalidCSum;
     }
-    bufs[item.bufs_index as usize].buf_extend_from_slice(&pkt[headers_len..]);
+    item_buf.buf_extend_from_slice(&pkt[headers_len..]);
     item.num_merged += 1;
     CoalesceResult::Success
 }
@@ -1066,7 +1074,6 @@ fn coalesce_udp_packets<B: ExpandBuffer>(
 #[allow(clippy::too_many_arguments)]
 fn coalesce_tcp_packets<B: ExpandBuffer>(
     mode: CanCoalesce,
-    pkt: &[u8],
     pkt_bufs_index: usize,
     gso_size: u16,
     seq: u32,
@@ -1076,12 +1083,18 @@ fn coalesce_tcp_packets<B: ExpandBuffer>(
     bufs_offset: usize,
     is_v6: bool,
 ) -> CoalesceResult {
+    let Some((pkt_buf, item_buf)) =
+        pkt_and_item_bufs(bufs, pkt_bufs_index, item.bufs_index as usize)
+    else {
+        return CoalesceResult::InsufficientCap;
+    };
+    let pkt = &pkt_buf.as_ref()[bufs_offset..];
+    let pkt_len = pkt.len();
     let headers_len = (item.iph_len + item.tcph_len) as usize;
-    let coalesced_len =
-        bufs[item.bufs_index as usize].as_ref()[bufs_offset..].len() + pkt.len() - headers_len;
+    let coalesced_len = item_buf.as_ref()[bufs_offset..].len() + pkt_len - headers_len;
     // Copy data
     if mode == CanCoalesce::Prepend {
-        if bufs[pkt_bufs_index].buf_capacity() < 2 * bufs_offset + coalesced_len {
+        if pkt_buf.buf_capacity() < 2 * bufs_offset + coalesced_len {
             // We don't want to allocate a new underlying array if capacity is
             // too small.
             return CoalesceResult::InsufficientCap;
@@ -1091,7 +1104,7 @@ fn coalesce_tcp_packets<B: ExpandBuffer>(
         }
         if item.num_merged == 0
             && !checksum_valid(
-                &bufs[item.bufs_index as usize].as_ref()[bufs_offset..],
+                &item_buf.as_ref()[bufs_offset..],
                 item.iph_len,
                 IPPROTO_TCP as _,
                 is_v6,
@@ -1103,27 +1116,26 @@ fn coalesce_tcp_packets<B: ExpandBuffer>(
             return CoalesceResult::PktInvalidCSum;
         }
         item.sent_seq = seq;
-        let extend_by = coalesced_len - pkt.len();
-        let len = bufs[pkt_bufs_index].as_ref().len();
-        bufs[pkt_bufs_index].buf_resize(len + extend_by, 0);
-        let src = bufs[item.bufs_index as usize].as_ref()
-            [bufs_offset + headers_len..bufs_offset + headers_len + extend_by]
-            .to_vec();
-        bufs[pkt_bufs_index].as_mut()[bufs_offset + pkt.len()..bufs_offset + pkt.len() + extend_by]
-            .copy_from_slice(&src);
+        let extend_by = coalesced_len - pkt_len;
+        let len = pkt_buf.as_ref().len();
+        pkt_buf.buf_resize(len + extend_by, 0);
+        // SloPN patch: copied straight from the item's buffer, not through a new Vec.
+        pkt_buf.as_mut()[bufs_offset + pkt_len..bufs_offset + pkt_len + extend_by].copy_from_slice(
+            &item_buf.as_ref()[bufs_offset + headers_len..bufs_offset + headers_len + extend_by],
+        );
         // Flip the slice headers in bufs as part of prepend. The index of item
         // is already being tracked for writing.
-        bufs.swap(item.bufs_index as usize, pkt_bufs_index);
+        std::mem::swap(item_buf, pkt_buf);
     } else {
         // pkt_head = &bufs[item.bufs_index as usize][bufs_offset..];
-        if bufs[item.bufs_index as usize].buf_capacity() < 2 * bufs_offset + coalesced_len {
+        if item_buf.buf_capacity() < 2 * bufs_offset + coalesced_len {
             // We don't want to allocate a new underlying array if capacity is
             // too small.
             return CoalesceResult::InsufficientCap;
         }
         if item.num_merged == 0
             && !checksum_valid(
-                &bufs[item.bufs_index as usize].as_ref()[bufs_offset..],
+                &item_buf.as_ref()[bufs_offset..],
                 item.iph_len,
                 IPPROTO_TCP as _,
                 is_v6,
@@ -1137,14 +1149,14 @@ fn coalesce_tcp_packets<B: ExpandBuffer>(
         if psh_set {
             // We are appending a segment with PSH set.
             item.psh_set = psh_set;
-            bufs[item.bufs_index as usize].as_mut()
-                [bufs_offset + item.iph_len as usize + TCP_FLAGS_OFFSET] |= TCP_FLAG_PSH;
+            item_buf.as_mut()[bufs_offset + item.iph_len as usize + TCP_FLAGS_OFFSET] |=
+                TCP_FLAG_PSH;
         }
         // https://github.com/WireGuard/wireguard-go/blob/12269c2761734b15625017d8565745096325392f/tun/offload_linux.go#L495
         // extendBy := len(pkt) - int(headersLen)
         // 		bufs[item.bufsIndex] = append(bufs[item.bufsIndex], make([]byte, extendBy)...)
         // 		copy(bufs[item.bufsIndex][bufsOffset+len(pktHead):], pkt[headersLen:])
-        bufs[item.bufs_index as usize].buf_extend_from_slice(&pkt[headers_len..]);
+        item_buf.buf_extend_from_slice(&pkt[headers_len..]);
     }
 
     if gso_size > item.gso_size {
@@ -1180,23 +1192,9 @@ fn tcp_gro<B: ExpandBuffer>(
     table: &mut TcpGROTable,
     is_v6: bool,
 ) -> GroResult {
-    // SloPN patch: the packet is copied out of `bufs` (it is read while another buffer
-    // grows) into a reused buffer rather than a new Vec per packet.
-    PKT_SCRATCH.with_borrow_mut(|scratch| {
-        scratch.clear();
-        scratch.extend_from_slice(&bufs[pkt_i].as_ref()[offset..]);
-        tcp_gro_pkt(bufs, offset, pkt_i, table, is_v6, scratch)
-    })
-}
-
-fn tcp_gro_pkt<B: ExpandBuffer>(
-    bufs: &mut [B],
-    offset: usize,
-    pkt_i: usize,
-    table: &mut TcpGROTable,
-    is_v6: bool,
-    pkt: &[u8],
-) -> GroResult {
+    // SloPN patch: the packet is read in place (upstream copies it into a new Vec); it is
+    // borrowed again wherever another buffer has been written in between.
+    let pkt = &bufs[pkt_i].as_ref()[offset..];
     if pkt.len() > u16::MAX as usize {
         // A valid IPv4 or IPv6 packet will never exceed this.
         return GroResult::Noop;
@@ -1283,6 +1281,7 @@ fn tcp_gro_pkt<B: ExpandBuffer>(
     };
 
     for i in (0..items.len()).rev() {
+        let pkt = &bufs[pkt_i].as_ref()[offset..];
         // In the best case of packets arriving in order iterating in reverse is
         // more efficient if there are multiple items for a given flow. This
         // also enables a natural table.delete_at() in the
@@ -1308,7 +1307,7 @@ fn tcp_gro_pkt<B: ExpandBuffer>(
             CanCoalesce::Unavailable => {}
             _ => {
                 let result = coalesce_tcp_packets(
-                    can, pkt, pkt_i, gso_size, seq, psh_set, item, bufs, offset, is_v6,
+                    can, pkt_i, gso_size, seq, psh_set, item, bufs, offset, is_v6,
                 );
 
                 match result {
@@ -1336,6 +1335,7 @@ fn tcp_gro_pkt<B: ExpandBuffer>(
     }
 
     // failed to coalesce with any other packets; store the item in the flow
+    let pkt = &bufs[pkt_i].as_ref()[offset..];
     table.insert(
         pkt,
         src_addr_offset,
@@ -1590,23 +1590,8 @@ fn udp_gro<B: ExpandBuffer>(
     table: &mut UdpGROTable,
     is_v6: bool,
 ) -> GroResult {
-    // SloPN patch: the packet is copied out of `bufs` (it is read while another buffer
-    // grows) into a reused buffer rather than a new Vec per packet.
-    PKT_SCRATCH.with_borrow_mut(|scratch| {
-        scratch.clear();
-        scratch.extend_from_slice(&bufs[pkt_i].as_ref()[offset..]);
-        udp_gro_pkt(bufs, offset, pkt_i, table, is_v6, scratch)
-    })
-}
-
-fn udp_gro_pkt<B: ExpandBuffer>(
-    bufs: &mut [B],
-    offset: usize,
-    pkt_i: usize,
-    table: &mut UdpGROTable,
-    is_v6: bool,
-    pkt: &[u8],
-) -> GroResult {
+    // SloPN patch: the packet is read in place (upstream copies it into a new Vec).
+    let pkt = &bufs[pkt_i].as_ref()[offset..];
     if pkt.len() > u16::MAX as usize {
         // A valid IPv4 or IPv6 packet will never exceed this.
         return GroResult::Noop;
@@ -1667,7 +1652,7 @@ fn udp_gro_pkt<B: ExpandBuffer>(
     let mut pkt_csum_known_invalid = false;
 
     if can == CanCoalesce::Append {
-        match coalesce_udp_packets(pkt, item, bufs, offset, is_v6) {
+        match coalesce_udp_packets(pkt_i, item, bufs, offset, is_v6) {
             CoalesceResult::Success => {
                 // 前面是引用，这里不需要再更新
                 // table.update_at(*item, items_len - 1);
