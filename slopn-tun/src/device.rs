@@ -101,6 +101,10 @@ impl Tun {
             .map_err(|e| TunError::io("reading the TUN device's name", e))?;
         #[cfg(target_os = "linux")]
         let vnet_hdr = device.tcp_gso();
+        #[cfg(target_os = "linux")]
+        if vnet_hdr {
+            cap_segments(&name);
+        }
         #[cfg(not(target_os = "linux"))]
         let vnet_hdr = false;
         let mut tun = Self {
@@ -301,6 +305,25 @@ impl AsRawFd for Tun {
 impl AsFd for Tun {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.device.as_fd()
+    }
+}
+
+/// Caps the segments in each super-packet the kernel hands this device at what one read
+/// splits into ([`BATCH`](crate::offload::BATCH)). Without the cap, TCP at a small MSS (under
+/// about 512 bytes) gets super-packets of up to 64 KiB in hundreds of segments, and each such
+/// read is dropped whole. A kernel that refuses the setting keeps working, with those flows
+/// slower; the warning says so.
+#[cfg(target_os = "linux")]
+fn cap_segments(name: &str) {
+    let segments = crate::offload::BATCH as u32;
+    let capped = crate::netlink::interface_index(name)
+        .and_then(|index| crate::netlink::Netlink::open()?.set_gso_max_segs(index, segments));
+    if let Err(e) = capped {
+        tracing::warn!(
+            "could not cap {name}'s super-packets at {segments} segments ({e}): TCP flows with \
+             segments under 512 bytes will lose packets; SLOPN_TUN_OFFLOAD=off avoids it, at a cost \
+             in speed"
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! Routes through netlink (Linux): the routes of one change go to the kernel as one batch of
 //! requests on one socket, each acknowledged, instead of one `ip` process per route (which
 //! left a full tunnel half routed for milliseconds while the halves went in one by one).
+//! Also the one link setting the TUN device needs beyond what tun-rs sets.
 
 use std::io;
 use std::net::IpAddr;
@@ -10,6 +11,7 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -129,6 +131,27 @@ impl Netlink {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into())))
             .collect()
+    }
+
+    /// Caps the segments of one super-packet the kernel hands to interface `interface`
+    /// (`ip link set dev DEVICE gso_max_segs SEGS`).
+    pub(crate) fn set_gso_max_segs(&mut self, interface: u32, segs: u32) -> io::Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = interface;
+        message.attributes.push(LinkAttribute::GsoMaxSegs(segs));
+        self.sequence = self.sequence.wrapping_add(1);
+        let sequence = self.sequence;
+        self.socket.send(
+            &request(RouteNetlinkMessage::SetLink(message), 0, sequence),
+            0,
+        )?;
+        loop {
+            for (answered, result) in self.receive()? {
+                if answered == sequence {
+                    return result;
+                }
+            }
+        }
     }
 
     /// The route the kernel would take to `dest` now.

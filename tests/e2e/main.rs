@@ -11,6 +11,7 @@ mod lab;
 mod leaks;
 mod metrics;
 mod pmtu;
+mod segments;
 mod service;
 mod traffic;
 mod windows;

@@ -26,6 +26,18 @@ pub fn transfer(
     bytes: usize,
     during: impl FnOnce(&AtomicUsize),
 ) -> Duration {
+    transfer_with_mss(from, to, listen, bytes, None, during)
+}
+
+/// [`transfer`] with the sender's TCP segments held to `mss` bytes (`TCP_MAXSEG`), if given.
+pub fn transfer_with_mss(
+    from: &Namespace,
+    to: &Namespace,
+    listen: SocketAddr,
+    bytes: usize,
+    mss: Option<u32>,
+    during: impl FnOnce(&AtomicUsize),
+) -> Duration {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let received = AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -54,7 +66,19 @@ pub fn transfer(
         let client = s.spawn(move || {
             from.enter().unwrap();
             let start = Instant::now();
-            let mut conn = TcpStream::connect_timeout(&listen, Duration::from_secs(5)).unwrap();
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(listen),
+                socket2::Type::STREAM,
+                None,
+            )
+            .unwrap();
+            if let Some(mss) = mss {
+                socket.set_tcp_mss(mss).unwrap();
+            }
+            socket
+                .connect_timeout(&listen.into(), Duration::from_secs(5))
+                .unwrap();
+            let mut conn = TcpStream::from(socket);
             conn.set_write_timeout(Some(Duration::from_secs(30)))
                 .unwrap();
             let mut chunk = vec![0u8; 64 * 1024];
