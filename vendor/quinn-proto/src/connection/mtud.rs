@@ -362,8 +362,9 @@ impl SearchState {
 /// a burst could be fully explained by a reduction in MTU. A burst stops being suspicious when
 /// such a packet is acknowledged later on.
 ///
-/// When the number of suspicious loss bursts exceeds [`BLACK_HOLE_THRESHOLD`], we judge the
-/// evidence for an MTU black hole to be sufficient.
+/// When more suspicious loss bursts than [`BLACK_HOLE_THRESHOLD`] agree on one narrower path
+/// (SloPN patch: before, any suspicious bursts counted), we judge the evidence for an MTU black
+/// hole to be sufficient.
 #[derive(Clone)]
 struct BlackHoleDetector {
     /// Packet loss bursts currently considered suspicious
@@ -383,7 +384,7 @@ struct BlackHoleDetector {
 impl BlackHoleDetector {
     fn new(min_mtu: u16) -> Self {
         Self {
-            suspicious_loss_bursts: Vec::with_capacity(BLACK_HOLE_THRESHOLD + 1),
+            suspicious_loss_bursts: Vec::with_capacity(MAX_SUSPICIOUS_BURSTS + 1),
             current_loss_burst: None,
             deliveries: Vec::with_capacity(MAX_DELIVERIES + 1),
             min_mtu,
@@ -461,13 +462,44 @@ impl BlackHoleDetector {
     fn black_hole_detected(&mut self) -> bool {
         self.finish_loss_burst();
 
-        if self.suspicious_loss_bursts.len() <= BLACK_HOLE_THRESHOLD {
+        if self.suspicious_loss_bursts.len() <= BLACK_HOLE_THRESHOLD
+            || self.bursts_agreeing_on_a_narrower_path() <= BLACK_HOLE_THRESHOLD
+        {
             return false;
         }
 
         self.suspicious_loss_bursts.clear();
 
         true
+    }
+
+    /// The most suspicious bursts that one narrowing of the path explains together. A path that
+    /// stopped carrying packets of `size` bytes or more loses every such packet sent after some
+    /// point and delivers none: the bursts it explains are those of packets all at least `size`
+    /// bytes sent after the last delivered packet of at least `size` bytes. Bursts no single
+    /// size explains together (a packet at least as large as a later burst's was delivered
+    /// between them) are random loss. Tried for each burst's smallest packet size.
+    fn bursts_agreeing_on_a_narrower_path(&self) -> usize {
+        self.suspicious_loss_bursts
+            .iter()
+            .map(|candidate| {
+                let size = candidate.smallest_packet_size;
+                let last_delivered = self
+                    .deliveries
+                    .iter()
+                    .filter(|known| known.size >= size)
+                    .map(|known| known.pn)
+                    .max();
+                self.suspicious_loss_bursts
+                    .iter()
+                    .filter(|burst| {
+                        burst.smallest_packet_size >= size
+                            && last_delivered.is_none_or(|pn| burst.latest_non_probe > pn)
+                    })
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Marks the end of the current loss burst, checking whether it was suspicious
@@ -489,20 +521,12 @@ impl BlackHoleDetector {
             latest_non_probe: burst.latest_non_probe,
         };
 
-        if self.suspicious_loss_bursts.len() <= BLACK_HOLE_THRESHOLD {
-            self.suspicious_loss_bursts.push(burst);
-            return;
+        // To limit memory use, forget the oldest suspicious burst: a narrowing shows in the
+        // newest ones.
+        if self.suspicious_loss_bursts.len() == MAX_SUSPICIOUS_BURSTS {
+            self.suspicious_loss_bursts.remove(0);
         }
-
-        // To limit memory use, only track the most suspicious loss bursts.
-        let smallest = self
-            .suspicious_loss_bursts
-            .iter_mut()
-            .min_by_key(|prev| prev.smallest_packet_size)
-            .filter(|prev| prev.smallest_packet_size < burst.smallest_packet_size);
-        if let Some(smallest) = smallest {
-            *smallest = burst;
-        }
+        self.suspicious_loss_bursts.push(burst);
     }
 
     #[cfg(test)]
@@ -544,6 +568,9 @@ const MAX_PROBE_RETRANSMITS: usize = 3;
 const BLACK_HOLE_THRESHOLD: usize = 3;
 /// Acknowledged packets of distinct sizes the black hole detector keeps as evidence
 const MAX_DELIVERIES: usize = 16;
+
+/// Suspicious loss bursts remembered at most (the oldest is forgotten first)
+const MAX_SUSPICIOUS_BURSTS: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -924,8 +951,10 @@ mod tests {
     fn dynamic_mtu_reduction() {
         let mut bhd = BlackHoleDetector::new(1200);
         bhd.on_non_probe_acked(0, 1500);
+        // (SloPN patch: the losses start after the delivered packet, not at it: a packet both
+        // delivered and lost said that the path carried 1400 bytes after the first burst.)
         for i in 0..(BLACK_HOLE_THRESHOLD + 1) {
-            bhd.on_non_probe_lost(i as u64 * 2, 1400);
+            bhd.on_non_probe_lost((i as u64 + 1) * 2, 1400);
         }
         assert!(bhd.black_hole_detected());
     }
@@ -980,8 +1009,9 @@ mod tests {
             !bhd.black_hole_detected(),
             "1300 byte losses preceding a 1400 byte delivery are not suspicious"
         );
+        // (SloPN patch: the losses start after the delivered packet, not at it.)
         for i in 0..(BLACK_HOLE_THRESHOLD + 1) {
-            bhd.on_non_probe_lost((BLACK_HOLE_THRESHOLD as u64 + 1 + i as u64) * 2, 1300);
+            bhd.on_non_probe_lost((BLACK_HOLE_THRESHOLD as u64 + 2 + i as u64) * 2, 1300);
         }
         assert!(
             bhd.black_hole_detected(),
@@ -1115,7 +1145,7 @@ mod tests {
             let patterns = [
                 ("uniform", &uniform_sizes, 0.1),
                 ("batched", &batched_sizes, 0.1),
-                ("mixed", &mixed_sizes, 0.05),
+                ("mixed", &mixed_sizes, 0.1),
             ];
             for (what, sizes, max_loss) in patterns {
                 for loss in [0.01, 0.02, 0.05, 0.1]
@@ -1133,6 +1163,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    // Packets of all sizes, 10 % lost at random: sizes spread evenly over 1300 to 1452 bytes,
+    // and traffic that is 70 % small packets (acknowledgments) and 30 % of 1200 to 1437 bytes
+    // (several datagrams packed into one packet). Bursts of the larger sizes often go without a
+    // later delivery at least as large; only bursts that agree on one narrower path count.
+    // 72 runs of 20 000 packets: without that agreement the detector declared 175 black
+    // holes in them, with it 24.
+    #[test]
+    fn random_loss_of_packets_of_all_sizes_rarely_looks_like_a_black_hole() {
+        let mut declared = 0;
+        for seed in 0..12 {
+            let rand = uniform(seed);
+            let spread: Vec<u16> = (0..20_000)
+                .map(|pn| 1300 + (rand(pn + 2_000_000) * 153.0) as u16)
+                .collect();
+            let packed: Vec<u16> = (0..20_000)
+                .map(|pn| {
+                    if rand(pn + 3_000_000) < 0.7 {
+                        100
+                    } else {
+                        1200 + (rand(pn + 2_000_000) * 238.0) as u16
+                    }
+                })
+                .collect();
+            for sizes in [&spread, &packed] {
+                for ack_every in [2, 16, 64] {
+                    declared += run_detector(1200, sizes, |pn| rand(pn) >= 0.1, ack_every).len();
+                }
+            }
+        }
+        assert!(declared <= 30, "{declared} black holes declared");
     }
 
     // The path narrows at packet 1000: from then on every packet above 1300 bytes is lost, smaller
@@ -1156,6 +1218,29 @@ mod tests {
             let declared = *declared.first().expect("black hole declared");
             assert!(
                 (1000..1000 + 3 * 16).contains(&declared),
+                "declared at {declared}, acks every {ack_every}"
+            );
+        }
+    }
+
+    // The same narrowing under bulk traffic: seven of eight packets full-size, one small. The
+    // bursts come from the large packets lost between the small ones delivered: declared within
+    // four ACKs of 16 packets.
+    #[test]
+    fn real_black_hole_under_bulk_traffic_is_detected() {
+        let rand = uniform(7);
+        let sizes: Vec<u16> = (0..2_000)
+            .map(|pn| if pn % 8 == 0 { 1250 } else { 1452 })
+            .collect();
+        let delivered = |pn: u64| {
+            let fits = pn < 1000 || sizes[pn as usize] <= 1300;
+            fits && rand(pn) >= 0.01
+        };
+        for ack_every in [2, 16] {
+            let declared = run_detector(1200, &sizes, delivered, ack_every);
+            let declared = *declared.first().expect("black hole declared");
+            assert!(
+                (1000..1000 + 4 * 16).contains(&declared),
                 "declared at {declared}, acks every {ack_every}"
             );
         }
