@@ -139,12 +139,7 @@ impl Netlink {
         let mut message = LinkMessage::default();
         message.header.index = interface;
         message.attributes.push(LinkAttribute::GsoMaxSegs(segs));
-        self.sequence = self.sequence.wrapping_add(1);
-        let sequence = self.sequence;
-        self.socket.send(
-            &request(RouteNetlinkMessage::SetLink(message), 0, sequence),
-            0,
-        )?;
+        let sequence = self.send_one(RouteNetlinkMessage::SetLink(message))?;
         loop {
             for (answered, result) in self.receive()? {
                 if answered == sequence {
@@ -162,12 +157,7 @@ impl Netlink {
         message
             .attributes
             .push(RouteAttribute::Destination(RouteAddress::from(dest)));
-        self.sequence = self.sequence.wrapping_add(1);
-        let sequence = self.sequence;
-        self.socket.send(
-            &request(RouteNetlinkMessage::GetRoute(message), 0, sequence),
-            0,
-        )?;
+        let sequence = self.send_one(RouteNetlinkMessage::GetRoute(message))?;
         loop {
             self.buf.clear();
             self.socket.recv(&mut self.buf, 0)?;
@@ -221,6 +211,13 @@ impl Netlink {
                 }
             }
         }
+    }
+
+    /// Sends one request under the next sequence number, which it returns.
+    fn send_one(&mut self, message: RouteNetlinkMessage) -> io::Result<u32> {
+        self.sequence = self.sequence.wrapping_add(1);
+        self.socket.send(&request(message, 0, self.sequence), 0)?;
+        Ok(self.sequence)
     }
 
     /// Reads one datagram of answers: (sequence number, result) of each acknowledgement.
