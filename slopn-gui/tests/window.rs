@@ -120,6 +120,20 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
         SHORT,
     )
     .await;
+    // Its toast ("Kill switch off.") hides nothing: in a window too short for all the cards,
+    // scrolled to the end, the last card ends above it.
+    let size = gui.size().await;
+    gui.resize((size.0, size.1 * 3 / 4)).await;
+    gui.wait_true(
+        "(() => { const t = document.getElementById('toast'); if (t.hidden) return false; \
+         window.scrollTo(0, document.documentElement.scrollHeight); \
+         const last = [...document.querySelectorAll('main .card')].pop(); \
+         return last.getBoundingClientRect().bottom <= t.getBoundingClientRect().top; })()",
+        SHORT,
+    )
+    .await;
+    gui.screenshot_here(&shot("3-toast-scrolled")).await;
+    gui.resize(size).await;
 
     // A second window at the same time shows the same state.
     let second = Gui::start(&net, &desktop, "second", true).await;

@@ -51,8 +51,15 @@ function toast(text, kind) {
   el.textContent = text;
   el.className = "toast" + (kind ? " " + kind : "");
   el.hidden = false;
+  // Room below the last card while the toast shows, so that it covers nothing one cannot
+  // scroll into view.
+  const main = document.querySelector("main");
+  main.style.paddingBottom = el.offsetHeight + 24 + "px";
   clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => (el.hidden = true), kind === "error" ? 9000 : 4000);
+  toast.timer = setTimeout(() => {
+    el.hidden = true;
+    main.style.paddingBottom = "";
+  }, kind === "error" ? 9000 : 4000);
 }
 
 // ---- rendering ----------------------------------------------------------------------------

@@ -752,6 +752,20 @@ impl Gui {
             .unwrap();
     }
 
+    /// The window's outer size in pixels.
+    pub async fn size(&self) -> (u64, u64) {
+        self.client.get_window_size().await.unwrap()
+    }
+
+    /// Resizes the window (as a user dragging its corner would).
+    pub async fn resize(&self, (width, height): (u64, u64)) {
+        let px = |n: u64| u32::try_from(n).unwrap();
+        self.client
+            .set_window_size(px(width), px(height))
+            .await
+            .unwrap();
+    }
+
     /// Saves the top of the window as a PNG (after the latest state has been painted).
     pub async fn screenshot(&self, to: &Path) {
         self.screenshot_at(to, "window.scrollTo(0, 0);").await;
