@@ -46,6 +46,35 @@ fn congestion(label: &str, name: &str) -> Result<Congestion, ConfigError> {
     })
 }
 
+const DEFAULT_LINK_MTU: u16 = 1500;
+/// The link MTUs a file may set: IPv6's minimum to the common jumbo-frame limit.
+const LINK_MTUS: std::ops::RangeInclusive<u16> = 1280..=9216;
+
+fn default_link_mtu() -> u16 {
+    DEFAULT_LINK_MTU
+}
+fn is_default_link_mtu(mtu: &u16) -> bool {
+    *mtu == DEFAULT_LINK_MTU
+}
+
+/// Checks `link_mtu` and sets the transport's path MTU bound from it.
+fn link_mtu(
+    label: &str,
+    mtu: u16,
+    transport: &mut slopn_proto::TransportSettings,
+) -> Result<(), ConfigError> {
+    if !LINK_MTUS.contains(&mtu) {
+        return Err(ConfigError::new(format!(
+            "{label}: `link_mtu` is {mtu}; it must be {} to {} (the MTU of the network between \
+             hub and spokes, 1500 on most, 9000 with jumbo frames)",
+            LINK_MTUS.start(),
+            LINK_MTUS.end()
+        )));
+    }
+    transport.set_link_mtu(mtu);
+    Ok(())
+}
+
 fn default_keep_alive() -> u64 {
     2
 }
@@ -110,6 +139,14 @@ pub struct HubFile {
     /// Seconds without a packet after which a spoke is considered gone.
     #[serde(default = "default_idle")]
     pub idle_timeout_secs: u64,
+    /// The MTU of the network between hub and spokes (default 1500): path MTU discovery
+    /// probes up to it, and the tunnel carries IP packets of up to `link_mtu` - 86 bytes
+    /// (1414 by default, 8914 on a 9000-byte jumbo-frame network). 1280 to 9216.
+    #[serde(
+        default = "default_link_mtu",
+        skip_serializing_if = "is_default_link_mtu"
+    )]
+    pub link_mtu: u16,
     /// Congestion controller for what the hub sends: `tunnel` (default: ignores random loss,
     /// backs off when losses come with queueing delay), `cubic`, `newreno` or `bbr`.
     #[serde(default = "default_congestion")]
@@ -267,6 +304,14 @@ pub struct SpokeFile {
     /// Seconds of silence after which a keep-alive is sent.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
+    /// The MTU of the network between hub and spokes (default 1500; set the hub's too): path MTU discovery
+    /// probes up to it, and the tunnel carries IP packets of up to `link_mtu` - 86 bytes
+    /// (1414 by default, 8914 on a 9000-byte jumbo-frame network). 1280 to 9216.
+    #[serde(
+        default = "default_link_mtu",
+        skip_serializing_if = "is_default_link_mtu"
+    )]
+    pub link_mtu: u16,
     /// Congestion controller for what the spoke sends (see the hub's `congestion`).
     #[serde(default = "default_congestion")]
     pub congestion: String,
@@ -387,6 +432,11 @@ impl HubFile {
         config.isolate_spokes = self.isolate_spokes;
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
         config.transport.congestion = congestion(&path.display().to_string(), &self.congestion)?;
+        link_mtu(
+            &path.display().to_string(),
+            self.link_mtu,
+            &mut config.transport,
+        )?;
         config.crypto = slopn_proto::tls::provider(self.key_exchange.into());
         // The reset key survives restarts (it comes from the private key), so a restarted hub
         // resets its predecessor's connections and spokes reconnect at once.
@@ -664,6 +714,7 @@ impl SpokeFile {
         config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
         config.transport.keep_alive_interval = Some(Duration::from_secs(self.keep_alive_secs));
         config.transport.congestion = congestion(label, &self.congestion)?;
+        link_mtu(label, self.link_mtu, &mut config.transport)?;
         config.crypto = slopn_proto::tls::provider(self.key_exchange.into());
         let runtime = SpokeRuntime {
             tun_name: self.tun_name.clone(),
@@ -925,6 +976,30 @@ mod tests {
             e.contains("\"vegas\"") && e.contains("tunnel, cubic, newreno, bbr"),
             "{e}"
         );
+
+        // The link MTU: 1500 unless set (and then not written), a jumbo-frame hub's spokes
+        // get its value, out of range is refused with the range.
+        assert_eq!(config.transport.max_mtu, 1452);
+        let text = std::fs::read_to_string(&hub_path).unwrap();
+        assert!(!text.contains("link_mtu"), "{text}");
+        let mut hub: HubFile = load(&hub_path, "hub").unwrap();
+        hub.link_mtu = 9000;
+        let (config, runtime) = hub.resolve(&hub_path).unwrap();
+        assert_eq!((config.transport.max_mtu, runtime.tun_mtu), (8952, 8914));
+        save(&hub_path, &hub, "").unwrap();
+        let dave = add_spoke(&dir, "dave", AuthMode::Token).unwrap();
+        let dave: SpokeFile = load(&dave, "spoke").unwrap();
+        assert_eq!(dave.link_mtu, 9000);
+        let (spoke_config, _) = dave.resolve(&dir.join("spokes/dave.toml")).unwrap();
+        assert_eq!(spoke_config.transport.max_mtu, 8952);
+        for bad in [1279, 9217] {
+            hub.link_mtu = bad;
+            let e = hub.resolve(&hub_path).unwrap_err().to_string();
+            assert!(
+                e.contains("`link_mtu` is") && e.contains("1280 to 9216"),
+                "{e}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

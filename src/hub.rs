@@ -104,6 +104,7 @@ pub fn run_hub(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
     } else {
         None
     };
+    let max_udp_payload = config.transport.max_mtu;
     let hub = Hub::new(config, Instant::now(), SystemTime::now())
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let handle = Arc::new(Loop::spawn(
@@ -111,7 +112,7 @@ pub fn run_hub(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
         hub,
         tun,
         socket,
-        Options::default(),
+        Options::default().with_max_udp_payload(max_udp_payload),
     )?);
     info!(
         listen = %runtime.listen, tun = %runtime.tun_name, addresses = ?runtime.tun_addresses,

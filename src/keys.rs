@@ -143,6 +143,7 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
         client_ca: Some("ca.pem".into()),
         tun_name: "slopn0".into(),
         idle_timeout_secs: 6,
+        link_mtu: 1500,
         congestion: crate::config::default_congestion(),
         key_exchange: Default::default(),
         runtime: Runtime::default(),
@@ -270,6 +271,8 @@ pub fn add_spoke(dir: &Path, name: &str, auth: AuthMode) -> Result<PathBuf, Conf
         connect_timeout_secs: 15,
         idle_timeout_secs: 6,
         keep_alive_secs: 2,
+        // The spoke probes up to the hub's network's MTU: the operator sets it once.
+        link_mtu: hub.link_mtu,
         congestion: crate::config::default_congestion(),
         key_exchange: Default::default(),
         runtime: Runtime::default(),

@@ -191,6 +191,7 @@ impl Tunnel {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
         let socket = bind(local)?;
+        let max_udp_payload = config.transport.max_mtu;
         let spoke = Spoke::new(config, Instant::now(), SystemTime::now())
             .map_err(|e| format!("{label}: {e}"))?;
         let options = Options {
@@ -200,7 +201,7 @@ impl Tunnel {
                 hub: Some(hub_addr.ip()),
             },
             dns: file.dns_method.into(),
-            ..Options::default()
+            ..Options::default().with_max_udp_payload(max_udp_payload)
         };
         let handle = Arc::new(Loop::spawn(file.runtime, spoke, tun, socket, options)?);
         info!(

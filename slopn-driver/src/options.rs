@@ -53,6 +53,24 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// These options for a transport whose UDP payloads reach `max_udp_payload` bytes (its
+    /// `max_mtu`, larger on a jumbo-frame link): the GSO bound, and a TUN read budget that
+    /// keeps what one wakeup queues near the default's bytes (fewer, larger packets), so that
+    /// it still fits the datagram queue.
+    pub fn with_max_udp_payload(mut self, max_udp_payload: u16) -> Self {
+        let default = Self::default();
+        let bytes = default.tun_packets_per_wakeup * usize::from(default.max_udp_payload);
+        self.tun_packets_per_wakeup = (bytes / usize::from(max_udp_payload.max(1)))
+            .clamp(MIN_TUN_PACKETS_PER_WAKEUP, default.tun_packets_per_wakeup);
+        self.max_udp_payload = max_udp_payload;
+        self
+    }
+}
+
+/// The smallest TUN read budget per wakeup [`Options::with_max_udp_payload`] sets.
+const MIN_TUN_PACKETS_PER_WAKEUP: usize = 8;
+
 /// Why the loop ended with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -89,4 +107,24 @@ pub enum RunError {
 /// Maps an I/O error to [`RunError::Io`] saying what was being done.
 pub fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
     move |source| RunError::Io { what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_larger_payload_reads_fewer_tun_packets_per_wakeup() {
+        let default = Options::default();
+        let same = Options::default().with_max_udp_payload(default.max_udp_payload);
+        assert_eq!(same.tun_packets_per_wakeup, default.tun_packets_per_wakeup);
+        let jumbo = Options::default().with_max_udp_payload(8952);
+        assert_eq!(jumbo.max_udp_payload, 8952);
+        assert_eq!(jumbo.tun_packets_per_wakeup, 10);
+        // What one wakeup queues still fits the default datagram queue with a super-packet.
+        let queued = jumbo.tun_packets_per_wakeup * 8952 + 64 * 1024;
+        assert!(queued < slopn_proto::TransportSettings::default().datagram_queue_bytes);
+        let small = Options::default().with_max_udp_payload(1232);
+        assert_eq!(small.tun_packets_per_wakeup, default.tun_packets_per_wakeup);
+    }
 }

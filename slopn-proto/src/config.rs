@@ -62,11 +62,31 @@ pub(crate) const QUINN_DATAGRAM_BUFFER: usize = 96 * 1024;
 /// packet number (up to 4), AEAD tag (16), DATAGRAM frame type and length (up to 9).
 const DATAGRAM_OVERHEAD: u16 = 1 + 8 + 4 + 16 + 9;
 
+/// Bytes of IP and UDP header around each QUIC packet on the link, counted for IPv6 on either
+/// family (on IPv4 20 of them go unused) so that one setting fits both.
+const LINK_OVERHEAD: u16 = 40 + 8;
+
 impl TransportSettings {
+    /// Sets path MTU discovery's upper bound (`max_mtu`) from the MTU of the network between
+    /// hub and spoke: 1500 (the default) gives 1452, a jumbo-frame network's 9000 gives
+    /// 8952 and a tunnel MTU of 8914. Values below 1248 leave QUIC's minimum of 1200.
+    pub fn set_link_mtu(&mut self, link_mtu: u16) {
+        self.max_mtu = link_mtu.saturating_sub(LINK_OVERHEAD).max(1200);
+    }
+
+    /// The largest UDP payload this side sends, and the largest it asks the peer to send
+    /// (QUIC's `max_udp_payload_size` transport parameter).
+    pub(crate) fn max_udp_payload(&self) -> u16 {
+        self.max_mtu
+            .max(self.initial_mtu)
+            .max(self.min_mtu)
+            .max(1200)
+    }
+
     /// The largest IP packet the tunnel carries once path MTU discovery has reached
     /// `max_mtu`: the TUN MTU to configure on the hub.
     pub fn max_tunnel_mtu(&self) -> u16 {
-        self.max_mtu.max(self.min_mtu).max(1200) - DATAGRAM_OVERHEAD
+        self.max_udp_payload() - DATAGRAM_OVERHEAD
     }
 
     pub(crate) fn quinn(&self, keep_alive: bool, bidi_streams: u32) -> Arc<TransportConfig> {
@@ -83,7 +103,7 @@ impl TransportSettings {
         t.min_mtu(min_mtu);
         t.initial_mtu(self.initial_mtu.max(min_mtu));
         let mut mtud = MtuDiscoveryConfig::default();
-        mtud.upper_bound(self.max_mtu.max(self.initial_mtu).max(min_mtu));
+        mtud.upper_bound(self.max_udp_payload());
         // After a black hole (a real narrowing, or rarely heavy random loss) probe again
         // soon rather than after quinn's default minute.
         mtud.black_hole_cooldown(Duration::from_secs(5));
@@ -330,5 +350,25 @@ impl SpokeConfig {
             seed,
             crypto: crate::tls::default_provider(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_mtu_sets_the_upper_bound_and_the_tunnel_mtu() {
+        let mut t = TransportSettings::default();
+        assert_eq!(t.max_tunnel_mtu(), 1414);
+        t.set_link_mtu(1500);
+        assert_eq!((t.max_mtu, t.max_tunnel_mtu()), (1452, 1414));
+        t.set_link_mtu(9000);
+        assert_eq!((t.max_mtu, t.max_tunnel_mtu()), (8952, 8914));
+        t.set_link_mtu(1280);
+        assert_eq!((t.max_mtu, t.max_tunnel_mtu()), (1232, 1194));
+        // Below what QUIC needs, QUIC's minimum stays.
+        t.set_link_mtu(576);
+        assert_eq!(t.max_mtu, 1200);
     }
 }

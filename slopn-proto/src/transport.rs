@@ -181,6 +181,7 @@ impl<S> Transport<S> {
         reset_key: [u8; 32],
         server: Option<Arc<quinn_proto::ServerConfig>>,
         outbox_limit: usize,
+        max_udp_payload: u16,
     ) -> Self {
         let cid_seed = derive_key(seed, b"slopn connection ids");
         let cid_key = u64::from_le_bytes(
@@ -201,6 +202,12 @@ impl<S> Transport<S> {
         // reset is smaller than the packet it answers, so it amplifies nothing.
         config.min_reset_interval(Duration::ZERO);
         config.rng_seed(Some(derive_key(seed, b"slopn endpoint rng")));
+        // Advertised to the peer as the largest datagram to send here: with each side's own
+        // path MTU bound, the smaller `link_mtu` of the two wins (quinn's default, 1472, would
+        // keep a jumbo-frame link at 1500-byte packets).
+        config
+            .max_udp_payload_size(max_udp_payload.clamp(1200, 65_527))
+            .expect("clamped to QUIC's bounds");
         let endpoint = Endpoint::new(Arc::new(config), server, true, None);
         Self {
             endpoint,

@@ -5,6 +5,7 @@
 mod dns;
 mod dual_stack;
 mod gateway;
+mod jumbo;
 mod key_exchange;
 mod kill_switch_service;
 mod lab;

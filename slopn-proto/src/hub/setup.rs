@@ -96,6 +96,7 @@ impl Hub {
             reset_key,
             Some(server),
             config.transport.datagram_queue_bytes,
+            config.transport.max_udp_payload(),
         );
 
         let hub_addresses = config.pools.iter().map(|p| p.hub_address).collect();

@@ -100,6 +100,7 @@ impl Spoke {
                     derive_key(&config.seed, b"slopn stateless reset key"),
                     None,
                     config.transport.datagram_queue_bytes,
+                    config.transport.max_udp_payload(),
                 ),
                 clock,
             ),
