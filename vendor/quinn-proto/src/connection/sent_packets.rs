@@ -12,6 +12,9 @@ use std::ops::{Bound, Index, RangeBounds};
 
 use super::spaces::SentPacket;
 
+/// Slots an empty ring keeps; beyond that, emptying it frees them.
+const KEEP_SLOTS: usize = 256;
+
 /// Sent packets by packet number, in ascending order.
 #[derive(Debug, Default)]
 pub(super) struct SentPackets {
@@ -52,6 +55,11 @@ impl SentPackets {
         }
         while let Some(None) = self.slots.back() {
             self.slots.pop_back();
+        }
+        // An idle connection gives back what a burst grew the ring to (a hub holds thousands of
+        // them); a busy one rarely empties its ring, so this does not churn.
+        if self.slots.is_empty() && self.slots.capacity() > KEEP_SLOTS {
+            self.slots = VecDeque::new();
         }
         Some(packet)
     }
@@ -199,5 +207,29 @@ mod tests {
         }
         assert_eq!(map.len(), 64);
         assert!(map.slots.capacity() < 256, "{}", map.slots.capacity());
+    }
+
+    #[test]
+    fn an_emptied_ring_gives_back_what_a_burst_grew_it_to() {
+        let mut map = SentPackets::default();
+        for n in 0..10_000u64 {
+            map.insert(n, packet(1200));
+        }
+        for n in 0..9_999u64 {
+            map.remove(&n);
+        }
+        assert!(
+            map.slots.capacity() >= 10_000,
+            "still one in flight: no shrinking"
+        );
+        map.remove(&9_999);
+        assert_eq!(map.slots.capacity(), 0);
+        // A small ring emptied keeps its slots for the next packets.
+        map.insert(10_000, packet(1200));
+        map.remove(&10_000);
+        map.insert(10_001, packet(1200));
+        let capacity = map.slots.capacity();
+        map.remove(&10_001);
+        assert_eq!(map.slots.capacity(), capacity);
     }
 }
