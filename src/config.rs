@@ -304,9 +304,9 @@ pub struct SpokeFile {
     /// Seconds of silence after which a keep-alive is sent.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
-    /// The MTU of the network between hub and spokes (default 1500; set the hub's too): path MTU discovery
-    /// probes up to it, and the tunnel carries IP packets of up to `link_mtu` - 86 bytes
-    /// (1414 by default, 8914 on a 9000-byte jumbo-frame network). 1280 to 9216.
+    /// The MTU of the network between hub and spokes (default 1500; the hub's file sets it
+    /// too, and the smaller wins): path MTU discovery probes up to it, and the tunnel carries
+    /// IP packets of up to `link_mtu` - 86 bytes. 1280 to 9216.
     #[serde(
         default = "default_link_mtu",
         skip_serializing_if = "is_default_link_mtu"
