@@ -104,7 +104,7 @@ pub fn run_hub(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
     } else {
         None
     };
-    let max_udp_payload = config.transport.max_mtu;
+    let max_udp_payload = config.transport.max_udp_payload();
     let hub = Hub::new(config, Instant::now(), SystemTime::now())
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let handle = Arc::new(Loop::spawn(

@@ -191,7 +191,7 @@ impl Tunnel {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
         let socket = bind(local)?;
-        let max_udp_payload = config.transport.max_mtu;
+        let max_udp_payload = config.transport.max_udp_payload();
         let spoke = Spoke::new(config, Instant::now(), SystemTime::now())
             .map_err(|e| format!("{label}: {e}"))?;
         let options = Options {

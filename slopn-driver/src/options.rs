@@ -30,8 +30,8 @@ pub struct Options {
     pub routes: RoutePolicy,
     /// How a spoke's pushed DNS servers reach the system's resolver.
     pub dns: DnsMethod,
-    /// The largest UDP payload the machine sends (its transport's `max_mtu`): bounds how many
-    /// datagrams go into one GSO send, which the kernel limits to 64 KiB.
+    /// The largest UDP payload the machine sends (its transport's `max_udp_payload()`):
+    /// bounds how many datagrams go into one GSO send, which the kernel limits to 64 KiB.
     pub max_udp_payload: u16,
 }
 
@@ -48,16 +48,16 @@ impl Default for Options {
                 ..RoutePolicy::default()
             },
             dns: DnsMethod::default(),
-            max_udp_payload: slopn_proto::TransportSettings::default().max_mtu,
+            max_udp_payload: slopn_proto::TransportSettings::default().max_udp_payload(),
         }
     }
 }
 
 impl Options {
     /// These options for a transport whose UDP payloads reach `max_udp_payload` bytes (its
-    /// `max_mtu`, larger on a jumbo-frame link): the GSO bound, and a TUN read budget that
-    /// keeps what one wakeup queues near the default's bytes (fewer, larger packets), so that
-    /// it still fits the datagram queue.
+    /// `max_udp_payload()`, larger on a jumbo-frame link): the GSO bound, and a TUN read
+    /// budget that keeps what one wakeup queues near the default's bytes (fewer, larger
+    /// packets), so that it still fits the datagram queue.
     pub fn with_max_udp_payload(mut self, max_udp_payload: u16) -> Self {
         let default = Self::default();
         let bytes = default.tun_packets_per_wakeup * usize::from(default.max_udp_payload);

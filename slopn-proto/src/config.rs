@@ -75,8 +75,9 @@ impl TransportSettings {
     }
 
     /// The largest UDP payload this side sends, and the largest it asks the peer to send
-    /// (QUIC's `max_udp_payload_size` transport parameter).
-    pub(crate) fn max_udp_payload(&self) -> u16 {
+    /// (QUIC's `max_udp_payload_size` transport parameter): what a runtime sizes its GSO
+    /// batches by.
+    pub fn max_udp_payload(&self) -> u16 {
         self.max_mtu
             .max(self.initial_mtu)
             .max(self.min_mtu)
