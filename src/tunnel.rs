@@ -441,8 +441,14 @@ fn unreachable(
         Some(other) => other.to_string(),
         None => "no answer".into(),
     };
+    // The resolved address only where the configuration names the hub otherwise.
+    let hub = if hub == addr.to_string() {
+        hub.to_owned()
+    } else {
+        format!("{hub} ({addr})")
+    };
     format!(
-        "could not reach the hub at {hub} ({addr}) within {} s: {why}. Check the address and \
+        "could not reach the hub at {hub} within {} s: {why}. Check the address and \
          port, that the hub is running, and that UDP port {} is not blocked by a firewall.",
         waited.as_secs(),
         addr.port()
@@ -493,5 +499,27 @@ fn refused(reason: &DisconnectReason, label: &str, key_exchange: KeyExchangeSett
             refusal_hint(key_exchange)
         ),
         other => format!("the session with the hub ended: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_hub_is_named_once_or_with_the_address_it_resolved_to() {
+        let addr: SocketAddr = "192.0.2.1:4433".parse().unwrap();
+        let wait = Duration::from_secs(15);
+        let by_address = unreachable("192.0.2.1:4433", addr, wait, None);
+        assert!(
+            by_address
+                .starts_with("could not reach the hub at 192.0.2.1:4433 within 15 s: no answer."),
+            "{by_address}"
+        );
+        let by_name = unreachable("hub.example:4433", addr, wait, None);
+        assert!(
+            by_name.contains("at hub.example:4433 (192.0.2.1:4433) within 15 s"),
+            "{by_name}"
+        );
     }
 }
