@@ -1793,11 +1793,7 @@ impl Connection {
             }
 
             if self.path.mtud.black_hole_detected(now) {
-                self.stats.path.black_holes_detected += 1;
-                self.path
-                    .congestion
-                    .on_mtu_update(self.path.mtud.current_mtu());
-                self.datagrams().drop_oversized();
+                self.on_black_hole();
             }
 
             // Don't apply congestion penalty for lost ack-only packets
@@ -1818,9 +1814,21 @@ impl Connection {
         if let Some(packet) = lost_mtu_probe {
             let info = self.spaces[SpaceId::Data].take(packet).unwrap(); // safe: lost_mtu_probe is omitted from lost_packets, and therefore must not have been removed yet
             self.remove_in_flight(&info);
-            self.path.mtud.on_probe_lost();
             self.stats.path.lost_plpmtud_probes += 1;
+            // SloPN patch: the last probe confirming a suspected black hole declares it
+            if self.path.mtud.on_probe_lost(now) {
+                self.on_black_hole();
+            }
         }
+    }
+
+    /// The path's MTU fell back to `min_mtu` after a black hole
+    fn on_black_hole(&mut self) {
+        self.stats.path.black_holes_detected += 1;
+        self.path
+            .congestion
+            .on_mtu_update(self.path.mtud.current_mtu());
+        self.datagrams().drop_oversized();
     }
 
     fn loss_time_and_space(&self) -> Option<(Instant, SpaceId)> {
