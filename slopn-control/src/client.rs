@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::protocol::{Request, VersionInfo};
+use crate::protocol::{Request, Role, VersionInfo};
 use crate::transport::Stream;
 
 /// Why a request did not get an answer, or got a refusal.
@@ -43,6 +43,19 @@ pub enum ClientError {
     /// The server refused the request; this is its sentence.
     #[error("{0}")]
     Refused(String),
+    /// The socket is another program's than the one the request is for.
+    #[error(
+        "the control socket {path} belongs to {found}, not to {wanted}: pass the right \
+         socket with --socket"
+    )]
+    WrongRole {
+        /// The socket.
+        path: PathBuf,
+        /// What the request is for.
+        wanted: String,
+        /// What answers on the socket.
+        found: String,
+    },
 }
 
 /// A connection to a control socket.
@@ -73,6 +86,23 @@ impl Client {
             path: path.to_owned(),
             reader: BufReader::new(stream),
             writer,
+        })
+    }
+
+    /// Connects to the server at `path` and checks that it is one of `roles` (a version-1
+    /// server, which cannot say, is taken on trust): a request meant for a hub must not end
+    /// a spoke's tunnel because the wrong socket was given.
+    pub fn connect_as(path: &Path, roles: &[Role]) -> Result<Self, ClientError> {
+        let mut client = Self::connect(path)?;
+        let found = client.version()?.role;
+        if found == Role::Unknown || roles.contains(&found) {
+            return Ok(client);
+        }
+        let wanted: Vec<&str> = roles.iter().map(|r| r.describe()).collect();
+        Err(ClientError::WrongRole {
+            path: path.to_owned(),
+            wanted: wanted.join(" or "),
+            found: found.describe().to_owned(),
         })
     }
 
@@ -123,19 +153,32 @@ impl Client {
     /// Sends `request` and returns the answer's fields (with `ok`), or the server's
     /// refusal as [`ClientError::Refused`].
     pub fn request(&mut self, request: &Request) -> Result<Map<String, Value>, ClientError> {
-        self.send(request)?;
+        if let Err(sent) = self.send(request) {
+            // A server that turns clients away writes why and closes before reading the
+            // request: its sentence says more than the broken pipe.
+            return match self.read() {
+                Ok(Some(answer)) if answer.get("ok") == Some(&Value::Bool(false)) => {
+                    Err(Self::refusal(&answer))
+                }
+                _ => Err(sent),
+            };
+        }
         let answer = self.read()?.ok_or(ClientError::Closed(self.path.clone()))?;
         match answer.get("ok") {
             Some(Value::Bool(true)) => Ok(answer),
-            Some(Value::Bool(false)) => Err(ClientError::Refused(
-                answer
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("refused without a reason")
-                    .to_owned(),
-            )),
+            Some(Value::Bool(false)) => Err(Self::refusal(&answer)),
             _ => Err(self.bad("no \"ok\" field")),
         }
+    }
+
+    fn refusal(answer: &Map<String, Value>) -> ClientError {
+        ClientError::Refused(
+            answer
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("refused without a reason")
+                .to_owned(),
+        )
     }
 
     /// Sends `request` and reads field `field` of the answer as a `T`.

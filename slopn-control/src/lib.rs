@@ -42,6 +42,8 @@ pub use protocol::{
     MAX_TOKEN_BYTES, PROTOCOL_VERSION, ProfileSummary, Request, Role, SPOKE_SOCKET, SpokeStatus,
     TunnelState, VersionInfo, hub_port, is_profile_name,
 };
-pub use server::{Answer, Handler, IDLE_TIMEOUT, MAX_CLIENTS, Server, ServerError};
+pub use server::{
+    Answer, Handler, IDLE_TIMEOUT, MAX_CLIENTS, MAX_SUBSCRIBERS, Server, ServerError,
+};
 pub use topic::{SUBSCRIBER_QUEUE, Topic};
 pub use transport::Access;

@@ -149,6 +149,18 @@ pub enum Role {
     Unknown,
 }
 
+impl Role {
+    /// What the role is, for sentences: "a hub", "a spoke (`spoke run`)", "the spoke service".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Hub => "a hub",
+            Self::Spoke => "a spoke (`spoke run`)",
+            Self::SpokeService => "the spoke service",
+            Self::Unknown => "an unknown program",
+        }
+    }
+}
+
 /// The answer to [`Request::Version`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -281,6 +293,8 @@ pub struct ControlStats {
     pub busy: u64,
     /// Subscribers cut off because they stopped reading.
     pub cut_off: u64,
+    /// Request connections closed for not completing a request within 60 s.
+    pub timed_out: u64,
     /// Clients connected now.
     pub clients: u64,
 }

@@ -3,24 +3,29 @@
 //!
 //! Nothing a client sends can stop the server or stall the others: lines longer than
 //! [`MAX_REQUEST_BYTES`] end that connection, unparsable ones are answered with a sentence,
-//! at most [`MAX_CLIENTS`] are served at once, and a subscriber that stops reading is cut off
-//! rather than waited for. Every refusal is counted ([`ControlStats`]).
+//! at most [`MAX_CLIENTS`] are served at once (at most [`MAX_SUBSCRIBERS`] of them
+//! subscribers, so that requests always find a place), a request must be complete within
+//! [`IDLE_TIMEOUT`], and a subscriber that stops reading is cut off rather than waited for.
+//! Every refusal is counted ([`ControlStats`]).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
 use crate::protocol::{ControlStats, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Request, Role};
-use crate::topic::Topic;
+use crate::topic::{Subscription, Topic};
 use crate::transport::{Access, Listener, Stream};
 
 /// Clients served at once; further ones are told so and turned away.
 pub const MAX_CLIENTS: usize = 64;
+
+/// Of those, clients subscribed to `events` or `logs`; the rest are kept for requests.
+pub const MAX_SUBSCRIBERS: usize = 48;
 
 /// How long a write to a client may block before the client is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,8 +33,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a subscription with nothing to send checks whether its client hung up.
 const HANGUP_CHECK: Duration = Duration::from_secs(1);
 
-/// A request connection silent for this long is closed, so that idle clients cannot hold
-/// the [`MAX_CLIENTS`] places (a client that polls once a second never comes near it).
+/// A request connection that does not complete a request within this long (of connecting,
+/// or of its last answer) is closed, so that idle or trickling clients cannot hold the
+/// [`MAX_CLIENTS`] places (a client that polls once a second never comes near it).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A successful answer's fields besides `"ok": true`, or a sentence for the user.
@@ -72,6 +78,10 @@ struct Counters {
     refused: AtomicU64,
     oversized: AtomicU64,
     busy: AtomicU64,
+    /// Subscribers whose writes blocked for [`WRITE_TIMEOUT`] (the topics count those that
+    /// fell behind while the write still went on)
+    cut_off: AtomicU64,
+    timed_out: AtomicU64,
 }
 
 struct Shared {
@@ -80,6 +90,9 @@ struct Shared {
     logs: Arc<Topic>,
     counters: Counters,
     clients: AtomicUsize,
+    subscribers: AtomicUsize,
+    /// [`IDLE_TIMEOUT`] unless [`Server::set_idle_timeout`] changed it, in milliseconds
+    idle_timeout_ms: AtomicU64,
     stopping: AtomicBool,
 }
 
@@ -91,7 +104,10 @@ impl Shared {
             refused: c.refused.load(Ordering::Relaxed),
             oversized: c.oversized.load(Ordering::Relaxed),
             busy: c.busy.load(Ordering::Relaxed),
-            cut_off: self.events.cut_off() + self.logs.cut_off(),
+            cut_off: self.events.cut_off()
+                + self.logs.cut_off()
+                + c.cut_off.load(Ordering::Relaxed),
+            timed_out: c.timed_out.load(Ordering::Relaxed),
             clients: self.clients.load(Ordering::Relaxed) as u64,
         }
     }
@@ -120,6 +136,8 @@ impl Server {
             logs,
             counters: Counters::default(),
             clients: AtomicUsize::new(0),
+            subscribers: AtomicUsize::new(0),
+            idle_timeout_ms: AtomicU64::new(IDLE_TIMEOUT.as_millis() as u64),
             stopping: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&shared);
@@ -145,6 +163,13 @@ impl Server {
     /// The socket's counters.
     pub fn stats(&self) -> ControlStats {
         self.shared.stats()
+    }
+
+    /// Changes how long a request connection has to complete a request ([`IDLE_TIMEOUT`]
+    /// by default), for the requests waited for after this.
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.shared.idle_timeout_ms.store(ms, Ordering::Relaxed);
     }
 }
 
@@ -221,10 +246,17 @@ enum Line {
     TooLong,
 }
 
-/// Reads up to the next `\n`, never buffering more than `max` bytes.
-fn read_line(reader: &mut impl BufRead, max: usize, line: &mut Vec<u8>) -> io::Result<Line> {
+/// Reads up to the next `\n`, never buffering more than `max` bytes; `before_read` runs
+/// before each read (to set its timeout).
+fn read_line<R: BufRead>(
+    reader: &mut R,
+    max: usize,
+    line: &mut Vec<u8>,
+    mut before_read: impl FnMut(&mut R) -> io::Result<()>,
+) -> io::Result<Line> {
     line.clear();
     loop {
+        before_read(reader)?;
         let available = reader.fill_buf()?;
         if available.is_empty() {
             return Ok(if line.is_empty() {
@@ -260,7 +292,6 @@ fn parse(line: &[u8]) -> Result<Request, String> {
 
 fn serve(shared: &Shared, stream: Stream) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
@@ -268,9 +299,28 @@ fn serve(shared: &Shared, stream: Stream) {
     let mut line = Vec::new();
     let counters = &shared.counters;
     loop {
-        match read_line(&mut reader, MAX_REQUEST_BYTES, &mut line) {
+        // The whole request within IDLE_TIMEOUT, however it trickles in.
+        let idle_timeout = Duration::from_millis(shared.idle_timeout_ms.load(Ordering::Relaxed));
+        let deadline = Instant::now() + idle_timeout;
+        let until_deadline = |reader: &mut BufReader<Stream>| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            reader.get_ref().set_read_timeout(Some(left))
+        };
+        match read_line(&mut reader, MAX_REQUEST_BYTES, &mut line, until_deadline) {
             Ok(Line::Complete) => {}
-            Ok(Line::End) | Err(_) => return,
+            Ok(Line::End) => return,
+            Err(e) => {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
             Ok(Line::TooLong) => {
                 counters.oversized.fetch_add(1, Ordering::Relaxed);
                 let _ = write_line(
@@ -288,8 +338,8 @@ fn serve(shared: &Shared, stream: Stream) {
         }
         counters.requests.fetch_add(1, Ordering::Relaxed);
         let answer = match parse(&line) {
-            Ok(Request::Events) => return subscribe(&shared.events, writer, reader),
-            Ok(Request::Logs) => return subscribe(&shared.logs, writer, reader),
+            Ok(Request::Events) => return subscribe(shared, &shared.events, writer, reader),
+            Ok(Request::Logs) => return subscribe(shared, &shared.logs, writer, reader),
             Ok(Request::Version) => Ok(version(shared.handler.role())),
             Ok(request) => {
                 let mut answer = shared.handler.handle(&request);
@@ -330,30 +380,61 @@ fn add_control_stats(fields: &mut Map<String, Value>, stats: ControlStats) {
     }
 }
 
-/// Streams `topic` to the client until it hangs up, stops reading, or is cut off.
-fn subscribe(topic: &Topic, mut writer: Stream, mut reader: BufReader<Stream>) {
-    let subscription = topic.subscribe();
-    if write_line(&mut writer, r#"{"ok":true}"#).is_err() {
+/// Streams `topic` to the client until it hangs up, stops reading, or is cut off. Anything
+/// the client sends meanwhile is read and ignored.
+fn subscribe(shared: &Shared, topic: &Arc<Topic>, mut writer: Stream, reader: BufReader<Stream>) {
+    if shared.subscribers.fetch_add(1, Ordering::Relaxed) >= MAX_SUBSCRIBERS {
+        shared.subscribers.fetch_sub(1, Ordering::Relaxed);
+        shared.counters.busy.fetch_add(1, Ordering::Relaxed);
+        let _ = write_line(
+            &mut writer,
+            &refusal(&format!(
+                "{MAX_SUBSCRIBERS} clients follow events or logs already; close some and try                  again"
+            )),
+        );
         return;
     }
-    for line in &subscription.backlog {
-        if write_line(&mut writer, line).is_err() {
-            return;
+    let mut subscription = topic.subscribe();
+    if let Err(e) = stream(&mut subscription, &mut writer, reader) {
+        let blocked = matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        );
+        // A subscriber the topic cut off already (its queue overflowed while the write
+        // blocked) is counted there.
+        let counted = loop {
+            match subscription.lines.try_recv() {
+                Ok(_) => {}
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
+            }
+        };
+        if blocked && !counted {
+            shared.counters.cut_off.fetch_add(1, Ordering::Relaxed);
         }
     }
-    drop(subscription.backlog);
+    drop(subscription);
+    shared.subscribers.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// [`subscribe`]'s stream; ends with the write error that ended it, if one did.
+fn stream(
+    subscription: &mut Subscription,
+    writer: &mut Stream,
+    mut reader: BufReader<Stream>,
+) -> io::Result<()> {
+    write_line(writer, r#"{"ok":true}"#)?;
+    for line in std::mem::take(&mut subscription.backlog) {
+        write_line(writer, &line)?;
+    }
     let _ = reader
         .get_ref()
         .set_read_timeout(Some(Duration::from_millis(1)));
     loop {
         match subscription.lines.recv_timeout(HANGUP_CHECK) {
-            Ok(line) => {
-                if write_line(&mut writer, &line).is_err() {
-                    return;
-                }
-            }
+            Ok(line) => write_line(writer, &line)?,
             Err(RecvTimeoutError::Timeout) if !hung_up(&mut reader) => {}
-            Err(_) => return,
+            Err(_) => return Ok(()),
         }
     }
 }
@@ -381,23 +462,29 @@ mod tests {
         let mut reader = BufReader::with_capacity(4, input);
         let mut line = Vec::new();
         assert_eq!(
-            read_line(&mut reader, 8, &mut line).unwrap(),
+            read_line(&mut reader, 8, &mut line, |_| Ok(())).unwrap(),
             Line::Complete
         );
         assert_eq!(line, b"{\"a\":1}");
         assert_eq!(
-            read_line(&mut reader, 8, &mut line).unwrap(),
+            read_line(&mut reader, 8, &mut line, |_| Ok(())).unwrap(),
             Line::Complete
         );
         assert!(line.is_empty());
-        assert_eq!(read_line(&mut reader, 8, &mut line).unwrap(), Line::TooLong);
+        assert_eq!(
+            read_line(&mut reader, 8, &mut line, |_| Ok(())).unwrap(),
+            Line::TooLong
+        );
         let mut reader = BufReader::new(b"last".as_slice());
         assert_eq!(
-            read_line(&mut reader, 8, &mut line).unwrap(),
+            read_line(&mut reader, 8, &mut line, |_| Ok(())).unwrap(),
             Line::Complete
         );
         assert_eq!(line, b"last");
-        assert_eq!(read_line(&mut reader, 8, &mut line).unwrap(), Line::End);
+        assert_eq!(
+            read_line(&mut reader, 8, &mut line, |_| Ok(())).unwrap(),
+            Line::End
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Lines a subscriber may fall behind before it is cut off.
 pub const SUBSCRIBER_QUEUE: usize = 1024;
@@ -22,11 +22,14 @@ pub struct Topic {
 struct Inner {
     backlog: VecDeque<Arc<str>>,
     keep: usize,
-    subscribers: Vec<SyncSender<Arc<str>>>,
+    subscribers: Vec<(u64, SyncSender<Arc<str>>)>,
+    next_id: u64,
     cut_off: u64,
 }
 
-/// What a new subscriber gets: the backlog, then each new line through `lines`.
+/// What a new subscriber gets: the backlog, then each new line through `lines`. Dropping it
+/// unsubscribes at once (a queue of [`SUBSCRIBER_QUEUE`] lines is not kept for a subscriber
+/// that left until the next line is published).
 #[derive(Debug)]
 pub struct Subscription {
     /// The lines kept before the subscription, oldest first.
@@ -34,6 +37,16 @@ pub struct Subscription {
     /// Every line published after `backlog`, until the subscriber is cut off (the channel
     /// then ends).
     pub lines: Receiver<Arc<str>>,
+    topic: Weak<Topic>,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(topic) = self.topic.upgrade() {
+            topic.lock().subscribers.retain(|(id, _)| *id != self.id);
+        }
+    }
 }
 
 impl Topic {
@@ -44,6 +57,7 @@ impl Topic {
                 backlog: VecDeque::with_capacity(keep.min(4096)),
                 keep,
                 subscribers: Vec::new(),
+                next_id: 0,
                 cut_off: 0,
             }),
         }
@@ -68,7 +82,7 @@ impl Topic {
         let mut full = 0;
         inner
             .subscribers
-            .retain(|s| match s.try_send(line.clone()) {
+            .retain(|(_, s)| match s.try_send(line.clone()) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
                     full += 1;
@@ -80,13 +94,17 @@ impl Topic {
     }
 
     /// Subscribes: the backlog and every later line, in order, none twice.
-    pub fn subscribe(&self) -> Subscription {
+    pub fn subscribe(self: &Arc<Self>) -> Subscription {
         let (tx, lines) = mpsc::sync_channel(SUBSCRIBER_QUEUE);
         let mut inner = self.lock();
-        inner.subscribers.push(tx);
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.subscribers.push((id, tx));
         Subscription {
             backlog: inner.backlog.iter().cloned().collect(),
             lines,
+            topic: Arc::downgrade(self),
+            id,
         }
     }
 
@@ -107,7 +125,7 @@ mod tests {
 
     #[test]
     fn backlog_then_new_lines_and_a_slow_subscriber_is_cut_off_alone() {
-        let topic = Topic::new(3);
+        let topic = Arc::new(Topic::new(3));
         for i in 0..5 {
             topic.publish(i.to_string());
         }
@@ -127,11 +145,15 @@ mod tests {
     }
 
     #[test]
-    fn a_subscriber_that_went_away_is_forgotten() {
-        let topic = Topic::new(0);
+    fn a_subscriber_that_went_away_is_forgotten_at_once() {
+        let topic = Arc::new(Topic::new(0));
+        let stays = topic.subscribe();
         drop(topic.subscribe());
-        topic.publish("x");
+        // Before any line is published: a queue is not kept for it meanwhile
+        assert_eq!(topic.subscribers(), 1);
+        drop(stays);
         assert_eq!(topic.subscribers(), 0);
+        topic.publish("x");
         assert_eq!(topic.cut_off(), 0);
         assert!(topic.subscribe().backlog.is_empty());
     }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use slopn_control::{
-    Access, Answer, Client, ClientError, Handler, MAX_CLIENTS, Request, Role, SUBSCRIBER_QUEUE,
-    Server, SpokeStatus, Topic, TunnelState,
+    Access, Answer, Client, ClientError, Handler, MAX_CLIENTS, MAX_SUBSCRIBERS, Request, Role,
+    SUBSCRIBER_QUEUE, Server, SpokeStatus, Topic, TunnelState,
 };
 
 /// A client's raw connection, for writing what a well-behaved client never would.
@@ -329,6 +329,16 @@ fn too_many_clients_are_told_so() {
             .contains("clients are connected"),
         "{reply}"
     );
+    // The high-level client reports the server's sentence, not the broken pipe of writing
+    // its request to a connection the server closed at once.
+    for _ in 0..10 {
+        match Client::connect(setup.server.path()).and_then(|mut c| c.request(&Request::Status)) {
+            Err(ClientError::Refused(sentence)) => {
+                assert!(sentence.contains("clients are connected"), "{sentence}")
+            }
+            other => panic!("expected the busy sentence, got {other:?}"),
+        }
+    }
     drop(held);
     setup.wait_for("a free slot", || {
         Client::connect(setup.server.path())
@@ -336,6 +346,82 @@ fn too_many_clients_are_told_so() {
             .is_ok()
     });
     assert!(setup.status().control.busy >= 1);
+}
+
+#[test]
+fn subscribers_that_hang_up_are_forgotten_at_once_and_requests_keep_a_place() {
+    let setup = Setup::new("subscribers");
+    // Clients that subscribe to the logs and hang up at once, with nothing logged meanwhile:
+    // each one's queue is freed when its connection ends, not at the next line.
+    for _ in 0..20 {
+        let (mut writer, mut reader) = setup.raw();
+        writeln!(writer, "{}", Request::Logs.to_line()).unwrap();
+        assert_eq!(answer(&mut reader)["ok"], true);
+    }
+    setup.wait_for("the subscribers forgotten", || {
+        setup.logs.subscribers() == 0
+    });
+
+    // Subscribers take at most MAX_SUBSCRIBERS places; requests still find one.
+    let held: Vec<_> = (0..MAX_SUBSCRIBERS)
+        .map(|_| setup.client().subscribe(&Request::Events).unwrap())
+        .collect();
+    match setup.client().subscribe(&Request::Events) {
+        Err(ClientError::Refused(sentence)) => {
+            assert!(sentence.contains("follow events or logs"), "{sentence}")
+        }
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("expected a refusal, got a subscription"),
+    }
+    let control = setup.status().control;
+    assert_eq!(control.busy, 1);
+    assert_eq!(setup.events.subscribers(), MAX_SUBSCRIBERS);
+    drop(held);
+}
+
+#[test]
+fn a_request_must_be_complete_in_time_however_slowly_it_trickles() {
+    let setup = Setup::new("trickle");
+    setup.server.set_idle_timeout(Duration::from_millis(1500));
+    let (mut writer, mut reader) = setup.raw();
+    // A byte every 100 ms, so that no read waits long, and never the end of the line.
+    let start = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        for byte in b"{\"command\":\"status\"".iter().cycle() {
+            if writer.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    let closed = start.elapsed();
+    assert!(rest.is_empty(), "no answer to a request never completed");
+    assert!(
+        closed >= Duration::from_millis(1400) && closed < Duration::from_secs(10),
+        "closed after {closed:?}"
+    );
+    assert_eq!(setup.status().control.timed_out, 1);
+    drop(reader);
+    trickle.join().unwrap();
+}
+
+#[test]
+fn a_client_refuses_another_programs_socket() {
+    let setup = Setup::new("role");
+    match Client::connect_as(setup.server.path(), &[Role::Hub]) {
+        Err(e @ ClientError::WrongRole { .. }) => {
+            let sentence = e.to_string();
+            assert!(
+                sentence.contains("belongs to the spoke service, not to a hub"),
+                "{sentence}"
+            );
+        }
+        Err(e) => panic!("expected the wrong role, got {e}"),
+        Ok(_) => panic!("a hub's request was let through to the spoke service"),
+    }
+    Client::connect_as(setup.server.path(), &[Role::Spoke, Role::SpokeService]).unwrap();
 }
 
 #[test]
