@@ -6,14 +6,15 @@
 //! hub status
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use slopn::cli::explain;
 use slopn::config::AuthMode;
-use slopn::control::{self, Request};
+use slopn::control::{Client, ClientError, Request, Role};
 use slopn::keys::{self, InitOptions};
+use slopn::say;
 
 /// SloPN hub: accepts spokes over QUIC, assigns their tunnel addresses and routes their
 /// packets. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
@@ -112,7 +113,7 @@ fn main() -> ExitCode {
         })
         .map(|files| {
             for f in files {
-                println!("wrote {}", f.display());
+                say!("wrote {}", f.display());
             }
         })
         .map_err(|e| e.to_string()),
@@ -125,17 +126,17 @@ fn main() -> ExitCode {
             },
         )
         .map(|f| {
-            println!(
+            say!(
                 "wrote {} (copy it to the spoke; it holds its token)",
                 f.display()
             )
         })
         .map_err(|e| e.to_string()),
         Command::Run { config } => slopn::hub::run_hub(&config, slopn::logs::init()),
-        Command::Status { socket, json } => control::request(&socket, &Request::Status)
+        Command::Status { socket, json } => hub_request(&socket, &Request::Status)
             .map(|v| print_status(&v["status"], json))
             .map_err(|e| explain(&e)),
-        Command::Disconnect { socket, session } => control::request(
+        Command::Disconnect { socket, session } => hub_request(
             &socket,
             &Request::Disconnect {
                 session: Some(session),
@@ -153,12 +154,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Sends `request` to the hub on `socket`, refusing another program's socket.
+fn hub_request(
+    socket: &Path,
+    request: &Request,
+) -> Result<serde_json::Map<String, serde_json::Value>, ClientError> {
+    Client::connect_as(socket, &[Role::Hub])?.request(request)
+}
+
 fn print_status(s: &serde_json::Value, json: bool) {
     if json {
-        println!("{s}");
+        say!("{s}");
         return;
     }
-    println!(
+    say!(
         "spokes: {}   in: {} B ({:.0} B/s)   out: {} B ({:.0} B/s)   auth failures: {}   drops: {}",
         s["spokes_assigned"],
         s["rx_bytes"],
@@ -169,7 +178,7 @@ fn print_status(s: &serde_json::Value, json: bool) {
         s["drops"]
     );
     for session in s["sessions"].as_array().into_iter().flatten() {
-        println!(
+        say!(
             "  #{} {} {} from {}  {}  rtt {:.2} ms  in {} B  out {} B  drops {}",
             session["session"],
             session["identity"].as_str().unwrap_or("-"),

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use slopn::cli::explain;
-use slopn::control::{self, Client, LogLine, ProfileSummary, Request, SpokeStatus};
+use slopn::control::{Client, ClientError, LogLine, ProfileSummary, Request, Role, SpokeStatus};
+use slopn::say;
 use slopn::service::{self, ServiceOptions};
 
 /// SloPN spoke: connects to a hub, gets a tunnel address and carries this host's packets.
@@ -214,13 +215,19 @@ fn main() -> ExitCode {
 /// Removes the kill switch's table of device `tun` and puts back a resolver file a
 /// spoke left.
 fn unlock(tun: &str) -> Result<(), String> {
-    println!("{}", slopn::kill_switch::unlock(tun)?);
+    say!("{}", slopn::kill_switch::unlock(tun)?);
     Ok(())
+}
+
+/// Connects to the spoke or the service on `socket`, refusing another program's socket.
+fn connect(socket: &Socket) -> Result<Client, ClientError> {
+    Client::connect_as(&socket.path, &[Role::Spoke, Role::SpokeService])
 }
 
 fn client(command: Command) -> Result<(), String> {
     let simple = |socket: &Socket, request: Request| {
-        control::request(&socket.path, &request)
+        connect(socket)
+            .and_then(|mut c| c.request(&request))
             .map(drop)
             .map_err(|e| explain(&e))
     };
@@ -230,17 +237,17 @@ fn client(command: Command) -> Result<(), String> {
             json,
             watch,
         } => {
-            let mut client = Client::connect(&socket.path).map_err(|e| explain(&e))?;
+            let mut client = connect(&socket).map_err(|e| explain(&e))?;
             let status: serde_json::Value = client
                 .request_field(&Request::Status, "status")
                 .map_err(|e| explain(&e))?;
             print_status(&status, json);
             if watch {
-                let mut events = Client::connect(&socket.path)
+                let mut events = connect(&socket)
                     .and_then(|c| c.subscribe(&Request::Events))
                     .map_err(|e| explain(&e))?;
                 while let Some(event) = events.next_line().map_err(|e| explain(&e))? {
-                    println!("{}", serde_json::Value::Object(event));
+                    say!("{}", serde_json::Value::Object(event));
                 }
             }
             Ok(())
@@ -248,11 +255,11 @@ fn client(command: Command) -> Result<(), String> {
         Command::Connect { profile, socket } => simple(&socket, Request::Connect { profile }),
         Command::Disconnect { socket } => simple(&socket, Request::Disconnect { session: None }),
         Command::Profiles { socket } => {
-            let profiles: Vec<ProfileSummary> = Client::connect(&socket.path)
+            let profiles: Vec<ProfileSummary> = connect(&socket)
                 .and_then(|mut c| c.request_field(&Request::Profiles, "profiles"))
                 .map_err(|e| explain(&e))?;
             if profiles.is_empty() {
-                println!("no profiles: add one with `spoke import NAME FILE`");
+                say!("no profiles: add one with `spoke import NAME FILE`");
             }
             for p in profiles {
                 let tunnel = match (p.full_tunnel, p.kill_switch, p.lockdown) {
@@ -261,9 +268,12 @@ fn client(command: Command) -> Result<(), String> {
                     (true, true, false) => "full tunnel, kill switch",
                     (true, true, true) => "full tunnel, kill switch with lockdown",
                 };
-                println!(
+                say!(
                     "{:<20} {:<32} {} ({}; {tunnel})",
-                    p.name, p.hub, p.server_name, p.auth
+                    p.name,
+                    p.hub,
+                    p.server_name,
+                    p.auth
                 );
             }
             Ok(())
@@ -271,7 +281,8 @@ fn client(command: Command) -> Result<(), String> {
         Command::Import { name, file, socket } => {
             let toml = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let answer = control::request(&socket.path, &Request::Import { name, toml })
+            let answer = connect(&socket)
+                .and_then(|mut c| c.request(&Request::Import { name, toml }))
                 .map_err(|e| explain(&e))?;
             if let Some(warning) = answer.get("warning").and_then(|w| w.as_str()) {
                 eprintln!("spoke: warning: {warning}");
@@ -291,7 +302,7 @@ fn client(command: Command) -> Result<(), String> {
             },
         ),
         Command::Logs { follow, socket } => {
-            let mut logs = Client::connect(&socket.path)
+            let mut logs = connect(&socket)
                 .and_then(|c| c.subscribe(&Request::Logs))
                 .map_err(|e| explain(&e))?;
             // Past lines arrive at once; when none comes for a moment, the backlog is done.
@@ -302,7 +313,7 @@ fn client(command: Command) -> Result<(), String> {
             while let Ok(Some(line)) = logs.next_line() {
                 let line: LogLine =
                     serde_json::from_value(serde_json::Value::Object(line)).unwrap_or_default();
-                println!("{} {:>5} {}", line.time, line.level, line.message);
+                say!("{} {:>5} {}", line.time, line.level, line.message);
             }
             Ok(())
         }
@@ -314,24 +325,24 @@ fn client(command: Command) -> Result<(), String> {
 
 fn print_status(value: &serde_json::Value, json: bool) {
     if json {
-        println!("{value}");
+        say!("{value}");
         return;
     }
     let s: SpokeStatus = serde_json::from_value(value.clone()).unwrap_or_default();
     let mbit = |bytes_per_sec: f64| bytes_per_sec * 8.0 / 1e6;
-    println!("state:     {}", s.state.name());
+    say!("state:     {}", s.state.name());
     if let Some(profile) = &s.profile {
-        println!("profile:   {profile}");
+        say!("profile:   {profile}");
     }
     if let Some(error) = &s.error {
-        println!("error:     {error}");
+        say!("error:     {error}");
     }
-    println!("hub:       {}", s.hub);
-    println!("identity:  {}", s.identity.as_deref().unwrap_or("-"));
-    println!("addresses: {:?}", s.addresses);
-    println!("routes:    {:?}", s.routes);
+    say!("hub:       {}", s.hub);
+    say!("identity:  {}", s.identity.as_deref().unwrap_or("-"));
+    say!("addresses: {:?}", s.addresses);
+    say!("routes:    {:?}", s.routes);
     if !s.dns_servers.is_empty() {
-        println!("dns:       {:?}", s.dns_servers);
+        say!("dns:       {:?}", s.dns_servers);
     }
     if let Some(group) = &s.key_exchange {
         let kind = if group == "X25519MLKEM768" {
@@ -339,36 +350,36 @@ fn print_status(value: &serde_json::Value, json: bool) {
         } else {
             "classic: not post-quantum"
         };
-        println!("key exchange: {group} ({kind})");
+        say!("key exchange: {group} ({kind})");
     }
     if s.kill_switch {
-        println!("kill switch: on (nothing leaves but through the tunnel)");
+        say!("kill switch: on (nothing leaves but through the tunnel)");
     }
     match s.rtt_ms {
-        Some(rtt) => println!("rtt:       {rtt:.2} ms"),
-        None => println!("rtt:       -"),
+        Some(rtt) => say!("rtt:       {rtt:.2} ms"),
+        None => say!("rtt:       -"),
     }
     match s.tun_mtu {
         Some(mtu) if s.black_holes > 0 => {
-            println!(
+            say!(
                 "mtu:       {mtu} (dropped for a black hole {} times)",
                 s.black_holes
             )
         }
-        Some(mtu) => println!("mtu:       {mtu}"),
-        None => println!("mtu:       -"),
+        Some(mtu) => say!("mtu:       {mtu}"),
+        None => say!("mtu:       -"),
     }
-    println!(
+    say!(
         "received:  {} B in {} packets ({:.2} Mbit/s)",
         s.rx_bytes,
         s.rx_packets,
         mbit(s.rx_bytes_per_sec)
     );
-    println!(
+    say!(
         "sent:      {} B in {} packets ({:.2} Mbit/s)",
         s.tx_bytes,
         s.tx_packets,
         mbit(s.tx_bytes_per_sec)
     );
-    println!("drops:     {:?}", s.drops);
+    say!("drops:     {:?}", s.drops);
 }

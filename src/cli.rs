@@ -1,6 +1,31 @@
-//! What the command-line tools share: control-socket errors as sentences that say what to do.
+//! What the command-line tools share: control-socket errors as sentences that say what to do,
+//! and printing that a closed pipe ends quietly.
+
+use std::fmt;
+use std::io::{self, Write};
 
 use slopn_control::ClientError;
+
+/// Prints a line on standard output, like `println!`, except that when the reader has gone
+/// away (`hub status | head -1`) the program ends quietly, as other command-line tools do,
+/// instead of panicking.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))
+    };
+}
+
+/// What [`say!`] does.
+pub fn print_line(line: fmt::Arguments) {
+    if let Err(e) = writeln!(io::stdout().lock(), "{line}") {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// `error` from talking to a control socket, with the fix.
 pub fn explain(error: &ClientError) -> String {
