@@ -75,6 +75,18 @@ fn link_mtu(
     Ok(())
 }
 
+/// Reads `link_mtu`, saying the range rather than "expected u16" when it is far out of it.
+fn link_mtu_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let mtu = i64::deserialize(d)?;
+    u16::try_from(mtu).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`link_mtu` is {mtu}; it must be {} to {}",
+            LINK_MTUS.start(),
+            LINK_MTUS.end()
+        ))
+    })
+}
+
 fn default_keep_alive() -> u64 {
     2
 }
@@ -144,7 +156,8 @@ pub struct HubFile {
     /// (1414 by default, 8914 on a 9000-byte jumbo-frame network). 1280 to 9216.
     #[serde(
         default = "default_link_mtu",
-        skip_serializing_if = "is_default_link_mtu"
+        skip_serializing_if = "is_default_link_mtu",
+        deserialize_with = "link_mtu_value"
     )]
     pub link_mtu: u16,
     /// Congestion controller for what the hub sends: `tunnel` (default: ignores random loss,
@@ -309,7 +322,8 @@ pub struct SpokeFile {
     /// IP packets of up to `link_mtu` - 86 bytes. 1280 to 9216.
     #[serde(
         default = "default_link_mtu",
-        skip_serializing_if = "is_default_link_mtu"
+        skip_serializing_if = "is_default_link_mtu",
+        deserialize_with = "link_mtu_value"
     )]
     pub link_mtu: u16,
     /// Congestion controller for what the spoke sends (see the hub's `congestion`).
@@ -341,11 +355,18 @@ pub fn load<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T, 
         ))
     })?;
     toml::from_str(&text).map_err(|e| {
+        let message = e.to_string();
+        // A hub key written below a `[[spoke]]` line lands in that spoke's table.
+        let hint = if message.contains("expected one of `name`, `auth`") {
+            "Keys below a `[[spoke]]` line belong to that spoke: put the hub's own keys above \
+             the first `[[spoke]]`. "
+        } else {
+            ""
+        };
         ConfigError::new(format!(
-            "{} is not a valid {what} configuration: {}See the configuration reference in \
-             README.md.",
+            "{} is not a valid {what} configuration: {message}{hint}See the configuration \
+             reference in README.md.",
             path.display(),
-            e
         ))
     })
 }
@@ -365,9 +386,22 @@ fn relative(base: &Path, path: &Path) -> PathBuf {
     }
 }
 
+/// Reads `what` at `path`; `fix` is what to do when it is missing.
 fn read_file(path: &Path, what: &str, fix: &str) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path)
-        .map_err(|e| ConfigError::new(format!("cannot read {what} {}: {e}. {fix}", path.display())))
+    let contents = std::fs::read(path).map_err(|e| {
+        let fix = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => "Run as root or as the file's owner.",
+            _ => fix,
+        };
+        ConfigError::new(format!("cannot read {what} {}: {e}. {fix}", path.display()))
+    })?;
+    if contents.is_empty() {
+        return Err(ConfigError::new(format!(
+            "{what} {} is empty. {fix}",
+            path.display()
+        )));
+    }
+    Ok(contents)
 }
 
 /// Everything the hub binary needs besides the state machine's configuration.
@@ -430,7 +464,14 @@ impl HubFile {
         config.routes = reload.routes;
         config.dns_servers = reload.dns;
         config.isolate_spokes = self.isolate_spokes;
-        config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
+        if !(1..=MAX_TIMER_SECS).contains(&self.idle_timeout_secs) {
+            return Err(ConfigError::new(format!(
+                "{}: `idle_timeout_secs` is {}; it must be 1 to {MAX_TIMER_SECS} seconds",
+                path.display(),
+                self.idle_timeout_secs
+            )));
+        }
+        config.transport.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
         config.transport.congestion = congestion(&path.display().to_string(), &self.congestion)?;
         link_mtu(
             &path.display().to_string(),
@@ -501,6 +542,26 @@ pub struct Reload {
 }
 
 impl HubFile {
+    /// The keys whose values differ from `running`'s that a reload does not apply (all but
+    /// the spokes, routes and DNS servers): they take effect at the next start.
+    pub fn needs_restart(&self, running: &HubFile) -> Vec<String> {
+        const RELOADED: [&str; 4] = ["spokes", "routes", "dns", "default_route"];
+        let table = |file: &HubFile| match toml::Value::try_from(file) {
+            Ok(toml::Value::Table(table)) => table,
+            _ => toml::Table::new(),
+        };
+        let (new, old) = (table(self), table(running));
+        let mut changed: Vec<String> = new
+            .keys()
+            .chain(old.keys())
+            .filter(|key| !RELOADED.contains(&key.as_str()) && new.get(*key) != old.get(*key))
+            .cloned()
+            .collect();
+        changed.sort();
+        changed.dedup();
+        changed
+    }
+
     /// The parts of this configuration a running hub can reload.
     pub fn reload(&self, path: &Path) -> Result<Reload, ConfigError> {
         let credentials = self
@@ -539,6 +600,8 @@ impl HubFile {
 }
 
 fn pool_config(net: IpNet, hub: Option<IpAddr>, path: &Path) -> Result<PoolConfig, ConfigError> {
+    check_pool(net)
+        .map_err(|sentence| ConfigError::new(format!("{}: pool {sentence}", path.display())))?;
     let mut pool = PoolConfig::new(net);
     if let Some(addr) = hub {
         if !net.contains(&addr) {
@@ -550,6 +613,25 @@ fn pool_config(net: IpNet, hub: Option<IpAddr>, path: &Path) -> Result<PoolConfi
         pool.hub_address = addr;
     }
     Ok(pool)
+}
+
+/// Whether address pool `net` has room for the hub and a spoke: the network's own and (IPv4)
+/// broadcast addresses, the hub's, and one at least. `Err` is a sentence starting with the
+/// network.
+pub fn check_pool(net: IpNet) -> Result<(), String> {
+    let max_prefix = if net.addr().is_ipv4() { 30 } else { 126 };
+    if net.prefix_len() <= max_prefix {
+        return Ok(());
+    }
+    let example = if net.addr().is_ipv4() {
+        "10.100.0.0/24"
+    } else {
+        "fd00:100::/64"
+    };
+    Err(format!(
+        "{net} has no room for the hub and its spokes: use a network of /{max_prefix} or \
+         larger, such as {example}"
+    ))
 }
 
 /// Everything the spoke binary needs besides the state machine's configuration.
@@ -633,6 +715,12 @@ impl SpokeFile {
     ) -> Result<(SpokeConfig, SpokeRuntime), ConfigError> {
         self.check_kill_switch(label)?;
         let pem = match (&self.ca_pem, &self.ca, base) {
+            (Some(_), Some(ca), _) => {
+                return Err(ConfigError::new(format!(
+                    "{label}: both `ca_pem` and `ca` ({}) are set: keep one",
+                    ca.display()
+                )));
+            }
             (Some(pem), _, _) => pem.as_bytes().to_vec(),
             (None, Some(ca), Some(base)) => read_file(
                 &relative(base, ca),
@@ -689,7 +777,9 @@ impl SpokeFile {
         };
         if self.token.is_empty() && config.client_certificate.is_none() {
             return Err(ConfigError::new(format!(
-                "{label}: no credential: set `token`, or `certificate_pem` and `private_key_pem`"
+                "{label}: no credential: `token` is empty or missing. Use the spoke file the hub \
+                 operator made with `hub add-spoke` (it holds the token), or set \
+                 `certificate_pem` and `private_key_pem`"
             )));
         }
         for (key, value) in [
@@ -702,6 +792,13 @@ impl SpokeFile {
                     "{label}: `{key}` is {value}; it must be 1 to {MAX_TIMER_SECS} seconds"
                 )));
             }
+        }
+        if self.keep_alive_secs >= self.idle_timeout_secs {
+            return Err(ConfigError::new(format!(
+                "{label}: `keep_alive_secs` ({}) must be shorter than `idle_timeout_secs` ({}): \
+                 keep-alives are what keep a quiet tunnel from timing out",
+                self.keep_alive_secs, self.idle_timeout_secs
+            )));
         }
         if !tun_name_ok(&self.tun_name) {
             return Err(ConfigError::new(format!(
@@ -843,6 +940,133 @@ mod tests {
     }
 
     #[test]
+    fn hub_and_spoke_values_users_get_wrong_are_refused_with_what_to_do() {
+        let dir = temp("mistakes");
+        init_with_alice(&dir);
+        let path = dir.join("hub.toml");
+        let good: HubFile = load(&path, "hub").unwrap();
+        let refused = |file: &HubFile, expected: &[&str]| {
+            let e = file.resolve(&path).unwrap_err().to_string();
+            for part in expected {
+                assert!(e.contains(part), "{part}: {e}");
+            }
+        };
+        let mut file = good.clone();
+        file.idle_timeout_secs = 0;
+        refused(&file, &["`idle_timeout_secs` is 0", "1 to 3600"]);
+        for pool in ["10.9.0.0/31", "10.9.0.0/32"] {
+            let mut file = good.clone();
+            file.pool = pool.parse().unwrap();
+            refused(&file, &["no room", "/30 or larger"]);
+        }
+        let mut file = good.clone();
+        file.pool6 = Some("fd00::/127".parse().unwrap());
+        refused(&file, &["no room", "/126 or larger"]);
+
+        // A hub key below a `[[spoke]]` line, and a link MTU far out of range.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}link_mtu = 9000\n")).unwrap();
+        let e = load::<HubFile>(&path, "hub").unwrap_err().to_string();
+        assert!(e.contains("above the first `[[spoke]]`"), "{e}");
+        std::fs::write(&path, format!("link_mtu = 99999\n{text}")).unwrap();
+        let e = load::<HubFile>(&path, "hub").unwrap_err().to_string();
+        assert!(
+            e.contains("`link_mtu` is 99999; it must be 1280 to 9216"),
+            "{e}"
+        );
+        std::fs::write(&path, &text).unwrap();
+
+        let spoke_path = dir.join("spokes/alice.toml");
+        let spoke: SpokeFile = load(&spoke_path, "spoke").unwrap();
+        let mut file = spoke.clone();
+        file.keep_alive_secs = 6;
+        let e = file.resolve(&spoke_path).unwrap_err().to_string();
+        assert!(
+            e.contains("must be shorter than `idle_timeout_secs`"),
+            "{e}"
+        );
+        let mut file = spoke.clone();
+        file.ca = Some("missing.pem".into());
+        let e = file.resolve(&spoke_path).unwrap_err().to_string();
+        assert!(e.contains("both `ca_pem` and `ca`"), "{e}");
+        let mut file = spoke.clone();
+        file.token.clear();
+        let e = file.resolve(&spoke_path).unwrap_err().to_string();
+        assert!(e.contains("`token` is empty or missing"), "{e}");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let mut file = spoke;
+        file.ca_pem = None;
+        file.ca = Some(empty.clone());
+        let e = file.resolve(&spoke_path).unwrap_err().to_string();
+        assert!(e.contains(&format!("{} is empty", empty.display())), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn init_checks_everything_before_writing_anything() {
+        let options = |spokes: &[&str], pool: &str, port: u16| InitOptions {
+            dir: temp("init-checks"),
+            name: "192.0.2.1".into(),
+            port,
+            pool: pool.parse().unwrap(),
+            pool6: None,
+            spokes: spokes.iter().map(|s| s.to_string()).collect(),
+        };
+        for (options, expected) in [
+            (options(&["a", "a"], "10.7.0.0/24", 4433), "given twice"),
+            (options(&["ok", "../x"], "10.7.0.0/24", 4433), "spoke name"),
+            (options(&["ok"], "10.7.0.0/32", 4433), "no room"),
+            (options(&["ok"], "10.7.0.0/24", 0), "--port 0"),
+        ] {
+            let e = init(&options).unwrap_err().to_string();
+            assert!(e.contains(expected), "{expected}: {e}");
+            assert!(!options.dir.exists(), "{expected}: files written");
+        }
+    }
+
+    #[test]
+    fn add_spoke_refuses_hidden_and_option_like_names_and_foreign_files() {
+        let dir = temp("add-spoke-names");
+        init_with_alice(&dir);
+        let before = std::fs::read_to_string(dir.join("hub.toml")).unwrap();
+        for name in [
+            ".",
+            "..",
+            ".hidden",
+            "-x",
+            "",
+            "a b",
+            "a/b",
+            &"x".repeat(65),
+        ] {
+            let e = add_spoke(&dir, name, AuthMode::Token)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("spoke name"), "{name:?}: {e}");
+        }
+        // A file left by a spoke removed from hub.toml is not overwritten.
+        std::fs::write(dir.join("spokes/carol.toml"), "kept").unwrap();
+        let e = add_spoke(&dir, "carol", AuthMode::Token)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("exists already") && e.contains("names no such spoke"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("spokes/carol.toml")).unwrap(),
+            "kept"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("hub.toml")).unwrap(),
+            before
+        );
+        add_spoke(&dir, "_under.score-1", AuthMode::Token).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn hub_files_the_protocol_cannot_carry_are_refused_at_start_and_reload() {
         let dir = temp("limits");
         init_with_alice(&dir);
@@ -850,6 +1074,10 @@ mod tests {
         let good: HubFile = load(&path, "hub").unwrap();
         good.reload(&path).unwrap();
         let mut file = good.clone();
+        file.dns = vec![IpAddr::from([10, 53, 0, 1])];
+        file.pool = "10.9.0.0/24".parse().unwrap();
+        file.link_mtu = 9000;
+        assert_eq!(file.needs_restart(&good), ["link_mtu", "pool"]);
         file.dns = (0..65).map(|i| IpAddr::from([10, 53, 0, i])).collect();
         let e = file.reload(&path).unwrap_err().to_string();
         assert!(e.contains("`dns`") && e.contains("64 at most"), "{e}");

@@ -150,10 +150,20 @@ pub fn run_hub(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
             return Err(e);
         }
     };
-    let (reload_handle, reload_path) = (handle.clone(), path.to_owned());
+    let (reload_handle, reload_path, running) = (handle.clone(), path.to_owned(), file.clone());
     stop_on_signal(&handle, move || {
-        let reload =
-            config::load::<HubFile>(&reload_path, "hub").and_then(|file| file.reload(&reload_path));
+        let reload = config::load::<HubFile>(&reload_path, "hub").and_then(|file| {
+            let restart = file.needs_restart(&running);
+            if !restart.is_empty() {
+                warn!(
+                    "SIGHUP: {} changed in {}: a reload applies only the spokes, routes and \
+                     DNS servers; restart the hub for the rest",
+                    restart.join(", "),
+                    reload_path.display()
+                );
+            }
+            file.reload(&reload_path)
+        });
         match reload {
             Ok(reload) => {
                 info!(

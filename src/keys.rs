@@ -86,6 +86,27 @@ pub fn init(options: &InitOptions) -> Result<Vec<PathBuf>, ConfigError> {
             dir.display()
         )));
     }
+    // Everything is checked before the first file is written: a refused `init` leaves the
+    // directory as it was.
+    if options.port == 0 {
+        return Err(ConfigError(
+            "--port 0 is no port spokes can reach: give the UDP port the hub listens on, \
+             such as 4433"
+                .into(),
+        ));
+    }
+    for pool in std::iter::once(options.pool).chain(options.pool6) {
+        crate::config::check_pool(pool)
+            .map_err(|sentence| ConfigError(format!("--pool {sentence}")))?;
+    }
+    for (i, spoke) in options.spokes.iter().enumerate() {
+        check_spoke_name(spoke)?;
+        if options.spokes[..i].contains(spoke) {
+            return Err(ConfigError(format!(
+                "--spoke {spoke:?} is given twice: each spoke needs its own name"
+            )));
+        }
+    }
     if let Some(pool6) = options.pool6
         && pool6.addr().is_ipv4() == options.pool.addr().is_ipv4()
     {
@@ -173,21 +194,21 @@ fn endpoint(name: &str, port: u16) -> String {
 /// which is returned: with a fresh token, or with a client certificate signed by the CA in
 /// `DIR/ca.pem` and `DIR/ca.key`.
 pub fn add_spoke(dir: &Path, name: &str, auth: AuthMode) -> Result<PathBuf, ConfigError> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !valid {
-        return Err(ConfigError(format!(
-            "spoke name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
-        )));
-    }
+    check_spoke_name(name)?;
     let hub_toml = dir.join("hub.toml");
     let mut hub: HubFile = load(&hub_toml, "hub")?;
     if hub.spokes.iter().any(|s| s.name == name) {
         return Err(ConfigError(format!(
             "{}: a spoke named {name:?} exists already",
+            hub_toml.display()
+        )));
+    }
+    let path = dir.join("spokes").join(format!("{name}.toml"));
+    if path.exists() {
+        return Err(ConfigError(format!(
+            "{} exists already, though {} names no such spoke: move it away (it may be a \
+             removed spoke's file) or choose another name",
+            path.display(),
             hub_toml.display()
         )));
     }
@@ -277,8 +298,28 @@ pub fn add_spoke(dir: &Path, name: &str, auth: AuthMode) -> Result<PathBuf, Conf
         key_exchange: Default::default(),
         runtime: Runtime::default(),
     };
-    let path = dir.join("spokes").join(format!("{name}.toml"));
     save(&path, &spoke, SPOKE_HEADER)?;
-    save(&hub_toml, &hub, HUB_HEADER)?;
+    if let Err(e) = save(&hub_toml, &hub, HUB_HEADER) {
+        // Not half done: without its entry in hub.toml the spoke file is of no use.
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(path)
+}
+
+/// A spoke's name is its identity, its file's name and a label in metrics: 1 to 64 letters,
+/// digits, '-', '_' or '.', not starting with '.' (a hidden file, or `..`) or '-' (an option).
+fn check_spoke_name(name: &str) -> Result<(), ConfigError> {
+    let valid = (1..=64).contains(&name.len())
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if valid {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "spoke name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.', starting with a \
+         letter, a digit or '_'"
+    )))
 }

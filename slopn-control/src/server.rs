@@ -389,7 +389,8 @@ fn subscribe(shared: &Shared, topic: &Arc<Topic>, mut writer: Stream, reader: Bu
         let _ = write_line(
             &mut writer,
             &refusal(&format!(
-                "{MAX_SUBSCRIBERS} clients follow events or logs already; close some and try                  again"
+                "{MAX_SUBSCRIBERS} clients follow events or logs already; close some and try \
+                 again"
             )),
         );
         return;
