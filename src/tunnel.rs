@@ -436,16 +436,31 @@ fn unreachable(
     waited: Duration,
     last: Option<&DisconnectReason>,
 ) -> String {
-    let why = match last {
-        Some(DisconnectReason::Local { reason, .. }) => reason.clone(),
-        Some(other) => other.to_string(),
-        None => "no answer".into(),
-    };
     // The resolved address only where the configuration names the hub otherwise.
     let hub = if hub == addr.to_string() {
         hub.to_owned()
     } else {
         format!("{hub} ({addr})")
+    };
+    let why = match last {
+        Some(DisconnectReason::Local { reason, .. }) => reason.clone(),
+        // The hub answered with QUIC's CONNECTION_REFUSED (quinn describes it so): it turns
+        // an address away for a minute after repeated failed logins, or is full. The network
+        // is fine.
+        Some(DisconnectReason::Transport {
+            error,
+            by_peer: true,
+            ..
+        }) if error.contains("refused to accept a new connection") => {
+            return format!(
+                "the hub at {hub} answered but refused the connection: it turns an address \
+                 away for a minute after repeated failed logins from it, and while it has no \
+                 room for more spokes. Wait a minute and try again; if it goes on, ask the hub \
+                 operator."
+            );
+        }
+        Some(other) => other.to_string(),
+        None => "no answer".into(),
     };
     format!(
         "could not reach the hub at {hub} within {} s: {why}. Check the address and \
@@ -520,6 +535,19 @@ mod tests {
         assert!(
             by_name.contains("at hub.example:4433 (192.0.2.1:4433) within 15 s"),
             "{by_name}"
+        );
+        // A hub that answers with a refusal is not a network problem.
+        let refused = DisconnectReason::Transport {
+            error: "the server refused to accept a new connection".into(),
+            tls: false,
+            by_peer: true,
+        };
+        let locked_out = unreachable("192.0.2.1:4433", addr, wait, Some(&refused));
+        assert!(
+            locked_out.starts_with("the hub at 192.0.2.1:4433 answered but refused")
+                && locked_out.contains("Wait a minute")
+                && !locked_out.contains("firewall"),
+            "{locked_out}"
         );
     }
 }

@@ -306,6 +306,26 @@ fn refusals_fail_clearly_and_leave_nothing_behind() {
     assert_eq!(hub["spokes_assigned"], 0, "nobody got an address");
     assert_eq!(hub["tun_out_packets"], 0, "nothing was forwarded");
     assert!(hub["auth_failures"].as_u64().unwrap() >= 1);
+
+    // Wrong tokens again and again: the hub turns the address away for a minute, and the
+    // spoke says so rather than blaming the network.
+    lab.edit_spoke(0, |s| s.connect_timeout_secs = 3);
+    let mut said = String::new();
+    for _ in 0..15 {
+        lab.start_spoke(0);
+        lab.wait_spoke_exit(0, Duration::from_secs(10))
+            .expect("spoke 0 kept running");
+        said = lab.log("spoke-0.log");
+        if said.contains("answered but refused") {
+            break;
+        }
+    }
+    let last = said.lines().last().unwrap_or_default();
+    println!("spoke 0 after repeated failures: {last}");
+    assert!(
+        last.contains("answered but refused") && !last.contains("firewall"),
+        "{said}"
+    );
 }
 
 #[test]
