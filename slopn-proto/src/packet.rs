@@ -64,6 +64,21 @@ pub struct IpHeader {
 }
 
 impl IpHeader {
+    /// Whether the packet never leaves its link: from an IPv6 link-local or unspecified
+    /// address, or to link-scope multicast (`ff01::/16`, `ff02::/16`, 224.0.0.0/24). Routers,
+    /// and so the tunnel, do not forward it.
+    pub fn is_link_local(&self) -> bool {
+        match (self.src, self.dst) {
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                src.is_unicast_link_local()
+                    || src.is_unspecified()
+                    || (dst.is_multicast() && dst.segments()[0] & 0x000f <= 2)
+            }
+            (_, IpAddr::V4(dst)) => dst.octets()[..3] == [224, 0, 0],
+            _ => false,
+        }
+    }
+
     /// Parses and checks the header of `packet`, which must be exactly one IP packet.
     pub fn parse(packet: &[u8]) -> Result<Self, MalformedPacket> {
         let first = *packet.first().ok_or(MalformedPacket::Truncated)?;
@@ -268,6 +283,38 @@ pub(crate) mod tests {
         p[10..12].copy_from_slice(&sum.to_be_bytes());
         p.extend_from_slice(payload);
         p
+    }
+
+    #[test]
+    fn link_scope_packets_are_told_apart() {
+        let header = |src: &str, dst: &str| IpHeader {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol: 58,
+            ttl: 255,
+            header_len: 40,
+            total_len: 56,
+            dont_fragment: true,
+            later_fragment: false,
+        };
+        for (src, dst) in [
+            ("fe80::1", "ff02::2"),
+            ("fe80::1", "fd00::2"),
+            ("::", "ff02::16"),
+            ("fd00::2", "ff01::1"),
+            ("10.0.0.2", "224.0.0.22"),
+        ] {
+            assert!(header(src, dst).is_link_local(), "{src} -> {dst}");
+        }
+        for (src, dst) in [
+            ("fd00::2", "fd00::3"),
+            ("fd00::2", "ff05::1"),
+            ("fd00::2", "ff0e::1"),
+            ("10.0.0.2", "224.0.1.1"),
+            ("10.0.0.2", "10.0.0.3"),
+        ] {
+            assert!(!header(src, dst).is_link_local(), "{src} -> {dst}");
+        }
     }
 
     #[test]

@@ -31,11 +31,15 @@ pub enum DropReason {
     Congested,
     /// (Spoke) a packet from the hub whose destination is not one of our addresses.
     NotForUs,
+    /// A packet from the TUN side that never leaves its link: the kernel's own link-local
+    /// traffic (IPv6 router solicitations and MLD reports from `fe80::`, to `ff02::`; IPv4 to
+    /// 224.0.0.0/24). Harmless; a tunnel does not carry it.
+    LinkLocal,
 }
 
 impl DropReason {
     /// Number of distinct reasons (ignoring payloads).
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// Every reason, in counter order (payloads zeroed).
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -48,6 +52,7 @@ impl DropReason {
         Self::TooLarge { max: 0 },
         Self::Congested,
         Self::NotForUs,
+        Self::LinkLocal,
     ];
 
     /// Position of this reason in [`DropCounters`].
@@ -62,6 +67,7 @@ impl DropReason {
             Self::TooLarge { .. } => 6,
             Self::Congested => 7,
             Self::NotForUs => 8,
+            Self::LinkLocal => 9,
         }
     }
 
@@ -77,6 +83,7 @@ impl DropReason {
             Self::TooLarge { .. } => "too_large",
             Self::Congested => "congested",
             Self::NotForUs => "not_for_us",
+            Self::LinkLocal => "link_local",
         }
     }
 }

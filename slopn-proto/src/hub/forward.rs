@@ -116,6 +116,9 @@ pub(super) fn from_tun(
     data: &[u8],
 ) -> Result<(), DropReason> {
     let header = IpHeader::parse(data).map_err(|_| DropReason::Malformed)?;
+    if header.is_link_local() {
+        return Err(DropReason::LinkLocal);
+    }
     let from = hub.routes.hub_address(header.is_ipv4());
     let to = match hub.routes.lookup(header.dst, header.protocol) {
         Route::Spoke(to) => to,

@@ -50,6 +50,9 @@ pub(super) fn to_hub(
         return Err(DropReason::NotAssigned);
     }
     let header = IpHeader::parse(packet).map_err(|_| DropReason::Malformed)?;
+    if header.is_link_local() {
+        return Err(DropReason::LinkLocal);
+    }
     if !tunnel.addresses.iter().any(|p| p.contains(header.src)) {
         return Err(DropReason::SpoofedSource);
     }
