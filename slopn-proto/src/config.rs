@@ -227,6 +227,11 @@ pub struct HubConfig {
     /// Half-open connections above which new attempts must first prove their address with
     /// a QUIC Retry (one extra round trip for them, no state on the hub until they do).
     pub retry_above: usize,
+    /// Most half-open connections whose source proved its address (with a Retry) that one
+    /// source may hold: an IPv4 address, or an IPv6 /64. So one attacker who answers Retries
+    /// takes at most `retry_above` places plus this many, not the whole of `max_half_open`,
+    /// and an address spoofed by someone else is never held against its owner.
+    pub max_half_open_per_source: usize,
     /// Authentication failures from one IP address within a minute after which that
     /// address is refused for a minute.
     pub auth_failures_per_minute: u32,
@@ -268,6 +273,7 @@ impl HubConfig {
             max_connections: 65_536,
             max_half_open: 4096,
             retry_above: 256,
+            max_half_open_per_source: 64,
             auth_failures_per_minute: 10,
             seed,
             crypto: crate::tls::default_provider(),

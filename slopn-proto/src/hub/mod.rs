@@ -74,6 +74,15 @@ pub enum HubEvent {
 /// Why the TLS handshake of a connection was refused, for the operator; `None` if it was
 /// not refused by TLS. A refusal for want of a common key exchange group says so and what
 /// to change (and is logged: it is a configuration to fix, not a scanner).
+/// What a source's share of half-open connections is counted by: its IPv4 address, or its
+/// IPv6 /64 (one host may hold a whole /64).
+fn handshake_source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 fn tls_refusal(cause: &quinn_proto::ConnectionError) -> Option<String> {
     let quinn_proto::ConnectionError::TransportError(error) = cause else {
         return None;
@@ -106,6 +115,8 @@ pub(super) struct Tables {
     isolate_spokes: bool,
     /// Connections still in their QUIC handshake.
     handshaking: usize,
+    /// Of those, the ones whose source proved its address, by source.
+    handshaking_by_source: FxHashMap<IpAddr, usize>,
     stats: HubStats,
 }
 
@@ -114,6 +125,7 @@ struct Admission {
     max_connections: usize,
     max_half_open: usize,
     retry_above: usize,
+    max_half_open_per_source: usize,
     /// Set by [`Hub::close`]: no new connections.
     closing: bool,
     next_session: u64,
@@ -157,20 +169,39 @@ impl Hub {
             self.node.transport.refuse(incoming);
             return;
         }
-        if tables.handshaking >= admission.retry_above && !incoming.remote_address_validated() {
+        let validated = incoming.remote_address_validated();
+        if tables.handshaking >= admission.retry_above && !validated {
             tables.stats.retries += 1;
             self.node.transport.retry(incoming);
+            return;
+        }
+        // Only a source that proved its address counts against its share: a spoofed one
+        // cannot be held against its owner.
+        let source = validated.then(|| handshake_source(remote.ip()));
+        if let Some(source) = source
+            && tables
+                .handshaking_by_source
+                .get(&source)
+                .copied()
+                .unwrap_or(0)
+                >= admission.max_half_open_per_source
+        {
+            tables.stats.refused += 1;
+            self.node.transport.refuse(incoming);
             return;
         }
         let id = SessionId(admission.next_session);
         match self
             .node
             .transport
-            .accept(incoming, now, HubSession::new(id))
+            .accept(incoming, now, HubSession::new(id, source))
         {
             Ok(idx) => {
                 admission.next_session += 1;
                 tables.handshaking += 1;
+                if let Some(source) = source {
+                    *tables.handshaking_by_source.entry(source).or_default() += 1;
+                }
                 tables.stats.handshakes.started += 1;
                 debug!(%id, %remote, "incoming connection");
                 self.process(now, idx, false);

@@ -52,15 +52,19 @@ pub(crate) struct HubSession {
     pub(super) icmp: IcmpRateLimit,
     /// When the session got its addresses (the caller's clock).
     pub(super) assigned_at: Option<Instant>,
+    /// The source whose share of half-open connections this handshake counts against, if its
+    /// address was proven (see `HubConfig::max_half_open_per_source`).
+    handshake_source: Option<IpAddr>,
     close_reason: Option<String>,
     /// Whether the end of this session was reported (addresses freed, event sent).
     ended: bool,
 }
 
 impl HubSession {
-    pub(super) fn new(id: SessionId) -> Self {
+    pub(super) fn new(id: SessionId, handshake_source: Option<IpAddr>) -> Self {
         Self {
             id,
+            handshake_source,
             phase: Phase::Handshaking,
             identity: None,
             auth: None,
@@ -304,6 +308,14 @@ impl Session<'_> {
         let session = &mut self.slot.entry.state;
         if session.phase == Phase::Handshaking && phase != Phase::Handshaking {
             self.hub.handshaking -= 1;
+            if let Some(source) = session.handshake_source.take()
+                && let Some(count) = self.hub.handshaking_by_source.get_mut(&source)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    self.hub.handshaking_by_source.remove(&source);
+                }
+            }
             if phase == Phase::AwaitingHello {
                 self.hub.stats.handshakes.completed += 1;
             }

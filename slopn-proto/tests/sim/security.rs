@@ -308,6 +308,43 @@ fn under_handshake_load_the_hub_asks_for_retry_and_caps_half_open_connections() 
 }
 
 #[test]
+fn one_source_gets_a_share_of_the_half_open_places_not_all() {
+    let pki = pki();
+    let mut config = hub_config(&pki);
+    // Every handshake proves its source address with a Retry first.
+    config.retry_above = 0;
+    config.max_half_open_per_source = 4;
+    let mut world = World::new(67, config);
+    let ca = tls::parse_certificates(pki.ca.cert_pem().as_bytes()).unwrap();
+    // Twelve handshakes from one address that answer the Retries but never finish: the hub's
+    // handshake packets (padded to 1200 bytes) are lost on the way back, its small Retries
+    // are not.
+    let stalled = LinkParams {
+        mtu: 600,
+        ..LinkParams::default()
+    };
+    for port in 0..12u16 {
+        let addr: SocketAddr = format!("203.0.113.66:{}", 20000 + port).parse().unwrap();
+        world.add_raw_at(client_config(&ca, slopn_proto::control::ALPN), addr);
+        world
+            .net
+            .set_links(addr, LinkParams::default(), stalled.clone());
+    }
+    world.run_for(Duration::from_millis(300));
+    let stats = world.hub().hub.stats();
+    assert_eq!(
+        stats.handshakes.started, 4,
+        "one source holds its share: {stats:?}"
+    );
+    assert!(stats.refused >= 8, "the others were refused: {stats:?}");
+    // Spokes from other addresses still get in while those handshakes hang.
+    for i in 0..2 {
+        world.add_spoke(spoke_config(&pki, i), LinkParams::pair());
+    }
+    assert!(world.all_established(Duration::from_secs(5)));
+}
+
+#[test]
 fn dns_servers_are_pushed_and_updated() {
     let pki = pki();
     let mut config = hub_config(&pki);
