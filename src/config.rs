@@ -50,6 +50,9 @@ const DEFAULT_LINK_MTU: u16 = 1500;
 /// The link MTUs a file may set: IPv6's minimum to the common jumbo-frame limit.
 const LINK_MTUS: std::ops::RangeInclusive<u16> = 1280..=9216;
 
+/// IPv6's minimum link MTU (RFC 8200): the least a TUN device with an IPv6 address may have.
+const IPV6_MIN_MTU: u16 = 1280;
+
 fn default_link_mtu() -> u16 {
     DEFAULT_LINK_MTU
 }
@@ -489,7 +492,13 @@ impl HubFile {
                 .iter()
                 .map(|p| (p.hub_address, p.network.prefix_len()))
                 .collect(),
-            tun_mtu: config.transport.max_tunnel_mtu(),
+            // The kernel refuses IPv6 on a device below IPv6's minimum MTU; packets above
+            // what a spoke's path carries are refused per spoke, and TCP's are clamped.
+            tun_mtu: if self.pool6.is_some() || self.pool.addr().is_ipv6() {
+                config.transport.max_tunnel_mtu().max(IPV6_MIN_MTU)
+            } else {
+                config.transport.max_tunnel_mtu()
+            },
             control_socket: self
                 .control_socket
                 .clone()

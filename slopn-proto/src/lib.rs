@@ -63,6 +63,7 @@ mod hub;
 pub mod icmp;
 pub mod key_exchange;
 mod link;
+mod mss;
 mod node;
 pub mod packet;
 pub mod pki;

@@ -82,6 +82,41 @@ fn spokes_get_both_families_and_reach_each_other_over_ipv6() {
     }
 }
 
+/// Over a 1280-byte underlay the tunnel carries 1194-byte packets, below IPv6's 1280-byte
+/// minimum: the spokes' TUN devices stay at 1280 and hosts ignore "packet too big" under it,
+/// so TCP over IPv6 only works because the tunnel clamps the MSS of the SYNs it carries.
+#[test]
+fn tcp_over_ipv6_works_on_a_path_below_ipv6s_minimum_mtu() {
+    let Some(mut lab) = Lab::new("ipv6_small", 2) else {
+        return;
+    };
+    lab.edit_hub(|h| {
+        h.pool6 = Some("fd00:100::/64".parse().unwrap());
+        h.link_mtu = 1280;
+    });
+    for i in 0..2 {
+        lab.edit_spoke(i, |s| s.link_mtu = 1280);
+    }
+    lab.start_hub();
+    lab.start_spoke(0);
+    lab.start_spoke(1);
+    lab.wait_established(&[0, 1], Duration::from_secs(10));
+    let b6 = address(&lab, 1, true);
+    // Spoke to spoke (the hub clamps too) and spoke to the hub's own address.
+    for (to, listen) in [
+        (&lab.spoke_ns[1], SocketAddr::new(b6, 5003)),
+        (&lab.hub_ns, "[fd00:100::1]:5004".parse().unwrap()),
+    ] {
+        let took = transfer(&lab.spoke_ns[0], to, listen, 4 * MIB, |_| {});
+        println!(
+            "4 MiB over IPv6 to {listen} with 1194-byte tunnel packets: {:.2} s",
+            took.as_secs_f64()
+        );
+    }
+    let status = lab.spoke_status(0).unwrap();
+    assert_eq!(status["tun_mtu"], 1280, "{status}");
+}
+
 /// Adds `addr` (with its prefix) to `dev` in `ns`, usable at once (no duplicate address
 /// detection: the namespaces are ours alone).
 fn add6(ns: &Namespace, dev: &str, addr: &str) {

@@ -12,6 +12,7 @@ use super::Tables;
 use super::session::{HubSession, Phase, Session};
 use crate::clamp_mtu;
 use crate::icmp::IcmpError;
+use crate::mss;
 use crate::node::Packets;
 use crate::packet::{self, IpHeader};
 use crate::route::Route;
@@ -86,6 +87,7 @@ fn route_from_spoke(
     let dest = dest.ok_or(DropReason::NotAssigned)?;
     let max = dest.link.max_packet().ok_or(DropReason::NotAssigned)?;
     if packet.len() <= max {
+        mss::clamp(&mut packet, &header, max);
         send(dest, s.slot.sched, &mut s.hub.stats, packet.freeze());
         return Ok(());
     }
@@ -149,7 +151,13 @@ pub(super) fn from_tun(
         }
         return Ok(());
     }
-    let packet = packets.arena.copy(data);
+    let packet = if mss::needs_clamp(data, &header, max) {
+        let mut packet = packets.arena.copy_mut(data);
+        mss::clamp(&mut packet, &header, max);
+        packet.freeze()
+    } else {
+        packets.arena.copy(data)
+    };
     send(dest.entry, dest.sched, &mut hub.stats, packet);
     Ok(())
 }

@@ -9,6 +9,7 @@ use super::Tunnel;
 use super::attempt::{Attempt, AttemptCx, Phase};
 use crate::clamp_mtu;
 use crate::icmp::IcmpError;
+use crate::mss;
 use crate::node::Packets;
 use crate::packet::IpHeader;
 use crate::stats::{DropReason, SpokeSnapshot};
@@ -81,7 +82,13 @@ pub(super) fn to_hub(
         }
         return Ok(());
     }
-    let data = packets.arena.copy(packet);
+    let data = if mss::needs_clamp(packet, &header, max) {
+        let mut data = packets.arena.copy_mut(packet);
+        mss::clamp(&mut data, &header, max);
+        data.freeze()
+    } else {
+        packets.arena.copy(packet)
+    };
     queue(&mut slot, &mut tunnel.stats, data)
 }
 

@@ -140,8 +140,9 @@ impl Tunnel {
     /// The TUN device's MTU for a session that carries packets of up to `max_packet`
     /// bytes. With an IPv6 address it is at least 1280, IPv6's minimum link MTU: below it
     /// the kernel turns IPv6 off on the device and refuses the address. That happens
-    /// while path MTU discovery starts (QUIC's first 1200 bytes carry 1162); until it
-    /// climbs, IPv6 packets over the session's limit are dropped and counted as too large.
+    /// while path MTU discovery starts (QUIC's first 1200 bytes carry 1162), and on paths
+    /// below 1366 bytes. There IPv6 packets over the session's limit are dropped and counted
+    /// as too large; TCP's fit, since the SYNs' MSS is clamped (`mss`).
     fn tun_mtu_for(&self, max_packet: Option<usize>) -> Option<u16> {
         let mtu = crate::clamp_mtu(max_packet?);
         let ipv6 = self.addresses.iter().any(|a| a.addr().is_ipv6());
