@@ -57,8 +57,13 @@ impl std::fmt::Debug for Tun {
     }
 }
 
+/// How long [`Tun::open`] waits for a name held by a device on its way out.
+const NAME_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Tun {
-    /// Creates the device, sets its MTU and addresses and brings it up.
+    /// Creates the device, sets its MTU and addresses and brings it up. A name in use is
+    /// waited for up to 3 s (a killed owner's device is still being torn down) before
+    /// [`TunError::NameInUse`].
     pub fn open(config: &TunConfig) -> Result<Self, TunError> {
         if let Some(name) = &config.name
             && (name.is_empty()
@@ -83,14 +88,25 @@ impl Tun {
             let _ = offload;
             builder.build_sync()
         };
-        let device = match build(config.offload) {
-            Ok(device) => device,
+        let open = || match build(config.offload) {
+            Ok(device) => Ok(device),
             // Old kernels without TUNSETOFFLOAD: plain packets still work.
             Err(e) if config.offload && e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!("TUN offload unavailable ({e}); reading one packet at a time");
-                build(false).map_err(|e| open_error(e, config))?
+                build(false).map_err(|e| open_error(e, config))
             }
-            Err(e) => return Err(open_error(e, config)),
+            Err(e) => Err(open_error(e, config)),
+        };
+        // A process killed a moment ago keeps its device until the kernel has torn it down
+        // (a second or so): a restart right after waits for the name rather than failing.
+        let started = std::time::Instant::now();
+        let device = loop {
+            match open() {
+                Err(TunError::NameInUse(_)) if started.elapsed() < NAME_RELEASE_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                result => break result?,
+            }
         };
         #[cfg(unix)]
         device

@@ -105,6 +105,23 @@ fn tun_device_addresses_mtu_routes_and_packets() {
             ns.ip(&["link", "show", "dev", "slopn-t0"]).is_err(),
             "device removed"
         );
+
+        // A name still held by a device on its way out (its owner was just killed) is waited
+        // for, not refused.
+        let first = Tun::open(&config).unwrap();
+        let started = Instant::now();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(first);
+        });
+        let second = Tun::open(&config).expect("the name, once released");
+        let waited = started.elapsed();
+        release.join().unwrap();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+        drop(second);
     });
 }
 
