@@ -12,7 +12,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use slopn::cli::explain;
-use slopn::control::{Client, ClientError, LogLine, ProfileSummary, Request, Role, SpokeStatus};
+use slopn::control::{
+    Client, ClientError, LogLine, ProfileSummary, Request, Role, SpokeStatus, TunnelState,
+};
 use slopn::say;
 use slopn::service::{self, ServiceOptions};
 
@@ -330,7 +332,19 @@ fn print_status(value: &serde_json::Value, json: bool) {
     }
     let s: SpokeStatus = serde_json::from_value(value.clone()).unwrap_or_default();
     let mbit = |bytes_per_sec: f64| bytes_per_sec * 8.0 / 1e6;
-    say!("state:     {}", s.state.name());
+    // What to do next, where a state calls for it.
+    let hint = match s.state {
+        TunnelState::Stopped if s.error.is_none() => "  (run `spoke connect` to connect again)",
+        TunnelState::Stopped => "  (fix what `error` says, then `spoke connect`)",
+        TunnelState::Connecting | TunnelState::Reconnecting => {
+            "  (looking for the hub; `spoke logs` says why it is not there yet)"
+        }
+        TunnelState::Disconnected if s.profile.is_none() => {
+            "  (connect a profile: `spoke connect NAME`)"
+        }
+        _ => "",
+    };
+    say!("state:     {}{hint}", s.state.name());
     if let Some(profile) = &s.profile {
         say!("profile:   {profile}");
     }
@@ -339,10 +353,17 @@ fn print_status(value: &serde_json::Value, json: bool) {
     }
     say!("hub:       {}", s.hub);
     say!("identity:  {}", s.identity.as_deref().unwrap_or("-"));
-    say!("addresses: {:?}", s.addresses);
-    say!("routes:    {:?}", s.routes);
+    fn list<T: std::fmt::Display>(items: &[T]) -> String {
+        if items.is_empty() {
+            return "-".to_owned();
+        }
+        let items: Vec<String> = items.iter().map(T::to_string).collect();
+        items.join(", ")
+    }
+    say!("addresses: {}", list(&s.addresses));
+    say!("routes:    {}", list(&s.routes));
     if !s.dns_servers.is_empty() {
-        say!("dns:       {:?}", s.dns_servers);
+        say!("dns:       {}", list(&s.dns_servers));
     }
     if let Some(group) = &s.key_exchange {
         let kind = if group == "X25519MLKEM768" {
@@ -355,9 +376,10 @@ fn print_status(value: &serde_json::Value, json: bool) {
     if s.kill_switch {
         say!("kill switch: on (nothing leaves but through the tunnel)");
     }
+    // Before a session is up the round trip is quinn's initial guess, not a measurement.
     match s.rtt_ms {
-        Some(rtt) => say!("rtt:       {rtt:.2} ms"),
-        None => say!("rtt:       -"),
+        Some(rtt) if s.state == TunnelState::Established => say!("rtt:       {rtt:.2} ms"),
+        _ => say!("rtt:       -"),
     }
     match s.tun_mtu {
         Some(mtu) if s.black_holes > 0 => {
@@ -381,5 +403,10 @@ fn print_status(value: &serde_json::Value, json: bool) {
         s.tx_packets,
         mbit(s.tx_bytes_per_sec)
     );
-    say!("drops:     {:?}", s.drops);
+    let drops: Vec<String> = s
+        .drops
+        .iter()
+        .map(|(reason, count)| format!("{count} {reason}"))
+        .collect();
+    say!("drops:     {}", list(&drops));
 }
