@@ -1816,7 +1816,7 @@ impl Connection {
             self.remove_in_flight(&info);
             self.stats.path.lost_plpmtud_probes += 1;
             // SloPN patch: the last probe confirming a suspected black hole declares it
-            if self.path.mtud.on_probe_lost(now) {
+            if self.path.mtud.on_probe_lost(packet, now) {
                 self.on_black_hole();
             }
         }
