@@ -554,7 +554,8 @@ impl HubFile {
     /// The keys whose values differ from `running`'s that a reload does not apply (all but
     /// the spokes, routes and DNS servers): they take effect at the next start.
     pub fn needs_restart(&self, running: &HubFile) -> Vec<String> {
-        const RELOADED: [&str; 4] = ["spokes", "routes", "dns", "default_route"];
+        // As the file names them (`[[spoke]]`).
+        const RELOADED: [&str; 4] = ["spoke", "routes", "dns", "default_route"];
         let table = |file: &HubFile| match toml::Value::try_from(file) {
             Ok(toml::Value::Table(table)) => table,
             _ => toml::Table::new(),
@@ -1086,7 +1087,12 @@ mod tests {
         file.dns = vec![IpAddr::from([10, 53, 0, 1])];
         file.pool = "10.9.0.0/24".parse().unwrap();
         file.link_mtu = 9000;
+        file.spokes.pop();
+        file.routes.push("10.99.0.0/16".parse().unwrap());
         assert_eq!(file.needs_restart(&good), ["link_mtu", "pool"]);
+        let mut reloadable = good.clone();
+        reloadable.spokes.pop();
+        assert!(reloadable.needs_restart(&good).is_empty(), "spokes are reloaded");
         file.dns = (0..65).map(|i| IpAddr::from([10, 53, 0, i])).collect();
         let e = file.reload(&path).unwrap_err().to_string();
         assert!(e.contains("`dns`") && e.contains("64 at most"), "{e}");
