@@ -1092,7 +1092,10 @@ mod tests {
         assert_eq!(file.needs_restart(&good), ["link_mtu", "pool"]);
         let mut reloadable = good.clone();
         reloadable.spokes.pop();
-        assert!(reloadable.needs_restart(&good).is_empty(), "spokes are reloaded");
+        assert!(
+            reloadable.needs_restart(&good).is_empty(),
+            "spokes are reloaded"
+        );
         file.dns = (0..65).map(|i| IpAddr::from([10, 53, 0, i])).collect();
         let e = file.reload(&path).unwrap_err().to_string();
         assert!(e.contains("`dns`") && e.contains("64 at most"), "{e}");

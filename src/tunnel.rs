@@ -454,8 +454,9 @@ fn unreachable(
         }) if error.contains("refused to accept a new connection") => {
             return format!(
                 "the hub at {hub} answered but refused the connection: it turns an address \
-                 away for a minute after repeated failed logins from it, and while it has no \
-                 room for more spokes. Wait a minute and try again; if it goes on, ask the hub \
+                 away for a minute after repeated failed logins from it, while many \
+                 connections from it are being set up at once, and while it has no room for \
+                 more spokes. Wait a minute and try again; if it goes on, ask the hub \
                  operator."
             );
         }

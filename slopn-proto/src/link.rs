@@ -233,7 +233,6 @@ impl Link {
         result
     }
 
-    /// The largest IP packet a datagram carries now, if datagrams work at all.
     /// The TLS key exchange group the handshake settled on, once it has.
     pub(crate) fn key_exchange(&self) -> Option<rustls::NamedGroup> {
         self.conn
@@ -244,6 +243,7 @@ impl Link {
             .map(|d| d.negotiated_key_exchange_group)
     }
 
+    /// The largest IP packet a datagram carries now, if datagrams work at all.
     pub(crate) fn max_packet(&mut self) -> Option<usize> {
         self.conn.datagrams().max_size()
     }

@@ -7,6 +7,13 @@
 //! ICMP, may not hear of the tunnel at all. OpenVPN's `mssfix` and the `TCPMSS` target
 //! people add to WireGuard set-ups do the same.
 //!
+//! A SYN's MSS bounds the segments that come back to its sender, so each side clamps with
+//! the connection those segments will take: the spoke for SYNs it delivers from the hub
+//! (their answers leave through it), the hub for SYNs from a spoke (their answers go back to
+//! it). The limit is the most the tunnel can carry ([`limit`]): hosts learn of a narrower
+//! path from "packet too big" as usual, except IPv6 hosts under 1280 bytes, which are
+//! clamped to what the connection carries now.
+//!
 //! Only the SYN's MSS option changes, with the checksum fixed incrementally (RFC 1624); a
 //! packet that is no TCP SYN, carries no MSS option or already fits is left as it is.
 
@@ -14,6 +21,8 @@ use crate::packet::IpHeader;
 
 /// TCP's protocol number.
 const PROTO_TCP: u8 = 6;
+/// IPv6's minimum link MTU, below which hosts ignore "packet too big".
+const IPV6_MIN_MTU: usize = 1280;
 /// TCP's fixed header, without options.
 const TCP_HEADER: usize = 20;
 /// The SYN flag in TCP's flags byte.
@@ -21,14 +30,24 @@ const SYN: u8 = 0x02;
 /// The MSS option: kind 2, length 4.
 const OPTION_MSS: u8 = 2;
 
+/// Whether `packet` (parsed as `header`) is a TCP SYN: a few byte comparisons, for the
+/// packet path to skip everything else.
+pub(crate) fn is_syn(packet: &[u8], header: &IpHeader) -> bool {
+    header.protocol == PROTO_TCP
+        && !header.later_fragment
+        && packet
+            .get(header.header_len + 13)
+            .is_some_and(|flags| flags & SYN != 0)
+}
+
 /// Where the MSS option's value sits in `packet` and what it says, if `packet` (parsed as
 /// `header`) is a TCP SYN that carries one.
 fn mss_option(packet: &[u8], header: &IpHeader) -> Option<(usize, u16)> {
-    if header.protocol != PROTO_TCP || header.later_fragment {
+    if !is_syn(packet, header) {
         return None;
     }
     let tcp = packet.get(header.header_len..)?;
-    if tcp.len() < TCP_HEADER || tcp[13] & SYN == 0 {
+    if tcp.len() < TCP_HEADER {
         return None;
     }
     let data_offset = usize::from(tcp[12] >> 4) * 4;
@@ -52,6 +71,16 @@ fn mss_option(packet: &[u8], header: &IpHeader) -> Option<(usize, u16)> {
         }
     }
     None
+}
+
+/// The largest packet a SYN's segments should make, for a connection that carries packets
+/// of up to `now` bytes at the moment and `ceiling` at most (path MTU discovery's bound).
+pub(crate) fn limit(header: &IpHeader, now: usize, ceiling: usize) -> usize {
+    if !header.is_ipv4() && now < IPV6_MIN_MTU {
+        now
+    } else {
+        ceiling.max(now)
+    }
 }
 
 /// The MSS that lets a segment fit a packet of `max_packet` bytes.
@@ -146,6 +175,23 @@ mod tests {
         let before = p.clone();
         assert!(!clamp(&mut p, &header, 1414));
         assert_eq!(p, before);
+    }
+
+    #[test]
+    fn the_limit_is_the_ceiling_unless_ipv6_runs_under_its_minimum() {
+        let v4 = IpHeader::parse(&syn_v4(&[2, 4, 5, 0xb4])).unwrap();
+        let mut v6 = v4;
+        v6.src = "fd00::2".parse().unwrap();
+        v6.dst = "fd00::3".parse().unwrap();
+        v6.header_len = 40;
+        // IPv4 hosts hear "packet too big" at any size: clamped to the ceiling only, so a
+        // SYN sent while discovery climbs is not held to 1162 bytes for good.
+        assert_eq!(limit(&v4, 1162, 1414), 1414);
+        assert_eq!(limit(&v6, 1300, 1414), 1414);
+        // IPv6 hosts ignore it below 1280: clamped to what the connection carries now.
+        assert_eq!(limit(&v6, 1194, 1414), 1194);
+        assert_eq!(mss_for(&v6, 1194), 1194 - 60);
+        assert_eq!(mss_for(&v4, 1414), 1414 - 40);
     }
 
     #[test]

@@ -88,24 +88,24 @@ impl Tun {
             let _ = offload;
             builder.build_sync()
         };
-        let open = || match build(config.offload) {
-            Ok(device) => Ok(device),
-            // Old kernels without TUNSETOFFLOAD: plain packets still work.
-            Err(e) if config.offload && e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::warn!("TUN offload unavailable ({e}); reading one packet at a time");
-                build(false).map_err(|e| open_error(e, config))
-            }
-            Err(e) => Err(open_error(e, config)),
-        };
         // A process killed a moment ago keeps its device until the kernel has torn it down
         // (a second or so): a restart right after waits for the name rather than failing.
         let started = std::time::Instant::now();
+        let mut offload = config.offload;
         let device = loop {
-            match open() {
-                Err(TunError::NameInUse(_)) if started.elapsed() < NAME_RELEASE_WAIT => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
+            match build(offload) {
+                Ok(device) => break device,
+                // Old kernels without TUNSETOFFLOAD: plain packets still work.
+                Err(e) if offload && e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!("TUN offload unavailable ({e}); reading one packet at a time");
+                    offload = false;
                 }
-                result => break result?,
+                Err(e) => match open_error(e, config) {
+                    TunError::NameInUse(_) if started.elapsed() < NAME_RELEASE_WAIT => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    error => return Err(error),
+                },
             }
         };
         #[cfg(unix)]

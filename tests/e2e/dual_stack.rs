@@ -101,15 +101,38 @@ fn tcp_over_ipv6_works_on_a_path_below_ipv6s_minimum_mtu() {
     lab.start_spoke(0);
     lab.start_spoke(1);
     lab.wait_established(&[0, 1], Duration::from_secs(10));
-    let b6 = address(&lab, 1, true);
-    // Spoke to spoke (the hub clamps too) and spoke to the hub's own address.
-    for (to, listen) in [
-        (&lab.spoke_ns[1], SocketAddr::new(b6, 5003)),
-        (&lab.hub_ns, "[fd00:100::1]:5004".parse().unwrap()),
+    let (a6, b6) = (address(&lab, 0, true), address(&lab, 1, true));
+    // Both ways between the spokes and between a spoke and the hub's own address: each
+    // direction's segments are sized by the SYN of the other end.
+    for (what, from, to, listen) in [
+        (
+            "spoke 0 -> spoke 1",
+            &lab.spoke_ns[0],
+            &lab.spoke_ns[1],
+            SocketAddr::new(b6, 5003),
+        ),
+        (
+            "spoke 1 -> spoke 0",
+            &lab.spoke_ns[1],
+            &lab.spoke_ns[0],
+            SocketAddr::new(a6, 5004),
+        ),
+        (
+            "spoke 0 -> hub",
+            &lab.spoke_ns[0],
+            &lab.hub_ns,
+            "[fd00:100::1]:5005".parse().unwrap(),
+        ),
+        (
+            "hub -> spoke 0",
+            &lab.hub_ns,
+            &lab.spoke_ns[0],
+            SocketAddr::new(a6, 5006),
+        ),
     ] {
-        let took = transfer(&lab.spoke_ns[0], to, listen, 4 * MIB, |_| {});
+        let took = transfer(from, to, listen, 4 * MIB, |_| {});
         println!(
-            "4 MiB over IPv6 to {listen} with 1194-byte tunnel packets: {:.2} s",
+            "4 MiB over IPv6 {what} with 1194-byte tunnel packets: {:.2} s",
             took.as_secs_f64()
         );
     }

@@ -50,9 +50,21 @@ fn route_from_spoke(
     if !from.addresses.contains(&header.src) {
         return Err(DropReason::SpoofedSource);
     }
+    // The segments a SYN asks for come back to its sender over this connection.
+    let syn_limit = mss::is_syn(&data, &header).then(|| {
+        let back = s.slot.entry.link.max_packet().unwrap_or(0);
+        mss::limit(&header, back, s.hub.max_tunnel_mtu)
+    });
     let to = match s.hub.routes.lookup(header.dst, header.protocol) {
         Route::Hub | Route::Tun => {
-            packets.push_tun(data);
+            match syn_limit.filter(|&limit| mss::needs_clamp(&data, &header, limit)) {
+                Some(limit) => {
+                    let mut packet = packets.arena.copy_mut(&data);
+                    mss::clamp(&mut packet, &header, limit);
+                    packets.push_tun(packet.freeze());
+                }
+                None => packets.push_tun(data),
+            }
             return Ok(());
         }
         Route::Spoke(to) => to,
@@ -77,6 +89,9 @@ fn route_from_spoke(
     }
     let mut packet = packets.arena.copy_mut(&data);
     packet::decrement_ttl(&mut packet);
+    if let Some(limit) = syn_limit {
+        mss::clamp(&mut packet, &header, limit);
+    }
     // The route table names live sessions only (ending one removes its routes), so a
     // missing one is a refusal, not a case to skip silently.
     let dest = if hairpin {
@@ -87,7 +102,6 @@ fn route_from_spoke(
     let dest = dest.ok_or(DropReason::NotAssigned)?;
     let max = dest.link.max_packet().ok_or(DropReason::NotAssigned)?;
     if packet.len() <= max {
-        mss::clamp(&mut packet, &header, max);
         send(dest, s.slot.sched, &mut s.hub.stats, packet.freeze());
         return Ok(());
     }
@@ -151,9 +165,12 @@ pub(super) fn from_tun(
         }
         return Ok(());
     }
-    let packet = if mss::needs_clamp(data, &header, max) {
+    // The segments this SYN asks for come from the spoke, which clamps to what it sends;
+    // the hub's side of the connection is the guess for a spoke that does not.
+    let limit = mss::limit(&header, max, hub.max_tunnel_mtu);
+    let packet = if mss::is_syn(data, &header) && mss::needs_clamp(data, &header, limit) {
         let mut packet = packets.arena.copy_mut(data);
-        mss::clamp(&mut packet, &header, max);
+        mss::clamp(&mut packet, &header, limit);
         packet.freeze()
     } else {
         packets.arena.copy(data)

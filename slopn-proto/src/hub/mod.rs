@@ -71,9 +71,6 @@ pub enum HubEvent {
     },
 }
 
-/// Why the TLS handshake of a connection was refused, for the operator; `None` if it was
-/// not refused by TLS. A refusal for want of a common key exchange group says so and what
-/// to change (and is logged: it is a configuration to fix, not a scanner).
 /// What a source's share of half-open connections is counted by: its IPv4 address, or its
 /// IPv6 /64 (one host may hold a whole /64).
 fn handshake_source(ip: IpAddr) -> IpAddr {
@@ -83,6 +80,9 @@ fn handshake_source(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Why the TLS handshake of a connection was refused, for the operator; `None` if it was
+/// not refused by TLS. A refusal for want of a common key exchange group says so and what
+/// to change (and is logged: it is a configuration to fix, not a scanner).
 fn tls_refusal(cause: &quinn_proto::ConnectionError) -> Option<String> {
     let quinn_proto::ConnectionError::TransportError(error) = cause else {
         return None;
@@ -117,6 +117,9 @@ pub(super) struct Tables {
     handshaking: usize,
     /// Of those, the ones whose source proved its address, by source.
     handshaking_by_source: FxHashMap<IpAddr, usize>,
+    /// The largest packet the tunnel carries once path MTU discovery has climbed (the MSS
+    /// clamp's ceiling).
+    max_tunnel_mtu: usize,
     stats: HubStats,
 }
 

@@ -123,6 +123,7 @@ impl Hub {
                 isolate_spokes: config.isolate_spokes,
                 handshaking: 0,
                 handshaking_by_source: FxHashMap::default(),
+                max_tunnel_mtu: usize::from(config.transport.max_tunnel_mtu()),
                 stats: HubStats::default(),
             },
             admission: Admission {

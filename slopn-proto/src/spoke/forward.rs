@@ -15,23 +15,38 @@ use crate::packet::IpHeader;
 use crate::stats::{DropReason, SpokeSnapshot};
 use crate::transport::{Slot, Transport};
 
-/// Passes every datagram the hub sent on this attempt to the TUN side, if it is for us.
+/// Passes every datagram the hub sent on this attempt to the TUN side, if it is for us. A
+/// TCP SYN's MSS is clamped to what this spoke sends: the segments it asks for leave here.
 pub(super) fn from_hub(a: &mut AttemptCx<'_>, packets: &mut Packets) {
     let (entry, tunnel) = (&mut *a.slot.entry, &mut *a.tunnel);
     while let Some(datagram) = entry.link.conn.datagrams().recv() {
         tunnel.stats.traffic.rx(datagram.len());
-        let for_us = match IpHeader::parse(&datagram) {
+        let header = match IpHeader::parse(&datagram) {
             Err(_) => Err(DropReason::Malformed),
             Ok(h) if !tunnel.addresses.iter().any(|p| p.contains(h.dst)) => {
                 Err(DropReason::NotForUs)
             }
             Ok(_) if entry.state.phase != Phase::Established => Err(DropReason::NotAssigned),
-            Ok(_) => Ok(()),
+            Ok(h) => Ok(h),
         };
-        match for_us {
-            Ok(()) => packets.push_tun(datagram),
-            Err(reason) => tunnel.stats.drops.add(reason),
+        let header = match header {
+            Ok(header) => header,
+            Err(reason) => {
+                tunnel.stats.drops.add(reason);
+                continue;
+            }
+        };
+        if mss::is_syn(&datagram, &header) {
+            let sends = entry.link.max_packet().unwrap_or(0);
+            let limit = mss::limit(&header, sends, tunnel.max_tunnel_mtu);
+            if mss::needs_clamp(&datagram, &header, limit) {
+                let mut packet = packets.arena.copy_mut(&datagram);
+                mss::clamp(&mut packet, &header, limit);
+                packets.push_tun(packet.freeze());
+                continue;
+            }
         }
+        packets.push_tun(datagram);
     }
 }
 
@@ -82,9 +97,12 @@ pub(super) fn to_hub(
         }
         return Ok(());
     }
-    let data = if mss::needs_clamp(packet, &header, max) {
+    // The answers come back over the hub's connection to us, whose size the hub knows and
+    // clamps to; this side's is the best guess for a hub that does not.
+    let limit = mss::limit(&header, max, tunnel.max_tunnel_mtu);
+    let data = if mss::needs_clamp(packet, &header, limit) {
         let mut data = packets.arena.copy_mut(packet);
-        mss::clamp(&mut data, &header, max);
+        mss::clamp(&mut data, &header, limit);
         data.freeze()
     } else {
         packets.arena.copy(packet)

@@ -129,6 +129,9 @@ pub(super) struct Tunnel {
     routes: Vec<IpRange>,
     dns_servers: Vec<IpAddr>,
     tun_mtu: Option<u16>,
+    /// The largest packet the tunnel carries once path MTU discovery has climbed (the MSS
+    /// clamp's ceiling).
+    max_tunnel_mtu: usize,
     stats: SpokeSnapshot,
 }
 

@@ -120,6 +120,7 @@ impl Spoke {
                 routes: Vec::new(),
                 dns_servers: Vec::new(),
                 tun_mtu: None,
+                max_tunnel_mtu: usize::from(config.transport.max_tunnel_mtu()),
                 stats: SpokeSnapshot::default(),
             },
         };
