@@ -168,13 +168,14 @@ fn print_status(s: &serde_json::Value, json: bool) {
         return;
     }
     say!(
-        "spokes: {}   in: {} B ({:.0} B/s)   out: {} B ({:.0} B/s)   auth failures: {}   drops: {}",
+        "spokes: {}   in: {} B ({:.0} B/s)   out: {} B ({:.0} B/s)   auth failures: {}   ignored: {}   drops: {}",
         s["spokes_assigned"],
         s["rx_bytes"],
         s["rx_bytes_per_sec"].as_f64().unwrap_or(0.0),
         s["tx_bytes"],
         s["tx_bytes_per_sec"].as_f64().unwrap_or(0.0),
         s["auth_failures"],
+        s["ignored_datagrams"],
         s["drops"]
     );
     for session in s["sessions"].as_array().into_iter().flatten() {

@@ -249,6 +249,12 @@ pub fn hub(registry: &Registry, s: &HubSnapshot) -> Scrape {
     )?;
     counter(
         registry,
+        "slopn_hub_ignored_datagrams_total",
+        "UDP datagrams that were no QUIC packet for the hub (undecodable, or for no connection it has)",
+        h.ignored_datagrams,
+    )?;
+    counter(
+        registry,
         "slopn_hub_handshakes_started_total",
         "QUIC handshakes taken on (not refused, not sent a Retry)",
         h.handshakes.started,

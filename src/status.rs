@@ -146,6 +146,7 @@ pub fn hub_status(snapshot: &HubSnapshot, rates: &Rates) -> Value {
         "tun_in_packets": h.tun_in_packets,
         "tun_out_packets": h.tun_out_packets,
         "auth_failures": h.auth_failures,
+        "ignored_datagrams": h.ignored_datagrams,
         "drops": all_drops(&h.drops, &snapshot.io),
         "sessions": snapshot.spokes.iter().map(|s| json!({
             "session": s.id.0,

@@ -230,6 +230,9 @@ pub struct HubStats {
     /// QUIC Retry packets sent, asking a client to prove its address: one per first-flight
     /// packet, so two for a ClientHello of two packets.
     pub retries: u64,
+    /// UDP datagrams that were no QUIC packet for the hub (undecodable, too short, for no
+    /// connection it has), ignored: scanners' and floods' traffic.
+    pub ignored_datagrams: u64,
     /// QUIC handshakes taken on, and how they ended.
     pub handshakes: HandshakeCounters,
     /// Sessions that reached assignment.

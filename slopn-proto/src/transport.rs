@@ -26,6 +26,9 @@ const RECV_ARENA: usize = 256 * 1024;
 pub(crate) enum Received {
     /// Nothing for the owner to do (consumed, or answered statelessly).
     Nothing,
+    /// Not a QUIC packet for this endpoint (undecodable, too short, for no connection it
+    /// has): ignored. Worth counting: it is what scanners and floods send.
+    Ignored,
     /// Input for an existing connection, now waiting to be processed.
     Connection(usize),
     /// A new connection attempt: accept, refuse or ignore it.
@@ -238,7 +241,7 @@ impl<S> Transport<S> {
             &mut self.scratch,
         );
         match event {
-            None => Received::Nothing,
+            None => Received::Ignored,
             Some(DatagramEvent::Response(t)) => {
                 self.push_response(t);
                 Received::Nothing

@@ -154,8 +154,27 @@ fn hub_and_spoke_serve_metrics_that_follow_traffic() {
     lab.start_spoke(0);
     lab.wait_established(&[0], Duration::from_secs(10));
 
+    // Junk from the spoke's side of the network: counted, and nothing else.
+    let (ns, hub_addr) = (lab.spoke_ns[0].name().to_owned(), lab.hub_addr());
+    std::thread::spawn(move || {
+        slopn_tun::netns::enter(&ns).unwrap();
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for i in 0..20u8 {
+            socket.send_to(&[0x40 | (i & 0x3f); 40], hub_addr).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    lab.wait_for("the junk counted", Duration::from_secs(5), |lab| {
+        lab.hub_status().unwrap()["ignored_datagrams"].as_u64() >= Some(20)
+    });
+
     let spoke_series = r#"slopn_hub_spoke_received_bytes_total{identity="spoke-0"}"#;
     let hub = scrape(&lab.hub_ns, HUB_METRICS);
+    assert!(
+        value(&hub, "slopn_hub_ignored_datagrams_total") >= Some(20.0),
+        "{hub}"
+    );
     assert_eq!(value(&hub, "slopn_hub_spokes_assigned"), Some(1.0), "{hub}");
     assert_eq!(value(&hub, "slopn_hub_handshakes_started_total"), Some(1.0));
     assert_eq!(

@@ -158,6 +158,10 @@ impl Hub {
     pub fn handle_udp(&mut self, now: Instant, datagram: Datagram<'_>) {
         let incoming = match self.node.receive(now, datagram) {
             Received::Nothing => return,
+            Received::Ignored => {
+                self.tables.stats.ignored_datagrams += 1;
+                return;
+            }
             Received::Connection(idx) => return self.process(now, idx, false),
             Received::New(incoming) => incoming,
         };

@@ -173,7 +173,7 @@ impl Spoke {
         match self.node.receive(now, datagram) {
             Received::Connection(idx) => self.process(now, idx, false),
             Received::New(incoming) => self.node.transport.refuse(incoming),
-            Received::Nothing => {}
+            Received::Nothing | Received::Ignored => {}
         }
     }
 

@@ -347,6 +347,29 @@ fn one_source_gets_a_share_of_the_half_open_places_not_all() {
 }
 
 #[test]
+fn junk_sent_to_the_hub_is_ignored_and_counted() {
+    let pki = pki();
+    let mut world = World::new(68, hub_config(&pki));
+    world.add_spoke(spoke_config(&pki, 0), LinkParams::pair());
+    assert!(world.all_established(Duration::from_secs(5)));
+    let from: SocketAddr = "203.0.113.99:5555".parse().unwrap();
+    let now = world.instant();
+    // Short datagrams of one repeated byte: short headers for no connection, truncated long
+    // headers, nothing QUIC can use.
+    for i in 0..100u8 {
+        let junk = vec![i; 1 + usize::from(i % 50)];
+        world
+            .hub()
+            .hub
+            .handle_udp(now, slopn_proto::Datagram::new(from, &junk));
+    }
+    let stats = world.hub().hub.stats();
+    assert!(stats.ignored_datagrams >= 90, "{stats:?}");
+    assert_eq!(stats.spokes_assigned, 1, "the spoke is undisturbed");
+    assert_eq!(stats.handshakes.started, 1);
+}
+
+#[test]
 fn dns_servers_are_pushed_and_updated() {
     let pki = pki();
     let mut config = hub_config(&pki);
