@@ -363,8 +363,11 @@ pub fn load<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T, 
         let hint = if message.contains("expected one of `name`, `auth`") {
             "Keys below a `[[spoke]]` line belong to that spoke: put the hub's own keys above \
              the first `[[spoke]]`. "
+                .to_owned()
         } else {
-            ""
+            missing_key_example(&message)
+                .map(|line| format!("Add a line such as `{line}`. "))
+                .unwrap_or_default()
         };
         ConfigError::new(format!(
             "{} is not a valid {what} configuration: {message}{hint}See the configuration \
@@ -372,6 +375,23 @@ pub fn load<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T, 
             path.display(),
         ))
     })
+}
+
+/// An example line for a required key that `message` (a TOML error) says is missing.
+fn missing_key_example(message: &str) -> Option<&'static str> {
+    const EXAMPLES: [(&str, &str); 6] = [
+        ("pool", r#"pool = "10.100.0.0/24""#),
+        ("certificate", r#"certificate = "hub.pem""#),
+        ("private_key", r#"private_key = "hub.key""#),
+        ("hub", r#"hub = "hub.example.net:4433""#),
+        ("server_name", r#"server_name = "hub.example.net""#),
+        ("name", r#"name = "alice" (in each [[spoke]])"#),
+    ];
+    let key = message.split("missing field `").nth(1)?.split('`').next()?;
+    EXAMPLES
+        .iter()
+        .find(|(name, _)| *name == key)
+        .map(|(_, line)| *line)
 }
 
 /// Writes a TOML file readable by its owner only.
@@ -978,6 +998,17 @@ mod tests {
         std::fs::write(&path, format!("{text}link_mtu = 9000\n")).unwrap();
         let e = load::<HubFile>(&path, "hub").unwrap_err().to_string();
         assert!(e.contains("above the first `[[spoke]]`"), "{e}");
+        let without_pool: String = text
+            .lines()
+            .filter(|l| !l.starts_with("pool ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, without_pool).unwrap();
+        let e = load::<HubFile>(&path, "hub").unwrap_err().to_string();
+        assert!(
+            e.contains("missing field `pool`") && e.contains("pool = \"10.100.0.0/24\""),
+            "{e}"
+        );
         std::fs::write(&path, format!("link_mtu = 99999\n{text}")).unwrap();
         let e = load::<HubFile>(&path, "hub").unwrap_err().to_string();
         assert!(
