@@ -177,6 +177,7 @@ pub fn run_hub(path: &Path, logs: Arc<Topic>) -> Result<(), String> {
             Err(e) => warn!("SIGHUP: configuration not reloaded: {e}"),
         }
     })?;
+    crate::load::watch(&handle);
     sample_rates(&handle, &rates, |s: &HubSnapshot| {
         (s.hub.traffic.rx_bytes, s.hub.traffic.tx_bytes)
     });

@@ -15,8 +15,9 @@
 //! - [`config`]: the TOML configuration files; [`keys`]: `hub init` and `hub add-spoke`;
 //!   [`status`]: the control socket's documents; [`logs`]: logging, also to the socket;
 //!   [`metrics`]: Prometheus metrics over HTTP; [`private`]: files for their owner only.
-//! - [`hub`]: running a hub (Linux); [`daemon`]: a spoke from one file ([`tunnel`]); [`service`]: the
-//!   spoke service behind the desktop client, with its [`profiles`]; on Windows
+//! - [`hub`]: running a hub (Linux), and [`load`]: what it turns away, in its log;
+//!   [`daemon`]: a spoke from one file ([`tunnel`]); [`service`]: the spoke service behind
+//!   the desktop client, with its [`profiles`]; on Windows
 //!   `win_service` (Windows) runs it under the service control manager
 //!   ([`win_service_args`]: its command line).
 
@@ -28,6 +29,8 @@ pub mod hub;
 pub mod key_exchange;
 pub mod keys;
 pub mod kill_switch;
+#[cfg(unix)]
+pub mod load;
 pub mod logs;
 pub mod metrics;
 pub mod private;

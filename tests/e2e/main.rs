@@ -326,6 +326,12 @@ fn refusals_fail_clearly_and_leave_nothing_behind() {
         last.contains("answered but refused") && !last.contains("firewall"),
         "{said}"
     );
+    // The hub's log says what it turned away (every 10 s in which it did).
+    lab.wait_for(
+        "the hub to log its refusals",
+        Duration::from_secs(15),
+        |lab| lab.log("hub.log").contains("connection packets refused"),
+    );
 }
 
 #[test]
