@@ -73,8 +73,8 @@ fn report(before: Turned, now: Turned, period: Duration) -> Option<String> {
     ))
 }
 
-/// Logs [`report`]'s line every [`PERIOD`] in which the hub turned something away, until the
-/// loop ends.
+/// Logs a line every 10 s in which the hub turned something away (refused, sent a Retry,
+/// ignored junk), until the loop ends.
 pub fn watch(handle: &Arc<Loop<slopn_proto::Hub>>) {
     let handle = handle.clone();
     let _ = std::thread::Builder::new()
