@@ -17,6 +17,9 @@
 //! Only the SYN's MSS option changes, with the checksum fixed incrementally (RFC 1624); a
 //! packet that is no TCP SYN, carries no MSS option or already fits is left as it is.
 
+use bytes::Bytes;
+
+use crate::arena::PacketArena;
 use crate::packet::IpHeader;
 
 /// TCP's protocol number.
@@ -91,8 +94,29 @@ fn mss_for(header: &IpHeader, max_packet: usize) -> u16 {
 
 /// Whether `packet` is a TCP SYN whose MSS lets segments larger than `max_packet` bytes
 /// come, so that [`clamp`] would change it.
-pub(crate) fn needs_clamp(packet: &[u8], header: &IpHeader, max_packet: usize) -> bool {
+fn needs_clamp(packet: &[u8], header: &IpHeader, max_packet: usize) -> bool {
     mss_option(packet, header).is_some_and(|(_, mss)| mss > mss_for(header, max_packet))
+}
+
+/// A copy of `packet` cut from `arena` with its MSS clamped, if it is a TCP SYN that needs
+/// it; `None` for every other packet (the packet path then goes on with the original).
+/// `limit` (the packet size, see [`limit`]) is asked for only for SYNs.
+pub(crate) fn clamped(
+    arena: &mut PacketArena,
+    packet: &[u8],
+    header: &IpHeader,
+    limit: impl FnOnce() -> usize,
+) -> Option<Bytes> {
+    if !is_syn(packet, header) {
+        return None;
+    }
+    let limit = limit();
+    if !needs_clamp(packet, header, limit) {
+        return None;
+    }
+    let mut copy = arena.copy_mut(packet);
+    clamp(&mut copy, header, limit);
+    Some(copy.freeze())
 }
 
 /// Lowers the MSS of a TCP SYN so that segments fit packets of `max_packet` bytes. Returns

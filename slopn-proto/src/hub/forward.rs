@@ -57,14 +57,9 @@ fn route_from_spoke(
     });
     let to = match s.hub.routes.lookup(header.dst, header.protocol) {
         Route::Hub | Route::Tun => {
-            match syn_limit.filter(|&limit| mss::needs_clamp(&data, &header, limit)) {
-                Some(limit) => {
-                    let mut packet = packets.arena.copy_mut(&data);
-                    mss::clamp(&mut packet, &header, limit);
-                    packets.push_tun(packet.freeze());
-                }
-                None => packets.push_tun(data),
-            }
+            let clamped = syn_limit
+                .and_then(|limit| mss::clamped(&mut packets.arena, &data, &header, || limit));
+            packets.push_tun(clamped.unwrap_or(data));
             return Ok(());
         }
         Route::Spoke(to) => to,
@@ -167,13 +162,10 @@ pub(super) fn from_tun(
     }
     // The segments this SYN asks for come from the spoke, which clamps to what it sends;
     // the hub's side of the connection is the guess for a spoke that does not.
-    let limit = mss::limit(&header, max, hub.max_tunnel_mtu);
-    let packet = if mss::is_syn(data, &header) && mss::needs_clamp(data, &header, limit) {
-        let mut packet = packets.arena.copy_mut(data);
-        mss::clamp(&mut packet, &header, limit);
-        packet.freeze()
-    } else {
-        packets.arena.copy(data)
+    let limit = || mss::limit(&header, max, hub.max_tunnel_mtu);
+    let packet = match mss::clamped(&mut packets.arena, data, &header, limit) {
+        Some(clamped) => clamped,
+        None => packets.arena.copy(data),
     };
     send(dest.entry, dest.sched, &mut hub.stats, packet);
     Ok(())

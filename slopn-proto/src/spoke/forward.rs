@@ -36,17 +36,12 @@ pub(super) fn from_hub(a: &mut AttemptCx<'_>, packets: &mut Packets) {
                 continue;
             }
         };
-        if mss::is_syn(&datagram, &header) {
+        let limit = || {
             let sends = entry.link.max_packet().unwrap_or(0);
-            let limit = mss::limit(&header, sends, tunnel.max_tunnel_mtu);
-            if mss::needs_clamp(&datagram, &header, limit) {
-                let mut packet = packets.arena.copy_mut(&datagram);
-                mss::clamp(&mut packet, &header, limit);
-                packets.push_tun(packet.freeze());
-                continue;
-            }
-        }
-        packets.push_tun(datagram);
+            mss::limit(&header, sends, tunnel.max_tunnel_mtu)
+        };
+        let clamped = mss::clamped(&mut packets.arena, &datagram, &header, limit);
+        packets.push_tun(clamped.unwrap_or(datagram));
     }
 }
 
@@ -99,13 +94,10 @@ pub(super) fn to_hub(
     }
     // The answers come back over the hub's connection to us, whose size the hub knows and
     // clamps to; this side's is the best guess for a hub that does not.
-    let limit = mss::limit(&header, max, tunnel.max_tunnel_mtu);
-    let data = if mss::needs_clamp(packet, &header, limit) {
-        let mut data = packets.arena.copy_mut(packet);
-        mss::clamp(&mut data, &header, limit);
-        data.freeze()
-    } else {
-        packets.arena.copy(packet)
+    let limit = || mss::limit(&header, max, tunnel.max_tunnel_mtu);
+    let data = match mss::clamped(&mut packets.arena, packet, &header, limit) {
+        Some(clamped) => clamped,
+        None => packets.arena.copy(packet),
     };
     queue(&mut slot, &mut tunnel.stats, data)
 }
