@@ -345,6 +345,12 @@ fn print_status(value: &serde_json::Value, json: bool) {
         _ => "",
     };
     say!("state:     {}{hint}", s.state.name());
+    if let Some(silent) = s.hub_silent_secs {
+        say!(
+            "warning:   nothing heard from the hub for {silent:.1} s: it may be down or the path \
+             to it broken (the tunnel reconnects by itself if the silence lasts)"
+        );
+    }
     if let Some(profile) = &s.profile {
         say!("profile:   {profile}");
     }

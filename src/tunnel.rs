@@ -55,6 +55,9 @@ pub struct Tunnel {
     /// The hub's UDP endpoint, which the kill switch lets through.
     hub_addr: SocketAddr,
     tun_name: String,
+    /// How long the hub may stay silent before the status says so: a keep-alive round (a
+    /// PING every `keep_alive_secs`, the hub's answer a round trip later) and a second more.
+    silence_allowed: Duration,
     watcher: Mutex<Option<JoinHandle<()>>>,
     /// Removed once the tunnel has ended ([`wait`](Self::wait)), unless locked (lockdown).
     kill_switch: Mutex<Option<KillSwitch>>,
@@ -167,6 +170,11 @@ impl Tunnel {
             label,
         } = resolved;
         let hub_addr = config.hub;
+        let silence_allowed = config
+            .transport
+            .keep_alive_interval
+            .unwrap_or(config.transport.idle_timeout / 2)
+            + Duration::from_secs(1);
         let tun = open_tun(&TunConfig {
             name: Some(runtime.tun_name.clone()),
             mtu: 1280,
@@ -237,6 +245,7 @@ impl Tunnel {
             hub: runtime.hub,
             hub_addr,
             tun_name: runtime.tun_name,
+            silence_allowed,
             watcher: Mutex::new(Some(watcher)),
             kill_switch: Mutex::new(kill_switch),
         })
@@ -275,6 +284,7 @@ impl Tunnel {
                 ..StatusDocument::default()
             };
         };
+        let last_heard = snapshot.stats.last_heard;
         let mut doc = status::spoke_status(&snapshot, &self.hub, &self.rates);
         doc.kill_switch = self.kill_switch().is_some();
         let watch = self.watch();
@@ -283,6 +293,10 @@ impl Tunnel {
             doc.connected_secs = watch
                 .established_at
                 .map(|t| now.duration_since(t).as_secs_f64());
+            doc.hub_silent_secs = last_heard
+                .map(|t| now.saturating_duration_since(t))
+                .filter(|silence| *silence > self.silence_allowed)
+                .map(|silence| silence.as_secs_f64());
         }
         if doc.state == TunnelState::Reconnecting {
             doc.retry_in_ms = watch

@@ -235,7 +235,16 @@ impl View {
                 "Connecting…".to_owned(),
                 Some(format!("Reaching the hub at {}.", status.hub)),
             ),
-            Phase::Connected => ("Connected".to_owned(), None),
+            Phase::Connected => (
+                "Connected".to_owned(),
+                status.hub_silent_secs.map(|secs| {
+                    format!(
+                        "Nothing heard from the hub for {secs:.0} s: it may be down or the \
+                         network in between broken. The tunnel reconnects by itself if this \
+                         lasts."
+                    )
+                }),
+            ),
             Phase::Reconnecting => (
                 "Reconnecting…".to_owned(),
                 Some(match status.retry_in_ms {
@@ -259,10 +268,12 @@ impl View {
             ),
         };
         let connected = phase == Phase::Connected;
+        // A hub gone silent turns the card amber before the tunnel gives up on it.
+        let silent = connected && status.hub_silent_secs.is_some();
         Self {
             service: ServiceAccess::Ok,
             phase,
-            tone: phase.tone(),
+            tone: if silent { "amber" } else { phase.tone() },
             headline,
             detail,
             profile: status.profile.clone(),
@@ -347,6 +358,23 @@ mod tests {
             Some("The connection to the hub was lost. Next attempt in 0.4 s (attempt 7).")
         );
         assert_eq!(view.tone, "amber");
+    }
+
+    #[test]
+    fn a_silent_hub_shows_before_the_tunnel_gives_up() {
+        let mut s = status(TunnelState::Established, 1);
+        let view = View::from_status(&s, Vec::new());
+        assert_eq!((view.tone, view.detail), ("green", None));
+        s.hub_silent_secs = Some(4.4);
+        let view = View::from_status(&s, Vec::new());
+        assert_eq!((view.headline.as_str(), view.tone), ("Connected", "amber"));
+        assert_eq!(
+            view.detail.as_deref(),
+            Some(
+                "Nothing heard from the hub for 4 s: it may be down or the network in between \
+                 broken. The tunnel reconnects by itself if this lasts."
+            )
+        );
     }
 
     #[test]

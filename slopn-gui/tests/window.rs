@@ -157,6 +157,16 @@ async fn the_desktop_client_connects_shows_traffic_survives_a_hub_restart_and_ex
     desktop.pick_menu_item(1);
     gui.wait_phase("connected", SHORT).await;
     net.kill_hub();
+    // Silent past a keep-alive round: still connected, but the card says so, amber.
+    gui.wait_true(
+        "document.body.dataset.phase === 'connected' && document.body.dataset.tone === 'amber' \
+         && document.querySelector('#status-detail').textContent.includes('Nothing heard from \
+         the hub')",
+        LONG,
+    )
+    .await;
+    assert!(desktop.tray_pixels(tray_colour("amber")) > 50, "amber tray");
+    gui.screenshot(&shot("5-hub-silent")).await;
     gui.wait_phase("reconnecting", LONG).await;
     let detail = gui.text("#status-detail").await;
     assert!(

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::session::DisconnectReason;
 
@@ -336,6 +336,10 @@ pub struct SpokeSnapshot {
     pub addresses: Vec<IpAddr>,
     /// Smoothed round-trip time of the current connection, if any.
     pub rtt: Option<Duration>,
+    /// When the current connection last received a datagram from the hub (the `now` of
+    /// that [`Spoke::handle_udp`](crate::Spoke::handle_udp)); a hub that went silent
+    /// shows here before the idle timeout ends the connection.
+    pub last_heard: Option<Instant>,
     /// Largest IP packet the tunnel carries now (the TUN MTU to use).
     pub tun_mtu: Option<u16>,
     /// Times QUIC took losses of what the current connection sent for an MTU black hole

@@ -184,8 +184,12 @@ impl Lab {
     /// How long spoke `i` may take to notice a dead hub, from its configuration: one
     /// keep-alive interval plus the idle timeout (a keep-alive restarts the timer).
     pub fn dead_hub_noticed_within(&self, i: usize) -> Duration {
-        let spoke: SpokeFile = config::load(&self.spoke_toml(i), "spoke").unwrap();
+        let spoke = self.spoke_file(i);
         Duration::from_secs(spoke.keep_alive_secs + spoke.idle_timeout_secs)
+    }
+
+    pub fn spoke_file(&self, i: usize) -> SpokeFile {
+        config::load(&self.spoke_toml(i), "spoke").unwrap()
     }
 
     pub fn edit_spoke(&self, i: usize, f: impl FnOnce(&mut SpokeFile)) {

@@ -17,7 +17,7 @@ mod service;
 mod traffic;
 mod windows;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lab::{HUB_IP, Lab};
 use traffic::{Impairment, Relay, transfer};
@@ -152,15 +152,44 @@ fn a_killed_hub_is_noticed_and_found_again_at_once() {
     };
     established(&mut lab, 2);
     let before = [lab.address(0), lab.address(1)];
+    let quiet = lab.spoke_status(0).unwrap();
+    assert!(quiet["hub_silent_secs"].is_null(), "{quiet}");
 
     // SIGKILL: no goodbye. The spokes notice within their idle timeout.
+    let killed = Instant::now();
     lab.signal_hub("KILL");
     let bound = lab.dead_hub_noticed_within(0);
-    let noticed = lab.wait_for(
+    // Before that, the status says the hub has gone quiet (past a keep-alive round), and
+    // `spoke status` says what it may mean.
+    let keep_alive = Duration::from_secs(lab.spoke_file(0).keep_alive_secs);
+    let mut silent = None;
+    lab.wait_for("the status to say the hub is silent", bound, |l| {
+        let status = l.spoke_status(0).unwrap_or_default();
+        silent = status["hub_silent_secs"].as_f64();
+        silent.is_some() && status["state"] == "established"
+    });
+    let silent = silent.unwrap();
+    assert!(
+        // (The last packet came up to a keep-alive round before the kill.)
+        silent > keep_alive.as_secs_f64() + 1.0
+            && silent <= (killed.elapsed() + keep_alive).as_secs_f64() + 1.0,
+        "silent for {silent} s, {:?} after the kill",
+        killed.elapsed()
+    );
+    let socket = lab.dir.join("spoke-0.sock");
+    let cli = lab.spoke_ns[0]
+        .run(
+            lab.binary("spoke").to_str().unwrap(),
+            &["status", "--socket", socket.to_str().unwrap()],
+        )
+        .unwrap();
+    assert!(cli.contains("nothing heard from the hub for"), "{cli}");
+    lab.wait_for(
         "spokes to notice the dead hub",
         bound + Duration::from_secs(2),
         |l| (0..2).all(|i| l.spoke_state(i) != "established"),
     );
+    let noticed = killed.elapsed();
     // The bound, plus scheduling and the status poll.
     assert!(
         noticed <= bound + Duration::from_millis(500),

@@ -119,6 +119,9 @@ pub(super) struct Tunnel {
     next_request_id: u64,
     /// The attempt in use, if any; older ones may still be closing.
     current: Option<usize>,
+    /// When a datagram of the attempt in use last arrived (what `spoke status` tells a
+    /// silent hub by, before the idle timeout ends the connection).
+    last_heard: Option<Instant>,
     /// Not reconnecting: disconnected by command or refused for good.
     stopped: bool,
     reconnect: Reconnect,
@@ -171,7 +174,12 @@ impl Spoke {
     /// Handles one UDP datagram.
     pub fn handle_udp(&mut self, now: Instant, datagram: Datagram<'_>) {
         match self.node.receive(now, datagram) {
-            Received::Connection(idx) => self.process(now, idx, false),
+            Received::Connection(idx) => {
+                if self.tunnel.current == Some(idx) {
+                    self.tunnel.last_heard = Some(now);
+                }
+                self.process(now, idx, false)
+            }
             Received::New(incoming) => self.node.transport.refuse(incoming),
             Received::Nothing | Received::Ignored => {}
         }
@@ -339,6 +347,7 @@ impl Spoke {
         stats.rtt = current.map(|e| e.link.conn.rtt());
         stats.black_holes = current.map_or(0, |e| e.link.conn.stats().path.black_holes_detected);
         stats.key_exchange = current.and_then(|e| e.link.key_exchange());
+        stats.last_heard = current.and(tunnel.last_heard);
         stats
     }
 
@@ -366,6 +375,7 @@ impl Spoke {
         match connected {
             Ok(idx) => {
                 self.tunnel.current = Some(idx);
+                self.tunnel.last_heard = None;
                 let timeout = now + self.tunnel.reconnect.policy.attempt_timeout;
                 if let Some(slot) = self.node.transport.slot(idx) {
                     slot.entry.deadline = Some((timeout, "attempt timeout"));

@@ -112,6 +112,7 @@ impl Spoke {
                 requested: config.requested_addresses,
                 next_request_id: 1,
                 current: None,
+                last_heard: None,
                 stopped: false,
                 reconnect: Reconnect::new(config.reconnect, &config.seed),
                 identity: None,

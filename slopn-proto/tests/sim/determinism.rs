@@ -39,8 +39,12 @@ fn scenario(seed: u64, os_crypto: bool) -> Vec<String> {
     let mut trace = world.trace.clone();
     trace.push(format!("{:?}", world.net.stats));
     trace.push(format!("{:?}", world.hub().hub.stats()));
+    let base = world.base;
     for s in &mut world.spokes {
-        trace.push(format!("{:?}", s.spoke.stats()));
+        // Instants differ between runs; their offsets from the world's start do not.
+        let mut stats = s.spoke.stats();
+        let heard = stats.last_heard.take().map(|t| t - base);
+        trace.push(format!("{stats:?}, heard at {heard:?}"));
     }
     trace
 }

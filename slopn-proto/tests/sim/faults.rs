@@ -475,9 +475,28 @@ fn a_killed_hub_is_noticed_and_its_restart_found_at_once() {
     let pki = pki();
     let mut world = world_with(20, &pki, 2);
     let before: Vec<IpAddr> = (0..2).map(|i| assigned(&world, i)).collect();
+    // While the hub lives, an idle spoke hears from it at least every keep-alive round.
+    let keep_alive = spoke_config(&pki, 0).transport.keep_alive_interval.unwrap();
+    let mut longest = Duration::ZERO;
+    world.run_until(Duration::from_secs(9), |w| {
+        let now = w.instant();
+        let heard = w.spokes[0].spoke.stats().last_heard.unwrap();
+        longest = longest.max(now - heard);
+        false
+    });
+    assert!(
+        longest <= keep_alive + Duration::from_millis(300),
+        "silent for {longest:?}"
+    );
     world.kill_hub();
     let killed = world.now;
+    // (What was on its way arrives.)
+    world.run_for(Duration::from_millis(500));
+    let last_heard = world.spokes[0].spoke.stats().last_heard;
     assert!(world.run_until(Duration::from_secs(10), |w| {
+        // Nothing more is heard: the status counts the silence from the kill.
+        let established = w.spokes[0].spoke.state() == SpokeState::Established;
+        assert!(!established || w.spokes[0].spoke.stats().last_heard == last_heard);
         w.spokes
             .iter()
             .all(|s| s.spoke.state() != SpokeState::Established)
@@ -493,7 +512,8 @@ fn a_killed_hub_is_noticed_and_its_restart_found_at_once() {
     assert!(world.all_established(Duration::from_secs(5)));
     let took = world.now - back;
     println!(
-        "hub killed: spokes noticed after {noticed:?}, reconnected {took:?} after it returned"
+        "hub killed: spokes noticed after {noticed:?} (heard from it at least every \
+         {longest:?} before), reconnected {took:?} after it returned"
     );
     assert!(
         took < Duration::from_secs(1),
