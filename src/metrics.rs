@@ -473,6 +473,12 @@ pub fn spoke(registry: &Registry, s: &SpokeStatus) -> Scrape {
             "Time since the session was established",
             secs,
         )?;
+        gauge(
+            registry,
+            "slopn_spoke_hub_silent_seconds",
+            "Time nothing has arrived from the hub, once longer than a keep-alive round (else 0)",
+            s.hub_silent_secs.unwrap_or(0.0),
+        )?;
     }
     gauges(
         registry,
@@ -554,5 +560,35 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("slopn_spoke_sent_bytes_total 0\n"), "{text}");
+        assert!(!text.contains("slopn_spoke_hub_silent_seconds"), "{text}");
+    }
+
+    #[test]
+    fn a_silent_hub_shows_in_a_gauge_while_connected() {
+        let scrape = |hub_silent_secs| {
+            let registry = Registry::new();
+            let status = SpokeStatus {
+                state: TunnelState::Established,
+                connected_secs: Some(60.0),
+                hub_silent_secs,
+                ..SpokeStatus::default()
+            };
+            spoke(&registry, &status).unwrap();
+            let mut text = Vec::new();
+            TextEncoder::new()
+                .encode(&registry.gather(), &mut text)
+                .unwrap();
+            String::from_utf8(text).unwrap()
+        };
+        let text = scrape(None);
+        assert!(
+            text.contains("slopn_spoke_hub_silent_seconds 0\n"),
+            "{text}"
+        );
+        let text = scrape(Some(4.5));
+        assert!(
+            text.contains("slopn_spoke_hub_silent_seconds 4.5\n"),
+            "{text}"
+        );
     }
 }
