@@ -55,9 +55,8 @@ pub struct Tunnel {
     /// The hub's UDP endpoint, which the kill switch lets through.
     hub_addr: SocketAddr,
     tun_name: String,
-    /// How long the hub may stay silent before the status says so: a keep-alive round (a
-    /// PING every `keep_alive_secs`, the hub's answer a round trip later) and a second more.
-    silence_allowed: Duration,
+    /// How often the spoke pings an idle hub (`keep_alive_secs`): the silence it explains.
+    keep_alive: Duration,
     watcher: Mutex<Option<JoinHandle<()>>>,
     /// Removed once the tunnel has ended ([`wait`](Self::wait)), unless locked (lockdown).
     kill_switch: Mutex<Option<KillSwitch>>,
@@ -170,11 +169,10 @@ impl Tunnel {
             label,
         } = resolved;
         let hub_addr = config.hub;
-        let silence_allowed = config
+        let keep_alive = config
             .transport
             .keep_alive_interval
-            .unwrap_or(config.transport.idle_timeout / 2)
-            + Duration::from_secs(1);
+            .unwrap_or(config.transport.idle_timeout / 2);
         let tun = open_tun(&TunConfig {
             name: Some(runtime.tun_name.clone()),
             mtu: 1280,
@@ -245,7 +243,7 @@ impl Tunnel {
             hub: runtime.hub,
             hub_addr,
             tun_name: runtime.tun_name,
-            silence_allowed,
+            keep_alive,
             watcher: Mutex::new(Some(watcher)),
             kill_switch: Mutex::new(kill_switch),
         })
@@ -284,6 +282,14 @@ impl Tunnel {
                 ..StatusDocument::default()
             };
         };
+        // Silence a live hub explains: a keep-alive, its answer a round trip later, and
+        // room for a lost one to be sent again (at least 1 s, four round trips on long paths).
+        let silence_allowed = self.keep_alive
+            + snapshot
+                .stats
+                .rtt
+                .map_or(Duration::ZERO, |rtt| rtt * 4)
+                .max(Duration::from_secs(1));
         let last_heard = snapshot.stats.last_heard;
         let mut doc = status::spoke_status(&snapshot, &self.hub, &self.rates);
         doc.kill_switch = self.kill_switch().is_some();
@@ -295,7 +301,7 @@ impl Tunnel {
                 .map(|t| now.duration_since(t).as_secs_f64());
             doc.hub_silent_secs = last_heard
                 .map(|t| now.saturating_duration_since(t))
-                .filter(|silence| *silence > self.silence_allowed)
+                .filter(|silence| *silence > silence_allowed)
                 .map(|silence| silence.as_secs_f64());
         }
         if doc.state == TunnelState::Reconnecting {

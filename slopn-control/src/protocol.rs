@@ -253,9 +253,9 @@ pub struct SpokeStatus {
     pub black_holes: u64,
     /// Seconds since the current session was established.
     pub connected_secs: Option<f64>,
-    /// While established: seconds since anything arrived from the hub, once that is
-    /// longer than a keep-alive round explains (the hub may be down or the path to it
-    /// broken; the tunnel reconnects when the silence reaches the idle timeout).
+    /// While established: seconds since a packet from the hub last authenticated, once
+    /// that is longer than a keep-alive round explains (the hub may be down or the path to
+    /// it broken; QUIC's idle timeout then ends the session and the spoke reconnects).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hub_silent_secs: Option<f64>,
     /// While reconnecting: milliseconds until the next attempt.

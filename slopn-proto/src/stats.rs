@@ -336,9 +336,9 @@ pub struct SpokeSnapshot {
     pub addresses: Vec<IpAddr>,
     /// Smoothed round-trip time of the current connection, if any.
     pub rtt: Option<Duration>,
-    /// When the current connection last received a datagram from the hub (the `now` of
-    /// that [`Spoke::handle_udp`](crate::Spoke::handle_udp)); a hub that went silent
-    /// shows here before the idle timeout ends the connection.
+    /// When the current connection last received a packet from the hub that authenticated
+    /// (the `now` of that [`Spoke::handle_udp`](crate::Spoke::handle_udp)); a hub that
+    /// went silent shows here before the idle timeout ends the connection.
     pub last_heard: Option<Instant>,
     /// Largest IP packet the tunnel carries now (the TUN MTU to use).
     pub tun_mtu: Option<u16>,

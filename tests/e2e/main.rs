@@ -176,13 +176,19 @@ fn a_killed_hub_is_noticed_and_found_again_at_once() {
         "silent for {silent} s, {:?} after the kill",
         killed.elapsed()
     );
+    // The command says so too (asked while the status still says it: the session ends a
+    // few seconds later).
     let socket = lab.dir.join("spoke-0.sock");
-    let cli = lab.spoke_ns[0]
-        .run(
-            lab.binary("spoke").to_str().unwrap(),
-            &["status", "--socket", socket.to_str().unwrap()],
-        )
-        .unwrap();
+    let mut cli = String::new();
+    lab.wait_for("`spoke status` to warn", bound, |l| {
+        cli = l.spoke_ns[0]
+            .run(
+                l.binary("spoke").to_str().unwrap(),
+                &["status", "--socket", socket.to_str().unwrap()],
+            )
+            .unwrap();
+        cli.contains("nothing heard from the hub for") || !cli.contains("state:     established")
+    });
     assert!(cli.contains("nothing heard from the hub for"), "{cli}");
     lab.wait_for(
         "spokes to notice the dead hub",

@@ -119,9 +119,11 @@ pub(super) struct Tunnel {
     next_request_id: u64,
     /// The attempt in use, if any; older ones may still be closing.
     current: Option<usize>,
-    /// When a datagram of the attempt in use last arrived (what `spoke status` tells a
-    /// silent hub by, before the idle timeout ends the connection).
+    /// When a packet of the attempt in use last authenticated (what `spoke status` tells a
+    /// silent hub by, before the idle timeout ends the connection), and quinn's count of
+    /// them then.
     last_heard: Option<Instant>,
+    heard_packets: u64,
     /// Not reconnecting: disconnected by command or refused for good.
     stopped: bool,
     reconnect: Reconnect,
@@ -175,9 +177,7 @@ impl Spoke {
     pub fn handle_udp(&mut self, now: Instant, datagram: Datagram<'_>) {
         match self.node.receive(now, datagram) {
             Received::Connection(idx) => {
-                if self.tunnel.current == Some(idx) {
-                    self.tunnel.last_heard = Some(now);
-                }
+                self.note_heard(now, idx);
                 self.process(now, idx, false)
             }
             Received::New(incoming) => self.node.transport.refuse(incoming),
@@ -353,6 +353,22 @@ impl Spoke {
 
     // ----- internals -----
 
+    /// Records `now` as when the hub was last heard if the datagram just given to
+    /// connection `idx`, the one in use, authenticated (junk with its ID does not count).
+    fn note_heard(&mut self, now: Instant, idx: usize) {
+        let tunnel = &mut self.tunnel;
+        if tunnel.current != Some(idx) {
+            return;
+        }
+        if let Some(entry) = self.node.transport.get(idx) {
+            let authenticated = entry.link.conn.authenticated_packets();
+            if authenticated != tunnel.heard_packets {
+                tunnel.heard_packets = authenticated;
+                tunnel.last_heard = Some(now);
+            }
+        }
+    }
+
     /// One attempt borrowed with the spoke's state.
     fn attempt(&mut self, now: Instant, idx: usize) -> Option<AttemptCx<'_>> {
         Some(AttemptCx {
@@ -376,6 +392,7 @@ impl Spoke {
             Ok(idx) => {
                 self.tunnel.current = Some(idx);
                 self.tunnel.last_heard = None;
+                self.tunnel.heard_packets = 0;
                 let timeout = now + self.tunnel.reconnect.policy.attempt_timeout;
                 if let Some(slot) = self.node.transport.slot(idx) {
                     slot.entry.deadline = Some((timeout, "attempt timeout"));

@@ -113,6 +113,7 @@ impl Spoke {
                 next_request_id: 1,
                 current: None,
                 last_heard: None,
+                heard_packets: 0,
                 stopped: false,
                 reconnect: Reconnect::new(config.reconnect, &config.seed),
                 identity: None,

@@ -488,11 +488,34 @@ fn a_killed_hub_is_noticed_and_its_restart_found_at_once() {
         longest <= keep_alive + Duration::from_millis(300),
         "silent for {longest:?}"
     );
+    world.tap = Some(Vec::new());
+    ping(&mut world, Some(0), before[1], 2).expect("ping");
     world.kill_hub();
     let killed = world.now;
     // (What was on its way arrives.)
     world.run_for(Duration::from_millis(500));
     let last_heard = world.spokes[0].spoke.stats().last_heard;
+    // What the hub sent, replayed and corrupted (its connection ID kept) as an attacker on
+    // the path could: neither is the hub, and neither may hide its silence.
+    let hub = world.hub_addr;
+    let captured: Vec<_> = world.tap.take().unwrap();
+    let to_spoke = world.spokes[0].addr;
+    let captured: Vec<Vec<u8>> = captured
+        .into_iter()
+        .filter(|d| d.dst == to_spoke)
+        .map(|d| d.payload)
+        .collect();
+    assert!(!captured.is_empty());
+    let now = world.instant();
+    for payload in &captured {
+        let mut corrupted = payload.clone();
+        let last = corrupted.len() - 1;
+        corrupted[last] ^= 0x55;
+        let spoke = &mut world.spokes[0].spoke;
+        spoke.handle_udp(now, slopn_proto::Datagram::new(hub, payload));
+        spoke.handle_udp(now, slopn_proto::Datagram::new(hub, &corrupted));
+    }
+    assert_eq!(world.spokes[0].spoke.stats().last_heard, last_heard);
     assert!(world.run_until(Duration::from_secs(10), |w| {
         // Nothing more is heard: the status counts the silence from the kill.
         let established = w.spokes[0].spoke.state() == SpokeState::Established;

@@ -52,6 +52,8 @@ pub struct World {
     buf: Vec<u8>,
     /// Host MTU for new hosts.
     pub host_mtu: usize,
+    /// When set, a copy of every datagram delivered to a spoke (to replay or corrupt).
+    pub tap: Option<Vec<Datagram>>,
 }
 
 impl World {
@@ -74,6 +76,7 @@ impl World {
             steps: 0,
             buf: Vec::new(),
             host_mtu: 1500,
+            tap: None,
         };
         world.start_hub();
         world
@@ -284,6 +287,9 @@ impl World {
                     });
                 }
             } else if let Some(s) = self.spokes.iter_mut().find(|s| s.addr == d.dst) {
+                if let Some(tap) = &mut self.tap {
+                    tap.push(d.clone());
+                }
                 s.spoke
                     .handle_udp(now, slopn_proto::Datagram::new(d.src, &d.payload));
             } else if let Some(r) = self.raws.iter_mut().find(|r| r.addr == d.dst) {

@@ -1400,6 +1400,12 @@ impl Connection {
         self.local_ip
     }
 
+    /// Packets from the peer that decrypted and were processed (SloPN patch: what tells a
+    /// live peer from junk or replays carrying this connection's ID)
+    pub fn authenticated_packets(&self) -> u64 {
+        self.total_authed_packets
+    }
+
     /// Current best estimate of this connection's latency (round-trip-time)
     pub fn rtt(&self) -> Duration {
         self.path.rtt.get()
