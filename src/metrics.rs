@@ -538,19 +538,23 @@ mod tests {
         assert!(serve(None, |_| None).unwrap().is_none());
     }
 
-    #[test]
-    fn a_spoke_reports_its_state_as_one_series_at_one() {
+    /// The text a scrape of a spoke with `status` answers.
+    fn spoke_scrape(status: &SpokeStatus) -> String {
         let registry = Registry::new();
-        let status = SpokeStatus {
-            state: TunnelState::Reconnecting,
-            ..SpokeStatus::default()
-        };
-        spoke(&registry, &status).unwrap();
+        spoke(&registry, status).unwrap();
         let mut text = Vec::new();
         TextEncoder::new()
             .encode(&registry.gather(), &mut text)
             .unwrap();
-        let text = String::from_utf8(text).unwrap();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn a_spoke_reports_its_state_as_one_series_at_one() {
+        let text = spoke_scrape(&SpokeStatus {
+            state: TunnelState::Reconnecting,
+            ..SpokeStatus::default()
+        });
         assert!(
             text.contains("slopn_spoke_state{state=\"reconnecting\"} 1\n"),
             "{text}"
@@ -566,19 +570,12 @@ mod tests {
     #[test]
     fn a_silent_hub_shows_in_a_gauge_while_connected() {
         let scrape = |hub_silent_secs| {
-            let registry = Registry::new();
-            let status = SpokeStatus {
+            spoke_scrape(&SpokeStatus {
                 state: TunnelState::Established,
                 connected_secs: Some(60.0),
                 hub_silent_secs,
                 ..SpokeStatus::default()
-            };
-            spoke(&registry, &status).unwrap();
-            let mut text = Vec::new();
-            TextEncoder::new()
-                .encode(&registry.gather(), &mut text)
-                .unwrap();
-            String::from_utf8(text).unwrap()
+            })
         };
         let text = scrape(None);
         assert!(
